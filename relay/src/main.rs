@@ -1,0 +1,4 @@
+//! ws-relay-server: placeholder entry point, replaced by the relay implementation.
+fn main() {
+    println!("ws-relay-server");
+}

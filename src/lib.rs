@@ -1,0 +1,1 @@
+//! reemo-bundle library: recipe → store → oci/bundle → loader → swarm.

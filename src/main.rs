@@ -1,0 +1,2 @@
+//! reemo-bundle command line: parses and dispatches only.
+fn main() {}
