@@ -1,1 +1,5 @@
 //! reemo-bundle library: recipe → store → oci/bundle → loader → swarm.
+//!
+//! The command line (`main.rs`, `cli.rs`) only parses and dispatches into these modules.
+
+pub mod bundle;

@@ -1,0 +1,4 @@
+//! The bundle file: manifest format, writer (build side) and verifying reader (host side).
+
+pub mod manifest;
+pub mod reader;
