@@ -3,3 +3,6 @@
 //! The command line (`main.rs`, `cli.rs`) only parses and dispatches into these modules.
 
 pub mod bundle;
+pub mod cli;
+pub mod commands;
+pub mod loader;

@@ -1,0 +1,3 @@
+//! The on-host loader: image loading, activation, generations, rollback (issue 4).
+
+pub mod cli;
