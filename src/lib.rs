@@ -5,4 +5,8 @@
 pub mod bundle;
 pub mod cli;
 pub mod commands;
+pub mod engine;
 pub mod loader;
+pub mod stack;
+pub mod state;
+pub mod swarm;

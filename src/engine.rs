@@ -1,0 +1,1 @@
+//! Docker Engine access (bollard stays inside this module).

@@ -1,0 +1,1022 @@
+//! The compose v3 stack model: the subset of `docker-stack.yml` that reemo-bundle deploys,
+//! parsed strictly (unknown fields are errors naming the service and field) and shared by
+//! the build side (validation, `bundle.json` services) and the loader (service specs).
+//!
+//! Extensions (all ignored by plain `docker stack deploy`, which accepts `x-` fields in
+//! services, configs and secrets since compose 3.7):
+//! - `x-reemo-phase: N` on a service: deployment phase, lower first (default 0). Every
+//!   service of a phase converges (jobs complete) before the next phase starts.
+//! - `deploy.mode: replicated-job` (or `global-job`) makes a one-shot job; `x-reemo-job: true`
+//!   is the same as `replicated-job`. A job must complete before the next phase.
+//! - `x-reemo-generate: "TEMPLATE"` on a secret: the loader generates the content on the
+//!   host once (kept in the state directory, reused by every later generation); each
+//!   `{hex32}` in the template becomes 32 random bytes in hex, and a newline is appended.
+//!   Such a secret is declared `external: true` so that plain `docker stack deploy` expects
+//!   the operator to create it (`docker secret create NAME FILE`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A parsed and validated stack file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeFile {
+    /// Compose file format version; must be 3.x.
+    pub version: String,
+    /// Services by name.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Networks by name (`default` is implicit).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Option<NetworkDef>>,
+    /// Named volumes.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, Option<VolumeDef>>,
+    /// Swarm configs by name.
+    #[serde(default)]
+    pub configs: BTreeMap<String, ConfigDef>,
+    /// Swarm secrets by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretDef>,
+}
+
+/// A string or a list of strings (`command`, `entrypoint`, `healthcheck.test`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    /// Shell-style string, split on whitespace.
+    String(String),
+    /// Exec-style list.
+    List(Vec<String>),
+}
+
+impl StringOrList {
+    /// The argument vector.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            StringOrList::String(s) => s.split_whitespace().map(str::to_string).collect(),
+            StringOrList::List(l) => l.clone(),
+        }
+    }
+}
+
+/// `KEY: value` map or `KEY=value` list (`environment`, `labels`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MapOrList {
+    /// Map form; values may be strings, numbers or booleans.
+    Map(BTreeMap<String, Option<serde_yaml::Value>>),
+    /// List form.
+    List(Vec<String>),
+}
+
+impl MapOrList {
+    /// Normalised sorted `(key, value)` pairs.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = match self {
+            MapOrList::Map(m) => m
+                .iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        None | Some(serde_yaml::Value::Null) => String::new(),
+                        Some(serde_yaml::Value::String(s)) => s.clone(),
+                        Some(serde_yaml::Value::Bool(b)) => b.to_string(),
+                        Some(serde_yaml::Value::Number(n)) => n.to_string(),
+                        Some(other) => serde_yaml::to_string(other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string(),
+                    };
+                    (k.clone(), s)
+                })
+                .collect(),
+            MapOrList::List(l) => l
+                .iter()
+                .map(|e| match e.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (e.clone(), String::new()),
+                })
+                .collect(),
+        };
+        v.sort();
+        v
+    }
+}
+
+/// One service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// Image reference (the bundle fills in `repository:tag`).
+    pub image: String,
+    /// Command (arguments to the entrypoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<StringOrList>,
+    /// Entrypoint override.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<StringOrList>,
+    /// Environment variables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<MapOrList>,
+    /// Container labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<MapOrList>,
+    /// User to run as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Container hostname.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Run an init process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Read-only root filesystem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+    /// Time to wait after the stop signal (duration such as `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<String>,
+    /// Stop signal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Configs mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileRef>,
+    /// Secrets mounted into the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileRef>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<Port>,
+    /// Networks (list form); `default` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<Vec<String>>,
+    /// Volume mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+    /// Healthcheck; absent = inherit the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<Healthcheck>,
+    /// Swarm deployment settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy: Option<Deploy>,
+    /// Deployment phase (extension).
+    #[serde(
+        rename = "x-reemo-phase",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub phase: Option<u32>,
+    /// One-shot job (extension), same as `deploy.mode: replicated-job`.
+    #[serde(
+        rename = "x-reemo-job",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub job: Option<bool>,
+}
+
+/// A config or secret reference: short (`name`) or long form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FileRef {
+    /// Just the name.
+    Short(String),
+    /// Long form.
+    Long(FileRefLong),
+}
+
+/// Long form of a config or secret reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRefLong {
+    /// Name of the top-level config or secret.
+    pub source: String,
+    /// Path in the container (configs: absolute, default `/<source>`; secrets: under
+    /// `/run/secrets/`, default `<source>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// Owner uid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Owner gid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<String>,
+    /// File mode (decimal in YAML, e.g. 0o444 = 292).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+impl FileRef {
+    /// Source name.
+    pub fn source(&self) -> &str {
+        match self {
+            FileRef::Short(s) => s,
+            FileRef::Long(l) => &l.source,
+        }
+    }
+    /// Long form view.
+    pub fn long(&self) -> FileRefLong {
+        match self {
+            FileRef::Short(s) => FileRefLong {
+                source: s.clone(),
+                target: None,
+                uid: None,
+                gid: None,
+                mode: None,
+            },
+            FileRef::Long(l) => l.clone(),
+        }
+    }
+}
+
+/// A published port: `"8080:80/tcp"` or long form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Port {
+    /// Short form `PUBLISHED:TARGET[/PROTO]` (ingress mode).
+    Short(String),
+    /// Long form.
+    Long(PortLong),
+}
+
+/// Long form of a published port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortLong {
+    /// Container port.
+    pub target: u16,
+    /// Published port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    /// `tcp` (default), `udp` or `sctp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+    /// `ingress` (default) or `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+}
+
+impl Port {
+    /// Normalised long form.
+    pub fn long(&self) -> Result<PortLong> {
+        match self {
+            Port::Long(l) => Ok(l.clone()),
+            Port::Short(s) => {
+                let (ports, proto) = match s.split_once('/') {
+                    Some((p, proto)) => (p, Some(proto.to_string())),
+                    None => (s.as_str(), None),
+                };
+                let (published, target) = match ports.split_once(':') {
+                    Some((p, t)) => (Some(p), t),
+                    None => (None, ports),
+                };
+                let num = |x: &str| {
+                    x.parse::<u16>()
+                        .with_context(|| format!("port {s:?}: {x:?} is not a port number"))
+                };
+                Ok(PortLong {
+                    target: num(target)?,
+                    published: published.map(num).transpose()?,
+                    protocol: proto,
+                    mode: None,
+                })
+            }
+        }
+    }
+}
+
+/// A volume mount: `"name:/path[:ro]"` or long form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum VolumeMount {
+    /// Short form.
+    Short(String),
+    /// Long form.
+    Long(VolumeMountLong),
+}
+
+/// Long form of a volume mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeMountLong {
+    /// `volume` (default), `bind` or `tmpfs`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Volume name or host path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Path in the container.
+    pub target: String,
+    /// Mount read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
+}
+
+impl VolumeMount {
+    /// Normalised long form.
+    pub fn long(&self) -> Result<VolumeMountLong> {
+        match self {
+            VolumeMount::Long(l) => Ok(l.clone()),
+            VolumeMount::Short(s) => {
+                let parts: Vec<&str> = s.split(':').collect();
+                let (source, target, ro) = match parts.as_slice() {
+                    [t] => (None, *t, false),
+                    [s, t] => (Some(*s), *t, false),
+                    [s, t, "ro"] => (Some(*s), *t, true),
+                    [s, t, "rw"] => (Some(*s), *t, false),
+                    _ => bail!("volume {s:?}: expected SOURCE:TARGET[:ro]"),
+                };
+                let kind = match source {
+                    Some(src) if src.starts_with('/') || src.starts_with('.') => "bind",
+                    _ => "volume",
+                };
+                Ok(VolumeMountLong {
+                    kind: Some(kind.into()),
+                    source: source.map(str::to_string),
+                    target: target.to_string(),
+                    read_only: ro.then_some(true),
+                })
+            }
+        }
+    }
+}
+
+/// Healthcheck settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Healthcheck {
+    /// `["CMD", …]`, `["CMD-SHELL", "…"]`, `["NONE"]` or a shell string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<StringOrList>,
+    /// Interval between checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Timeout of one check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Consecutive failures before unhealthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Grace period after start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<String>,
+    /// Disable the image's healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable: Option<bool>,
+}
+
+/// `deploy:` section.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// `replicated` (default), `global`, `replicated-job`, `global-job`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Replicas (replicated) or completions (replicated-job).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Service labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<MapOrList>,
+    /// Rolling update settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_config: Option<UpdateConfig>,
+    /// Swarm's own per-service rollback settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_config: Option<UpdateConfig>,
+    /// Restart policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+    /// Resource limits and reservations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// Placement constraints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    /// `vip` (default) or `dnsrr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_mode: Option<String>,
+}
+
+/// `update_config` / `rollback_config`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConfig {
+    /// Tasks updated at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u64>,
+    /// Delay between batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// `pause`, `continue` or `rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<String>,
+    /// Time a task is watched after an update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<String>,
+    /// Tolerated failure ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failure_ratio: Option<f64>,
+    /// `stop-first` or `start-first`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
+}
+
+/// `restart_policy`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// `none`, `on-failure` or `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Delay between restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<String>,
+    /// Maximum attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u64>,
+    /// Window used to evaluate the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// `resources`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Hard limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceSpec>,
+    /// Reservations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ResourceSpec>,
+}
+
+/// CPU and memory amounts.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceSpec {
+    /// CPUs as a decimal string, e.g. `"0.5"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<String>,
+    /// Memory, e.g. `64M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+/// `placement`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// Constraints such as `node.role == manager`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Maximum replicas per node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+/// Top-level network definition.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkDef {
+    /// Driver (default `overlay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Whether standalone containers may attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachable: Option<bool>,
+    /// Pre-existing network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+    /// Explicit name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Top-level volume definition.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDef {
+    /// Driver (default `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Pre-existing volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+    /// Explicit name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Top-level config definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDef {
+    /// File relative to the stack file (in a bundle: `../configs/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Pre-existing config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+    /// Explicit name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Top-level secret definition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretDef {
+    /// File relative to the stack file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Pre-existing secret (with `x-reemo-generate`: created by the loader).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<bool>,
+    /// Explicit name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Generate on the host from this template (extension); see the module docs.
+    #[serde(
+        rename = "x-reemo-generate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub generate: Option<String>,
+}
+
+/// What the build side records per service in `bundle.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceSummary<'a> {
+    /// Service name without the stack prefix.
+    pub name: &'a str,
+    /// Image reference as written in the stack file.
+    pub image: &'a str,
+    /// Deployment phase.
+    pub phase: u32,
+    /// Whether it is a one-shot job.
+    pub job: bool,
+}
+
+/// Swarm service mode of a compose service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Long-running, N replicas.
+    Replicated,
+    /// Long-running, one per node.
+    Global,
+    /// One-shot, N completions.
+    ReplicatedJob,
+    /// One-shot, once per node.
+    GlobalJob,
+}
+
+impl Mode {
+    /// Whether the mode is a one-shot job.
+    pub fn is_job(self) -> bool {
+        matches!(self, Mode::ReplicatedJob | Mode::GlobalJob)
+    }
+}
+
+impl Service {
+    /// Swarm mode (validated by [`parse`]).
+    pub fn mode(&self) -> Mode {
+        let explicit = self.deploy.as_ref().and_then(|d| d.mode.as_deref());
+        match explicit {
+            Some("global") => Mode::Global,
+            Some("replicated-job") => Mode::ReplicatedJob,
+            Some("global-job") => Mode::GlobalJob,
+            _ if self.job == Some(true) => Mode::ReplicatedJob,
+            _ => Mode::Replicated,
+        }
+    }
+
+    /// Deployment phase (default 0).
+    pub fn phase(&self) -> u32 {
+        self.phase.unwrap_or(0)
+    }
+
+    /// Networks the service joins (`default` when none are listed).
+    pub fn network_names(&self) -> Vec<String> {
+        match &self.networks {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => vec!["default".to_string()],
+        }
+    }
+}
+
+impl ComposeFile {
+    /// Services in deployment order: phase, then name.
+    pub fn services(&self) -> impl Iterator<Item = ServiceSummary<'_>> {
+        let mut v: Vec<ServiceSummary<'_>> = self
+            .services
+            .iter()
+            .map(|(name, s)| ServiceSummary {
+                name,
+                image: &s.image,
+                phase: s.phase(),
+                job: s.mode().is_job(),
+            })
+            .collect();
+        v.sort_by(|a, b| (a.phase, a.name).cmp(&(b.phase, b.name)));
+        v.into_iter()
+    }
+
+    /// Networks used by services, including the implicit `default`.
+    pub fn used_networks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .services
+            .values()
+            .flat_map(|s| s.network_names())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Parse a duration such as `10s`, `1m30s`, `500ms`, `1h` into nanoseconds.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    let s = s.trim();
+    if s.is_empty() {
+        bail!("empty duration");
+    }
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            bail!("duration {s:?}: expected a number");
+        }
+        let n: f64 = rest[..num_end]
+            .parse()
+            .with_context(|| format!("duration {s:?}: bad number"))?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_end];
+        rest = &rest[unit_end..];
+        let mult = match unit {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            "" => bail!("duration {s:?}: missing unit (s, m, h, ms)"),
+            other => bail!("duration {s:?}: unknown unit {other:?}"),
+        };
+        total += n * mult;
+    }
+    Ok(total as i64)
+}
+
+/// Parse a memory amount such as `64M`, `1g`, `512k` or plain bytes.
+pub fn parse_bytes(s: &str) -> Result<i64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.trim_end_matches('b');
+    let (num, mult) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1i64 << 10),
+        Some('m') => (&t[..t.len() - 1], 1 << 20),
+        Some('g') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .with_context(|| format!("memory amount {s:?} is not a number with k/m/g"))?;
+    Ok((n * mult as f64) as i64)
+}
+
+/// Resolve a `file:` path written relative to the stack file into a bundle entry path
+/// (`stack/docker-stack.yml` + `../configs/a.toml` = `configs/a.toml`).
+pub fn resolve_relative(stack_file: &str, file: &str) -> Option<String> {
+    if file.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = stack_file.split('/').collect();
+    parts.pop();
+    for p in file.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            other => parts.push(other),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// Parse and validate a stack file. `origin` names it in errors (a path or recipe name).
+/// Unknown fields are rejected with the service and field named.
+pub fn parse(text: &str, origin: &str) -> Result<ComposeFile> {
+    let file: ComposeFile =
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    validate(&file).with_context(|| origin.to_string())?;
+    Ok(file)
+}
+
+fn validate(file: &ComposeFile) -> Result<()> {
+    if !file.version.starts_with('3') {
+        bail!(
+            "version {:?}: only compose file format 3.x is supported",
+            file.version
+        );
+    }
+    if file.services.is_empty() {
+        bail!("no services");
+    }
+    for (name, def) in &file.configs {
+        check_name("config", name)?;
+        if def.file.is_none() && def.external != Some(true) {
+            bail!("config {name}: needs `file:` or `external: true`");
+        }
+    }
+    for (name, def) in &file.secrets {
+        check_name("secret", name)?;
+        match (&def.file, &def.generate, def.external) {
+            (Some(_), None, None | Some(false)) => {}
+            (None, Some(t), _) => {
+                if !t.contains("{hex32}") {
+                    bail!("secret {name}: x-reemo-generate template {t:?} has no {{hex32}}");
+                }
+            }
+            (None, None, Some(true)) => {}
+            (Some(_), Some(_), _) => {
+                bail!("secret {name}: `file:` and `x-reemo-generate` exclude each other")
+            }
+            _ => bail!("secret {name}: needs `file:`, `external: true` or `x-reemo-generate`"),
+        }
+    }
+    for (name, s) in &file.services {
+        check_name("service", name)?;
+        validate_service(file, s).with_context(|| format!("service {name}"))?;
+    }
+    Ok(())
+}
+
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !ok {
+        bail!("{kind} name {name:?}: use letters, digits, '_', '-' and '.'");
+    }
+    Ok(())
+}
+
+fn validate_service(file: &ComposeFile, s: &Service) -> Result<()> {
+    if s.image.trim().is_empty() {
+        bail!("image is empty");
+    }
+    let deploy = s.deploy.clone().unwrap_or_default();
+    if let Some(m) = &deploy.mode {
+        if !["replicated", "global", "replicated-job", "global-job"].contains(&m.as_str()) {
+            bail!("deploy.mode {m:?}: expected replicated, global, replicated-job or global-job");
+        }
+        if s.job == Some(true) && !m.ends_with("-job") {
+            bail!("x-reemo-job: true contradicts deploy.mode {m:?}");
+        }
+    }
+    if s.mode().is_job() {
+        if let Some(u) = &deploy.update_config {
+            if u.order.is_some() {
+                bail!("deploy.update_config.order makes no sense for a job");
+            }
+        }
+    }
+    if let Some(u) = &deploy.update_config {
+        check_update(u, "deploy.update_config")?;
+    }
+    if let Some(u) = &deploy.rollback_config {
+        check_update(u, "deploy.rollback_config")?;
+    }
+    if let Some(r) = &deploy.restart_policy {
+        if let Some(c) = &r.condition {
+            if !["none", "on-failure", "any"].contains(&c.as_str()) {
+                bail!("deploy.restart_policy.condition {c:?}: expected none, on-failure or any");
+            }
+        }
+        for d in [&r.delay, &r.window].into_iter().flatten() {
+            parse_duration(d).context("deploy.restart_policy")?;
+        }
+    }
+    if let Some(res) = &deploy.resources {
+        for r in [&res.limits, &res.reservations].into_iter().flatten() {
+            if let Some(c) = &r.cpus {
+                c.parse::<f64>()
+                    .with_context(|| format!("deploy.resources: cpus {c:?}"))?;
+            }
+            if let Some(m) = &r.memory {
+                parse_bytes(m).context("deploy.resources")?;
+            }
+        }
+    }
+    if let Some(e) = &deploy.endpoint_mode {
+        if e != "vip" && e != "dnsrr" {
+            bail!("deploy.endpoint_mode {e:?}: expected vip or dnsrr");
+        }
+    }
+    for d in [&s.stop_grace_period].into_iter().flatten() {
+        parse_duration(d).context("stop_grace_period")?;
+    }
+    if let Some(h) = &s.healthcheck {
+        for d in [&h.interval, &h.timeout, &h.start_period]
+            .into_iter()
+            .flatten()
+        {
+            parse_duration(d).context("healthcheck")?;
+        }
+    }
+    for c in &s.configs {
+        if !file.configs.contains_key(c.source()) {
+            bail!(
+                "config {:?} is not defined under top-level configs",
+                c.source()
+            );
+        }
+    }
+    for c in &s.secrets {
+        if !file.secrets.contains_key(c.source()) {
+            bail!(
+                "secret {:?} is not defined under top-level secrets",
+                c.source()
+            );
+        }
+    }
+    for p in &s.ports {
+        let p = p.long()?;
+        if let Some(m) = &p.mode {
+            if m != "host" && m != "ingress" {
+                bail!("port {}: mode {m:?}: expected host or ingress", p.target);
+            }
+        }
+        if let Some(pr) = &p.protocol {
+            if !["tcp", "udp", "sctp"].contains(&pr.as_str()) {
+                bail!(
+                    "port {}: protocol {pr:?}: expected tcp, udp or sctp",
+                    p.target
+                );
+            }
+        }
+    }
+    for n in s.network_names() {
+        if n != "default" && !file.networks.contains_key(&n) {
+            bail!("network {n:?} is not defined under top-level networks");
+        }
+    }
+    for v in &s.volumes {
+        let v = v.long()?;
+        if v.kind.as_deref().unwrap_or("volume") == "volume" {
+            if let Some(src) = &v.source {
+                if !file.volumes.contains_key(src) {
+                    bail!("volume {src:?} is not defined under top-level volumes");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_update(u: &UpdateConfig, what: &str) -> Result<()> {
+    if let Some(o) = &u.order {
+        if o != "stop-first" && o != "start-first" {
+            bail!("{what}.order {o:?}: expected stop-first or start-first");
+        }
+    }
+    if let Some(f) = &u.failure_action {
+        if !["pause", "continue", "rollback"].contains(&f.as_str()) {
+            bail!("{what}.failure_action {f:?}: expected pause, continue or rollback");
+        }
+    }
+    for d in [&u.delay, &u.monitor].into_iter().flatten() {
+        parse_duration(d).with_context(|| what.to_string())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELAY: &str = r#"
+version: "3.8"
+services:
+  relay:
+    image: reemo/ws-relay-server:1.0.0-abc
+    configs:
+      - source: relay_config
+        target: /etc/ws-relay-server/config.toml
+    secrets: [relay_token_keys]
+    ports:
+      - target: 8080
+        published: 8080
+        mode: host
+    deploy:
+      replicas: 1
+      update_config: { order: stop-first }
+  migrate:
+    image: busybox:1
+    x-reemo-phase: 0
+    deploy: { mode: replicated-job }
+  portal:
+    image: busybox:1
+    x-reemo-phase: 2
+configs:
+  relay_config: { file: ../configs/relay.toml }
+secrets:
+  relay_token_keys:
+    external: true
+    x-reemo-generate: "k1={hex32}"
+"#;
+
+    #[test]
+    fn parses_and_orders_services() {
+        let f = parse(RELAY, "test.yml").unwrap();
+        let v: Vec<_> = f.services().map(|s| (s.name, s.phase, s.job)).collect();
+        assert_eq!(
+            v,
+            vec![
+                ("migrate", 0, true),
+                ("relay", 0, false),
+                ("portal", 2, false)
+            ]
+        );
+        assert_eq!(f.used_networks(), vec!["default"]);
+    }
+
+    #[test]
+    fn unknown_field_names_service_and_field() {
+        let bad = RELAY.replace(
+            "    deploy:\n      replicas: 1",
+            "    entrypont: x\n    deploy:\n      replicas: 1",
+        );
+        let e = format!("{:#}", parse(&bad, "stack.yml").unwrap_err());
+        assert!(e.contains("stack.yml"), "{e}");
+        assert!(e.contains("services.relay"), "{e}");
+        assert!(e.contains("entrypont"), "{e}");
+    }
+
+    #[test]
+    fn undefined_references_are_errors() {
+        let bad = RELAY.replace("secrets: [relay_token_keys]", "secrets: [nope]");
+        let e = format!("{:#}", parse(&bad, "s").unwrap_err());
+        assert!(e.contains("service relay") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("10s").unwrap(), 10_000_000_000);
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000_000_000);
+        assert_eq!(parse_duration("500ms").unwrap(), 500_000_000);
+        assert!(parse_duration("10").is_err());
+        assert_eq!(parse_bytes("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes("1g").unwrap(), 1 << 30);
+    }
+
+    #[test]
+    fn relative_files() {
+        assert_eq!(
+            resolve_relative("stack/docker-stack.yml", "../configs/relay.toml").as_deref(),
+            Some("configs/relay.toml")
+        );
+        assert_eq!(resolve_relative("a.yml", "../x"), None);
+    }
+
+    #[test]
+    fn relay_template_is_valid() {
+        let text = include_str!("../recipes/relayws-stack.yml").replace(
+            "${image:relay-image}",
+            "reemo/ws-relay-server:1.0.0-0123456789ab",
+        );
+        let f = parse(&text, "recipes/relayws-stack.yml").unwrap();
+        let relay = &f.services["relay"];
+        assert_eq!(relay.secrets.len(), 2);
+        assert_eq!(relay.configs[0].long().mode, Some(0o444));
+        assert!(f.secrets.values().all(|s| s.generate.is_some()));
+    }
+
+    #[test]
+    fn short_ports() {
+        let p = Port::Short("8080:80/udp".into()).long().unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol.as_deref()),
+            (Some(8080), 80, Some("udp"))
+        );
+    }
+}

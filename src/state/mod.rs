@@ -1,0 +1,1 @@
+//! The host state directory: store, generations, current, journal, lock.

@@ -1,0 +1,1 @@
+//! Swarm desired state, spec building and activation planning.
