@@ -85,7 +85,10 @@ pub struct BlobRef {
 impl BlobRef {
     /// Path of the blob inside the bundle.
     pub fn path(&self) -> String {
-        format!("oci/blobs/sha256/{}", self.digest.trim_start_matches("sha256:"))
+        format!(
+            "oci/blobs/sha256/{}",
+            self.digest.trim_start_matches("sha256:")
+        )
     }
 }
 

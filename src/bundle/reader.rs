@@ -237,7 +237,9 @@ impl BundleFile {
             match (&manifest, name.as_str()) {
                 (None, MANIFEST_NAME) => {
                     if size > MAX_MANIFEST_SIZE {
-                        return Err(VerifyError::BadManifest(format!("too large ({size} bytes)")));
+                        return Err(VerifyError::BadManifest(format!(
+                            "too large ({size} bytes)"
+                        )));
                     }
                     let mut bytes = Vec::with_capacity(size as usize);
                     entry
@@ -328,7 +330,11 @@ impl BundleFile {
                 path: MANIFEST_NAME.into(),
             });
         };
-        if let Some(f) = manifest.files.iter().find(|f| !entries.contains_key(&f.path)) {
+        if let Some(f) = manifest
+            .files
+            .iter()
+            .find(|f| !entries.contains_key(&f.path))
+        {
             return Err(VerifyError::Missing {
                 path: f.path.clone(),
             });

@@ -1,0 +1,763 @@
+//! Realising recipes into store entries (cargo for binaries, hash checks for fixed inputs,
+//! layers and OCI documents for images, rendering for stacks) and assembling the bundle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::{expect_kind, read_json, BuildOptions, BuildOutcome, Graph};
+use crate::bundle::manifest::{
+    BlobRef, BundleManifest, FileEntry, ImageEntry, InputEntry, ServiceEntry, BUNDLE_FORMAT,
+};
+use crate::bundle::writer::{write_bundle, BundleItem, Source};
+use crate::hash::{sha256_file, sha256_hex};
+use crate::oci::{self, Content, Descriptor, LayerFile, LayoutImage};
+use crate::recipe::{
+    parse_duration, BinaryRecipe, FixedFormat, FixedRecipe, ImageRecipe, LoadedBundleDef, Recipe,
+    RecipeKind, StackRecipe,
+};
+use crate::store::{write_atomic, Store};
+
+/// Target triple of static binaries.
+pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// What goes into a binary's identity about its flags (paths are remapped, so not here).
+pub(crate) const RUSTFLAGS_ID: &str =
+    "-C target-feature=+crt-static; remap workspace=/build/src cargo_home=/cargo target=/build/target; strip=symbols";
+
+/// `${image:NAME}` placeholders of a template, with their 1-based lines.
+pub(crate) fn image_placeholders(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let mut rest = line;
+        while let Some(p) = rest.find("${image:") {
+            let after = &rest[p + 8..];
+            match after.find('}') {
+                Some(end) => {
+                    out.push((i + 1, after[..end].to_string()));
+                    rest = &after[end + 1..];
+                }
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// Replace placeholders with references.
+fn render_template(text: &str, refs: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = text.to_string();
+    for (name, reference) in refs {
+        out = out.replace(&format!("${{image:{name}}}"), reference);
+    }
+    Ok(out)
+}
+
+/// Realise everything the bundle needs and write the bundle file.
+pub(crate) fn realise(
+    def: &LoadedBundleDef,
+    g: &Graph,
+    bundle_id: &str,
+    opts: &BuildOptions,
+) -> Result<BuildOutcome> {
+    let store = opts.store;
+    let mut built = Vec::new();
+    let mut cached = Vec::new();
+    for name in &g.order {
+        let id = &g.ids[name];
+        if store.has(id) {
+            cached.push(name.clone());
+            continue;
+        }
+        let _lock = store.lock(id)?;
+        if store.has(id) {
+            cached.push(name.clone());
+            continue;
+        }
+        let r = &g.recipes[name];
+        (opts.progress)(&format!("building {} ({} {})", name, r.kind.name(), &id[..12]));
+        let tmp = store.temp_dir()?;
+        match &r.kind {
+            RecipeKind::Binary(b) => build_binary(r, b, store, tmp.path(), opts)?,
+            RecipeKind::Fixed(f) => realise_fixed(r, f, tmp.path())?,
+            RecipeKind::Image(img) => build_image(r, img, g, store, tmp.path(), opts)?,
+            RecipeKind::Stack(st) => render_stack(r, st, g, store, tmp.path())?,
+        }
+        store
+            .publish(id, tmp)
+            .with_context(|| format!("storing the output of recipe {name}"))?;
+        built.push(name.clone());
+    }
+    let stack_recipe = expect_kind(def, g, &def.def.stack, "stack")?;
+    for b in def.def.binaries.values() {
+        expect_kind(def, g, b, "binary")?;
+    }
+    let _ = stack_recipe;
+
+    // The bundle itself is a store entry too.
+    let obj = store.object(bundle_id);
+    if !store.has(bundle_id) {
+        let _lock = store.lock(bundle_id)?;
+        if !store.has(bundle_id) {
+            (opts.progress)(&format!("packing bundle {} {}", def.def.name, &bundle_id[..12]));
+            let tmp = store.temp_dir()?;
+            pack_bundle(def, g, bundle_id, store, tmp.path(), opts.source_date_epoch)?;
+            store.publish(bundle_id, tmp)?;
+            built.push(format!("bundle:{}", def.def.name));
+        }
+    }
+    let manifest: BundleManifest =
+        serde_json::from_value(read_json(&obj.join("bundle.json"))?).context("reading stored bundle.json")?;
+    let file_name = manifest.file_name();
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating output folder {}", opts.out_dir.display()))?;
+    let dest = opts.out_dir.join(&file_name);
+    place(&obj.join("bundle"), &dest)?;
+    Ok(BuildOutcome {
+        bundle_path: dest,
+        manifest,
+        built,
+        cached,
+    })
+}
+
+/// Put the stored bundle at `dest`: nothing if it is already that file, else a hard link
+/// (or a copy across file systems) renamed into place.
+fn place(src: &Path, dest: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dest)) {
+        if a.ino() == b.ino() && a.dev() == b.dev() {
+            return Ok(());
+        }
+    }
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        dest.file_name().and_then(|s| s.to_str()).unwrap_or("bundle"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(src, &tmp).is_err() {
+        std::fs::copy(src, &tmp)
+            .with_context(|| format!("copying the bundle to {}", tmp.display()))?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
+    Ok(())
+}
+
+fn build_binary(r: &Recipe, b: &BinaryRecipe, store: &Store, out: &Path, opts: &BuildOptions) -> Result<()> {
+    let ws = r
+        .dir()
+        .join(b.workspace.get_ref())
+        .canonicalize()
+        .with_context(|| format!("{}: resolving workspace", r.path.display()))?;
+    let target = store.cargo_target();
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    let flags = [
+        "-Ctarget-feature=+crt-static".to_string(),
+        format!("--remap-path-prefix={}=/build/src", ws.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+        format!("--remap-path-prefix={}=/build/target", target.display()),
+    ]
+    .join("\x1f");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    (opts.progress)(&format!("  cargo build --release -p {} --bin {} (static)", b.package, b.bin));
+    let status = std::process::Command::new(&cargo)
+        .current_dir(&ws)
+        .args(["build", "--release", "--locked", "--target", TARGET, "-p", &b.package, "--bin", &b.bin])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("CARGO_ENCODED_RUSTFLAGS", flags)
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false")
+        .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
+        .env("TZ", "UTC")
+        .env("LC_ALL", "C")
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .with_context(|| format!("{}: running {cargo}", r.path.display()))?;
+    if !status.success() {
+        bail!("{}: cargo build of {} failed ({status})", r.path.display(), b.package);
+    }
+    let exe = target.join(TARGET).join("release").join(&b.bin);
+    std::fs::create_dir_all(out.join("bin"))?;
+    std::fs::copy(&exe, out.join("bin").join(&b.bin))
+        .with_context(|| format!("copying {}", exe.display()))?;
+    Ok(())
+}
+
+fn realise_fixed(r: &Recipe, f: &FixedRecipe, out: &Path) -> Result<()> {
+    let p = r.dir().join(f.path.get_ref());
+    if !p.is_file() {
+        return Err(r.err_at(
+            &f.path,
+            format!(
+                "missing fixed-output input {} (sha256 {})",
+                p.display(),
+                f.sha256.get_ref()
+            ),
+        ));
+    }
+    let found = sha256_file(&p)?;
+    if &found != f.sha256.get_ref() {
+        return Err(r.err_at(
+            &f.sha256,
+            format!(
+                "fixed-output input {} has sha256 {found}, expected {}",
+                p.display(),
+                f.sha256.get_ref()
+            ),
+        ));
+    }
+    std::fs::copy(&p, out.join("file")).with_context(|| format!("copying {}", p.display()))?;
+    Ok(())
+}
+
+/// Recorded output of an image recipe (`image.json` in its store entry).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ImageMeta {
+    repository: String,
+    tag: String,
+    manifest: BlobRef,
+    config: BlobRef,
+    layers: Vec<BlobRef>,
+}
+
+fn blobref(d: &Descriptor) -> BlobRef {
+    BlobRef {
+        digest: d.digest.clone(),
+        size: d.size,
+        media_type: d.media_type.clone(),
+    }
+}
+
+fn descriptor(b: &BlobRef) -> Descriptor {
+    Descriptor {
+        digest: b.digest.clone(),
+        size: b.size,
+        media_type: b.media_type.clone(),
+    }
+}
+
+/// A base image read from a `docker save` archive.
+struct Base {
+    config: Value,
+    layers: Vec<(Descriptor, Vec<u8>)>,
+}
+
+fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let f = std::fs::File::open(path).with_context(|| format!("{origin}: opening {}", path.display()))?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries().with_context(|| format!("{origin}: reading {}", path.display()))? {
+        let mut e = e.with_context(|| format!("{origin}: reading {}", path.display()))?;
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let name = e.path()?.display().to_string();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data)?;
+        files.insert(name, data);
+    }
+    let manifest: Value = serde_json::from_slice(
+        files
+            .get("manifest.json")
+            .with_context(|| format!("{origin}: {} has no manifest.json (not a docker save archive)", path.display()))?,
+    )
+    .with_context(|| format!("{origin}: parsing manifest.json"))?;
+    let m = manifest
+        .get(0)
+        .with_context(|| format!("{origin}: manifest.json lists no image"))?;
+    let cfg_name = m["Config"].as_str().context("manifest.json: no Config")?;
+    let config: Value = serde_json::from_slice(
+        files
+            .get(cfg_name)
+            .with_context(|| format!("{origin}: missing {cfg_name} in archive"))?,
+    )?;
+    let mut layers = Vec::new();
+    for l in m["Layers"].as_array().context("manifest.json: no Layers")? {
+        let name = l.as_str().context("manifest.json: bad layer name")?;
+        let data = files
+            .remove(name)
+            .with_context(|| format!("{origin}: missing layer {name} in archive"))?;
+        let mt = if data.starts_with(&[0x1f, 0x8b]) {
+            oci::MT_LAYER_GZIP
+        } else {
+            oci::MT_LAYER_TAR
+        };
+        layers.push((Descriptor::of(&data, mt), data));
+    }
+    Ok(Base { config, layers })
+}
+
+fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Value {
+    let mut v = json!({"Test": h.test});
+    let ns = |d: &Option<crate::recipe::S<String>>| d.as_ref().map(|d| parse_duration(d.get_ref()).unwrap_or(0));
+    if let Some(x) = ns(&h.interval) {
+        v["Interval"] = json!(x);
+    }
+    if let Some(x) = ns(&h.timeout) {
+        v["Timeout"] = json!(x);
+    }
+    if let Some(x) = ns(&h.start_period) {
+        v["StartPeriod"] = json!(x);
+    }
+    if let Some(x) = h.retries {
+        v["Retries"] = json!(x);
+    }
+    v
+}
+
+fn build_image(
+    r: &Recipe,
+    img: &ImageRecipe,
+    g: &Graph,
+    store: &Store,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<()> {
+    let mtime = opts.source_date_epoch;
+    let created = oci::rfc3339(mtime);
+    let mut fields = oci::ConfigFields::default();
+    let mut diff_ids = Vec::new();
+    let mut history = Vec::new();
+    let mut blobs: Vec<(Descriptor, Arc<Vec<u8>>)> = Vec::new();
+    let mut layer_descs = Vec::new();
+
+    if let Some(base_name) = &img.base {
+        let base_recipe = &g.recipes[base_name.get_ref()];
+        match &base_recipe.kind {
+            RecipeKind::Fixed(FixedRecipe {
+                format: FixedFormat::DockerArchive,
+                ..
+            }) => {}
+            _ => {
+                return Err(r.err_at(
+                    base_name,
+                    format!("base {:?} must be a fixed recipe with format = \"docker-archive\"", base_name.get_ref()),
+                ))
+            }
+        }
+        let path = store.object(&g.ids[base_name.get_ref()]).join("file");
+        let base = read_docker_archive(&path, &r.path.display().to_string())?;
+        let c = &base.config["config"];
+        fields.user = c["User"].as_str().filter(|s| !s.is_empty()).map(String::from);
+        fields.env = c["Env"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .unwrap_or_default();
+        let strings = |v: &Value| -> Option<Vec<String>> {
+            v.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        };
+        fields.entrypoint = strings(&c["Entrypoint"]);
+        fields.cmd = strings(&c["Cmd"]);
+        fields.workdir = c["WorkingDir"].as_str().filter(|s| !s.is_empty()).map(String::from);
+        if let Some(p) = c["ExposedPorts"].as_object() {
+            fields.exposed_ports = p.keys().cloned().collect();
+        }
+        if let Some(l) = c["Labels"].as_object() {
+            for (k, v) in l {
+                if let Some(v) = v.as_str() {
+                    fields.labels.insert(k.clone(), v.to_string());
+                }
+            }
+        }
+        if !c["Healthcheck"].is_null() {
+            fields.healthcheck = Some(c["Healthcheck"].clone());
+        }
+        fields.stop_signal = c["StopSignal"].as_str().map(String::from);
+        if let Some(d) = base.config["rootfs"]["diff_ids"].as_array() {
+            diff_ids.extend(d.iter().filter_map(|v| v.as_str().map(String::from)));
+        }
+        if let Some(h) = base.config["history"].as_array() {
+            history.extend(h.iter().cloned());
+        }
+        anyhow::ensure!(
+            diff_ids.len() == base.layers.len(),
+            "{}: base image has {} diff_ids for {} layers",
+            r.path.display(),
+            diff_ids.len(),
+            base.layers.len()
+        );
+        for (d, data) in base.layers {
+            layer_descs.push(d.clone());
+            blobs.push((d, Arc::new(data)));
+        }
+    }
+
+    // Collect each layer's files, then build and compress the layers in parallel.
+    let mut specs = Vec::new();
+    for layer in &img.layers {
+        let mut files = Vec::new();
+        for e in &layer.entries {
+            let path = crate::recipe::normalize_dest(e.dest.get_ref()).map_err(|m| r.err_at(&e.dest, m))?;
+            let (content, default_mode) = if e.dir {
+                (Content::Dir, 0o755)
+            } else if let Some(t) = &e.text {
+                (Content::Bytes(Arc::new(t.clone().into_bytes())), 0o644)
+            } else if let Some(f) = &e.file {
+                let p = r.dir().join(f.get_ref());
+                let data = std::fs::read(&p)
+                    .map_err(|err| r.err_at(f, format!("missing input file {} ({err})", p.display())))?;
+                (Content::Bytes(Arc::new(data)), 0o644)
+            } else if let Some(dep) = &e.recipe {
+                let obj = store.object(&g.ids[dep.get_ref()]);
+                let (p, mode) = match &g.recipes[dep.get_ref()].kind {
+                    RecipeKind::Binary(b) => (obj.join("bin").join(&b.bin), 0o755),
+                    RecipeKind::Fixed(_) => (obj.join("file"), 0o644),
+                    other => {
+                        return Err(r.err_at(
+                            dep,
+                            format!("a layer entry can use a binary or fixed recipe, not a {} recipe", other.name()),
+                        ))
+                    }
+                };
+                let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
+                (Content::Bytes(Arc::new(data)), mode)
+            } else {
+                unreachable!("checked when the recipe was loaded")
+            };
+            files.push(LayerFile {
+                path,
+                content,
+                mode: e.mode.unwrap_or(default_mode),
+                uid: e.uid,
+                gid: e.gid,
+            });
+        }
+        specs.push(files);
+    }
+    let results: Vec<Result<(String, Descriptor, Arc<Vec<u8>>)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = specs
+            .iter()
+            .map(|files| s.spawn(move || make_layer(files, mtime, store)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("layer thread panicked"))))
+            .collect()
+    });
+    for (i, res) in results.into_iter().enumerate() {
+        let (diff_id, desc, data) = res.with_context(|| format!("{}: layer {}", r.path.display(), i + 1))?;
+        diff_ids.push(diff_id);
+        history.push(json!({"created": created, "created_by": format!("reemo-bundle {} layer {}", r.name, i + 1)}));
+        layer_descs.push(desc.clone());
+        blobs.push((desc, data));
+    }
+
+    // Configuration: the recipe overrides the base.
+    let c = &img.config;
+    if c.entrypoint.is_some() {
+        fields.entrypoint = c.entrypoint.clone();
+        if c.cmd.is_none() {
+            fields.cmd = None;
+        }
+    }
+    if c.cmd.is_some() {
+        fields.cmd = c.cmd.clone();
+    }
+    for (k, v) in &c.env {
+        fields.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+        fields.env.push(format!("{k}={v}"));
+    }
+    if c.user.is_some() {
+        fields.user = c.user.clone();
+    }
+    if c.workdir.is_some() {
+        fields.workdir = c.workdir.clone();
+    }
+    fields.exposed_ports.extend(c.exposed_ports.iter().cloned());
+    fields.labels.extend(c.labels.clone());
+    if let Some(h) = &c.healthcheck {
+        fields.healthcheck = Some(healthcheck_json(h));
+    }
+    if c.stop_signal.is_some() {
+        fields.stop_signal = c.stop_signal.clone();
+    }
+    let mut annotations = BTreeMap::new();
+    annotations.insert("org.opencontainers.image.version".to_string(), img.version.clone());
+    for (k, v) in &img.annotations {
+        let key = if k.contains('.') {
+            k.clone()
+        } else {
+            format!("org.opencontainers.image.{k}")
+        };
+        annotations.insert(key, v.clone());
+    }
+    for (k, v) in &annotations {
+        fields.labels.insert(k.clone(), v.clone());
+    }
+    let config_bytes = oci::config_json(&fields, &diff_ids, &history, &created);
+    let config = Descriptor::of(&config_bytes, oci::MT_CONFIG);
+    let manifest_bytes = oci::manifest_json(&config, &layer_descs, &annotations);
+    let manifest = Descriptor::of(&manifest_bytes, oci::MT_MANIFEST);
+    let tag = format!("{}-{}", img.version, &config.hex()[..12]);
+
+    let blob_dir = out.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blob_dir)?;
+    std::fs::write(blob_dir.join(config.hex()), &config_bytes)?;
+    std::fs::write(blob_dir.join(manifest.hex()), &manifest_bytes)?;
+    for (d, data) in &blobs {
+        let p = blob_dir.join(d.hex());
+        let cached = store.layer_cache(d.hex());
+        if std::fs::hard_link(&cached, &p).is_err() {
+            std::fs::write(&p, data.as_slice())?;
+        }
+    }
+    let meta = ImageMeta {
+        repository: img.repository.clone(),
+        tag,
+        manifest: blobref(&manifest),
+        config: blobref(&config),
+        layers: layer_descs.iter().map(blobref).collect(),
+    };
+    std::fs::write(out.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
+    Ok(())
+}
+
+/// Build one layer, reusing the compressed blob from the store's layer cache when the
+/// uncompressed content was seen before.
+fn make_layer(files: &[LayerFile], mtime: u64, store: &Store) -> Result<(String, Descriptor, Arc<Vec<u8>>)> {
+    let tar = oci::layer_tar(files, mtime)?;
+    let diff_id = format!("sha256:{}", sha256_hex(&tar));
+    let index = store.layer_cache(&format!("diff-{}", &diff_id[7..]));
+    if let Ok(gz_hex) = std::fs::read_to_string(&index) {
+        let p = store.layer_cache(gz_hex.trim());
+        if let Ok(data) = std::fs::read(&p) {
+            let d = Descriptor::of(&data, oci::MT_LAYER_GZIP);
+            if d.hex() == gz_hex.trim() {
+                return Ok((diff_id, d, Arc::new(data)));
+            }
+        }
+    }
+    let gz = oci::gzip(&tar);
+    let d = Descriptor::of(&gz, oci::MT_LAYER_GZIP);
+    write_atomic(&store.layer_cache(d.hex()), &gz)?;
+    write_atomic(&index, d.hex().as_bytes())?;
+    Ok((diff_id, d, Arc::new(gz)))
+}
+
+fn image_meta(store: &Store, g: &Graph, name: &str) -> Result<ImageMeta> {
+    let p = store.object(&g.ids[name]).join("image.json");
+    serde_json::from_value(read_json(&p)?).with_context(|| format!("reading {}", p.display()))
+}
+
+fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Path) -> Result<()> {
+    let tpl_path = r.dir().join(st.template.get_ref());
+    let text = std::fs::read_to_string(&tpl_path)
+        .map_err(|e| r.err_at(&st.template, format!("missing input file {} ({e})", tpl_path.display())))?;
+    let mut refs = BTreeMap::new();
+    for (line, name) in image_placeholders(&text) {
+        if !matches!(g.recipes[&name].kind, RecipeKind::Image(_)) {
+            bail!(
+                "{}:{line}: ${{image:{name}}} names a {} recipe, not an image",
+                tpl_path.display(),
+                g.recipes[&name].kind.name()
+            );
+        }
+        let m = image_meta(store, g, &name)?;
+        refs.insert(name, format!("{}:{}", m.repository, m.tag));
+    }
+    let rendered = render_template(&text, &refs)?;
+    let origin = tpl_path.display().to_string();
+    crate::stack::parse(&rendered, &origin)?;
+    std::fs::create_dir_all(out.join("stack"))?;
+    std::fs::write(out.join("stack").join("docker-stack.yml"), &rendered)?;
+    std::fs::create_dir_all(out.join("configs"))?;
+    for (key, src) in &st.configs {
+        if key.contains('/') || key.starts_with('.') {
+            return Err(r.err_at(src, format!("config name {key:?} must be a plain file name")));
+        }
+        let p = r.dir().join(src.get_ref());
+        std::fs::copy(&p, out.join("configs").join(key))
+            .map_err(|e| r.err_at(src, format!("missing input file {} ({e})", p.display())))?;
+    }
+    std::fs::write(
+        out.join("stack.json"),
+        serde_json::to_vec_pretty(&json!({"images": refs}))?,
+    )?;
+    Ok(())
+}
+
+/// Assemble `bundle.json` and the bundle tar into `out/bundle`.
+fn pack_bundle(
+    def: &LoadedBundleDef,
+    g: &Graph,
+    bundle_id: &str,
+    store: &Store,
+    out: &Path,
+    mtime: u64,
+) -> Result<()> {
+    let d = &def.def;
+    let stack_obj = store.object(&g.ids[d.stack.get_ref()]);
+    let stack_meta = read_json(&stack_obj.join("stack.json"))?;
+    let stack_text = std::fs::read_to_string(stack_obj.join("stack").join("docker-stack.yml"))?;
+    let image_names: Vec<String> = stack_meta["images"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+
+    let mut items: BTreeMap<String, BundleItem> = BTreeMap::new();
+    let mut add_file = |path: String, src: PathBuf, executable: bool| -> Result<()> {
+        let meta = std::fs::metadata(&src).with_context(|| format!("reading {}", src.display()))?;
+        let entry = FileEntry {
+            path: path.clone(),
+            sha256: sha256_file(&src)?,
+            size: meta.len(),
+            executable,
+        };
+        items.insert(path, BundleItem { entry, source: Source::File(src) });
+        Ok(())
+    };
+    for (file, recipe) in &d.binaries {
+        let RecipeKind::Binary(b) = &g.recipes[recipe.get_ref()].kind else {
+            unreachable!("checked by expect_kind")
+        };
+        add_file(
+            format!("bin/{file}"),
+            store.object(&g.ids[recipe.get_ref()]).join("bin").join(&b.bin),
+            true,
+        )?;
+    }
+    add_file(
+        "stack/docker-stack.yml".into(),
+        stack_obj.join("stack").join("docker-stack.yml"),
+        false,
+    )?;
+    for e in std::fs::read_dir(stack_obj.join("configs"))? {
+        let e = e?;
+        add_file(
+            format!("configs/{}", e.file_name().to_string_lossy()),
+            e.path(),
+            false,
+        )?;
+    }
+    let mut images = Vec::new();
+    let mut layout = Vec::new();
+    let mut blobs = BTreeSet::new();
+    for name in &image_names {
+        let m = image_meta(store, g, name)?;
+        let obj = store.object(&g.ids[name]);
+        for b in std::iter::once(&m.manifest)
+            .chain(std::iter::once(&m.config))
+            .chain(m.layers.iter())
+        {
+            if blobs.insert(b.digest.clone()) {
+                add_file(b.path(), obj.join("blobs/sha256").join(b.digest.trim_start_matches("sha256:")), false)?;
+            }
+        }
+        let size = m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>();
+        layout.push(LayoutImage {
+            reference: format!("{}:{}", m.repository, m.tag),
+            tag: m.tag.clone(),
+            manifest: descriptor(&m.manifest),
+            config: descriptor(&m.config),
+            layers: m.layers.iter().map(descriptor).collect(),
+        });
+        images.push(ImageEntry {
+            name: name.clone(),
+            repository: m.repository,
+            tag: m.tag,
+            config_digest: m.config.digest.clone(),
+            manifest_digest: m.manifest.digest.clone(),
+            layers: m.layers,
+            config: m.config,
+            size,
+        });
+    }
+    let mut add_bytes = |path: &str, data: Vec<u8>| {
+        let entry = FileEntry {
+            path: path.to_string(),
+            sha256: sha256_hex(&data),
+            size: data.len() as u64,
+            executable: false,
+        };
+        items.insert(path.to_string(), BundleItem { entry, source: Source::Bytes(data) });
+    };
+    add_bytes("oci/oci-layout", oci::OCI_LAYOUT.to_vec());
+    add_bytes("oci/index.json", oci::index_json(&layout));
+    add_bytes("oci/manifest.json", oci::docker_manifest_json(&layout));
+
+    let services = summarize_services(&stack_text, &images)?;
+    let inputs = g
+        .order
+        .iter()
+        .map(|n| InputEntry {
+            name: n.clone(),
+            kind: g.recipes[n].kind.name().to_string(),
+            identity: g.ids[n].clone(),
+        })
+        .collect();
+    let items: Vec<BundleItem> = items.into_values().collect();
+    let manifest = BundleManifest {
+        format: BUNDLE_FORMAT,
+        name: d.name.clone(),
+        version: d.version.clone(),
+        identity: bundle_id.to_string(),
+        stack: d.stack_name.clone(),
+        stack_file: "stack/docker-stack.yml".into(),
+        pinned: d.pinned.clone(),
+        images,
+        services,
+        files: items.iter().map(|i| i.entry.clone()).collect(),
+        inputs,
+    };
+    write_bundle(&out.join("bundle"), &manifest, &items, mtime)?;
+    write_atomic(
+        &out.join("bundle.json"),
+        &crate::bundle::writer::manifest_bytes(&manifest),
+    )?;
+    Ok(())
+}
+
+/// The manifest's service list: each service with the image recipe it runs.
+fn summarize_services(stack_text: &str, images: &[ImageEntry]) -> Result<Vec<ServiceEntry>> {
+    let compose = crate::stack::parse(stack_text, "stack/docker-stack.yml")?;
+    compose
+        .services()
+        .map(|s| {
+            let image = images
+                .iter()
+                .find(|i| i.reference() == s.image)
+                .with_context(|| {
+                    format!(
+                        "service {}: image {:?} is not built by this bundle (use ${{image:NAME}})",
+                        s.name, s.image
+                    )
+                })?;
+            Ok(ServiceEntry {
+                name: s.name.to_string(),
+                image: image.name.clone(),
+                phase: s.phase,
+                job: s.job,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_with_lines() {
+        let t = "a: ${image:x}\nb: c\nd: ${image:y} ${image:z}\n";
+        assert_eq!(
+            image_placeholders(t),
+            vec![(1, "x".into()), (3, "y".into()), (3, "z".into())]
+        );
+        let mut refs = BTreeMap::new();
+        refs.insert("x".to_string(), "r/x:1-abc".to_string());
+        assert_eq!(render_template("i: ${image:x}", &refs).unwrap(), "i: r/x:1-abc");
+    }
+}

@@ -1,0 +1,522 @@
+//! Recipes: the TOML files under `recipes/` and the appliance definitions under `bundles/`,
+//! parsed into typed data with file:line errors. First step of the build flow
+//! (recipe → store → oci/bundle); nothing here touches the store or runs a build.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// A value with its byte span in the recipe file, so later checks can name the line.
+pub type S<T> = Spanned<T>;
+
+/// One parsed recipe file.
+#[derive(Debug, Clone)]
+pub struct Recipe {
+    /// Name: the file stem (`recipes/relay-image.toml` → `relay-image`).
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Its text, kept to turn spans into line numbers.
+    pub text: String,
+    /// What it builds.
+    pub kind: RecipeKind,
+}
+
+/// The kinds of derivation a recipe can describe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum RecipeKind {
+    /// A static executable built by cargo from a crate of this workspace.
+    Binary(BinaryRecipe),
+    /// An external input pinned by sha256 (a vendor's `docker save` tar, any file).
+    Fixed(FixedRecipe),
+    /// An OCI image written without any Docker daemon.
+    Image(ImageRecipe),
+    /// A compose v3 stack template whose image fields are filled with built images.
+    Stack(StackRecipe),
+}
+
+impl RecipeKind {
+    /// Short kind name, as written in the TOML.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RecipeKind::Binary(_) => "binary",
+            RecipeKind::Fixed(_) => "fixed",
+            RecipeKind::Image(_) => "image",
+            RecipeKind::Stack(_) => "stack",
+        }
+    }
+}
+
+/// `kind = "binary"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinaryRecipe {
+    /// Workspace root (folder with the workspace Cargo.toml), relative to the recipe file.
+    pub workspace: S<String>,
+    /// Cargo package name.
+    pub package: String,
+    /// Binary target name.
+    pub bin: String,
+    /// Files and folders (relative to the workspace) whose content is this build's input.
+    pub sources: Vec<S<String>>,
+}
+
+/// `kind = "fixed"`: a fixed-output input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixedRecipe {
+    /// File path, relative to the recipe file (or absolute).
+    pub path: S<String>,
+    /// Expected sha256 (64 lowercase hex).
+    pub sha256: S<String>,
+    /// How the file is used.
+    #[serde(default)]
+    pub format: FixedFormat,
+}
+
+/// What a fixed-output input contains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FixedFormat {
+    /// Any file, used as a layer entry.
+    #[default]
+    File,
+    /// A `docker save` archive (manifest.json + config + layers), usable as an image base.
+    DockerArchive,
+}
+
+/// `kind = "image"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecipe {
+    /// Repository, e.g. `reemo/ws-relay-server`.
+    pub repository: String,
+    /// Version; the tag is `<version>-<hash12>`.
+    pub version: String,
+    /// Optional base image: a `fixed` recipe with `format = "docker-archive"`.
+    #[serde(default)]
+    pub base: Option<S<String>>,
+    /// Layers added on top of the base, in order.
+    #[serde(default, rename = "layer")]
+    pub layers: Vec<LayerSpec>,
+    /// Image configuration.
+    #[serde(default)]
+    pub config: ImageConfig,
+    /// Extra OCI annotations / labels (`revision`, `source`, …).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// One layer: a list of entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerSpec {
+    /// Entries of the layer.
+    pub entries: Vec<LayerEntry>,
+}
+
+/// One file or folder of a layer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerEntry {
+    /// Absolute destination inside the image.
+    pub dest: S<String>,
+    /// A file of the repo, relative to the recipe file.
+    #[serde(default)]
+    pub file: Option<S<String>>,
+    /// The output of another recipe (a binary or a fixed file).
+    #[serde(default)]
+    pub recipe: Option<S<String>>,
+    /// Inline text content.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// An empty folder.
+    #[serde(default)]
+    pub dir: bool,
+    /// Permission bits (default 0o644 for files, 0o755 for folders and binaries).
+    #[serde(default)]
+    pub mode: Option<u32>,
+    /// Owner uid (default 0).
+    #[serde(default)]
+    pub uid: u64,
+    /// Owner gid (default 0).
+    #[serde(default)]
+    pub gid: u64,
+}
+
+/// Image configuration, as in the OCI image config / Dockerfile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// ENTRYPOINT.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// CMD.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// ENV.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// USER.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// WORKDIR.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// EXPOSE, e.g. `["8080/tcp"]`.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// LABEL.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// HEALTHCHECK.
+    #[serde(default)]
+    pub healthcheck: Option<HealthcheckSpec>,
+    /// STOPSIGNAL.
+    #[serde(default)]
+    pub stop_signal: Option<String>,
+}
+
+/// Docker healthcheck.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthcheckSpec {
+    /// `["CMD", …]` or `["NONE"]`.
+    pub test: Vec<String>,
+    /// e.g. `"10s"`.
+    #[serde(default)]
+    pub interval: Option<S<String>>,
+    /// e.g. `"3s"`.
+    #[serde(default)]
+    pub timeout: Option<S<String>>,
+    /// e.g. `"5s"`.
+    #[serde(default)]
+    pub start_period: Option<S<String>>,
+    /// Consecutive failures before unhealthy.
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+/// `kind = "stack"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StackRecipe {
+    /// Compose v3 template, relative to the recipe file; `${image:NAME}` is replaced with the
+    /// reference of image recipe NAME.
+    pub template: S<String>,
+    /// Config files copied to `configs/<key>` in the bundle (source relative to the recipe).
+    #[serde(default)]
+    pub configs: BTreeMap<String, S<String>>,
+}
+
+/// An appliance definition (`bundles/NAME.toml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleDef {
+    /// Appliance name.
+    pub name: String,
+    /// Appliance version.
+    pub version: String,
+    /// Swarm stack name.
+    pub stack_name: String,
+    /// The stack recipe.
+    pub stack: S<String>,
+    /// Folders searched for recipes, relative to this file, in order.
+    #[serde(default = "default_recipe_dirs")]
+    pub recipes: Vec<String>,
+    /// Executables shipped under `bin/`: file name → binary recipe.
+    #[serde(default)]
+    pub binaries: BTreeMap<String, S<String>>,
+    /// Pinned component versions (like the seeds' `DOCKER_VERSION_*`).
+    #[serde(default)]
+    pub pinned: BTreeMap<String, String>,
+}
+
+fn default_recipe_dirs() -> Vec<String> {
+    vec!["../recipes".into()]
+}
+
+/// An appliance definition with where it came from.
+#[derive(Debug, Clone)]
+pub struct LoadedBundleDef {
+    /// Parsed content.
+    pub def: BundleDef,
+    /// File path.
+    pub path: PathBuf,
+    /// File text (for line numbers).
+    pub text: String,
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// `file:line: message` for a spanned value.
+pub fn at<T>(path: &Path, text: &str, v: &S<T>, msg: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}:{}: {msg}",
+        path.display(),
+        line_of(text, v.span().start)
+    )
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T> {
+    toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+        anyhow::anyhow!("{}:{line}: {}", path.display(), e.message().trim_end())
+    })
+}
+
+impl Recipe {
+    /// Parse a recipe file; the name is the file stem.
+    pub fn load(path: &Path) -> Result<Recipe> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading recipe {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("recipe file name {} is not UTF-8", path.display()))?
+            .to_string();
+        let kind: RecipeKind = parse_toml(path, &text)?;
+        let r = Recipe {
+            name,
+            path: path.to_path_buf(),
+            text,
+            kind,
+        };
+        r.check()?;
+        Ok(r)
+    }
+
+    /// `file:line: message` for a spanned field of this recipe.
+    pub fn err_at<T>(&self, v: &S<T>, msg: impl std::fmt::Display) -> anyhow::Error {
+        at(&self.path, &self.text, v, msg)
+    }
+
+    /// Folder of the recipe file (relative paths resolve against it).
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Checks that need no other file: destinations, modes, hashes, durations.
+    fn check(&self) -> Result<()> {
+        match &self.kind {
+            RecipeKind::Fixed(f) => {
+                let h = f.sha256.get_ref();
+                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                    return Err(self.err_at(&f.sha256, "sha256 must be 64 lowercase hex digits"));
+                }
+            }
+            RecipeKind::Image(img) => {
+                for layer in &img.layers {
+                    for e in &layer.entries {
+                        normalize_dest(e.dest.get_ref()).map_err(|m| self.err_at(&e.dest, m))?;
+                        let sources = e.file.is_some() as u8
+                            + e.recipe.is_some() as u8
+                            + e.text.is_some() as u8
+                            + e.dir as u8;
+                        if sources != 1 {
+                            return Err(self.err_at(
+                                &e.dest,
+                                "a layer entry needs exactly one of file, recipe, text or dir",
+                            ));
+                        }
+                        if e.mode.is_some_and(|m| m > 0o7777) {
+                            return Err(self.err_at(&e.dest, "mode must be at most 0o7777"));
+                        }
+                    }
+                }
+                if let Some(h) = &img.config.healthcheck {
+                    for d in [&h.interval, &h.timeout, &h.start_period].into_iter().flatten() {
+                        parse_duration(d.get_ref()).map_err(|m| self.err_at(d, m))?;
+                    }
+                }
+                if img.repository.is_empty()
+                    || !img
+                        .repository
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+                {
+                    bail!(
+                        "{}: repository {:?} must be lowercase letters, digits and ._-/",
+                        self.path.display(),
+                        img.repository
+                    );
+                }
+            }
+            RecipeKind::Binary(_) | RecipeKind::Stack(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl LoadedBundleDef {
+    /// Parse an appliance definition.
+    pub fn load(path: &Path) -> Result<LoadedBundleDef> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading bundle definition {}", path.display()))?;
+        let def: BundleDef = parse_toml(path, &text)?;
+        Ok(LoadedBundleDef {
+            def,
+            path: path.to_path_buf(),
+            text,
+        })
+    }
+
+    /// Folders searched for recipes.
+    pub fn recipe_dirs(&self) -> Vec<PathBuf> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        self.def.recipes.iter().map(|d| base.join(d)).collect()
+    }
+}
+
+/// Normalise an absolute in-image destination to a relative tar path (`/usr/bin/x` →
+/// `usr/bin/x`); rejects anything that would leave the image root.
+pub fn normalize_dest(dest: &str) -> std::result::Result<String, String> {
+    if !dest.starts_with('/') {
+        return Err(format!("layer destination {dest:?} must be an absolute path"));
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(dest).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .ok_or_else(|| format!("layer destination {dest:?} is not UTF-8"))?,
+            ),
+            Component::ParentDir => {
+                return Err(format!("layer destination {dest:?} escapes the image root"))
+            }
+            Component::Prefix(_) => return Err(format!("layer destination {dest:?} is invalid")),
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("layer destination {dest:?} is the image root"));
+    }
+    Ok(parts.join("/"))
+}
+
+/// Parse a Docker-style duration (`500ms`, `10s`, `1m30s`, `2h`) into nanoseconds.
+pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
+    let bad = || format!("invalid duration {s:?} (expected e.g. 500ms, 10s, 1m30s)");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total: u64 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
+        let mult: u64 = match &rest[..unit_len] {
+            "ns" => 1,
+            "us" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_len..];
+        total = n
+            .checked_mul(mult)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("10s", Some(10_000_000_000)),
+            ("500ms", Some(500_000_000)),
+            ("1m30s", Some(90_000_000_000)),
+            ("2h", Some(7_200_000_000_000)),
+            ("", None),
+            ("10", None),
+            ("s", None),
+            ("3d", None),
+        ];
+        for (s, want) in cases {
+            assert_eq!(parse_duration(s).ok(), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn destinations() {
+        assert_eq!(normalize_dest("/usr/local/bin/x").unwrap(), "usr/local/bin/x");
+        assert_eq!(normalize_dest("/a/./b").unwrap(), "a/b");
+        assert!(normalize_dest("relative").is_err());
+        assert!(normalize_dest("/../etc/passwd")
+            .unwrap_err()
+            .contains("escapes the image root"));
+        assert!(normalize_dest("/a/../../b").is_err());
+        assert!(normalize_dest("/").is_err());
+    }
+
+    #[test]
+    fn malformed_toml_names_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "x.toml", "kind = \"fixed\"\npath = \"a\"\nsha256 = \n");
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("x.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "img.toml",
+            "kind = \"image\"\nrepository = \"a/b\"\nversion = \"1\"\n[config]\nentrypont = [\"x\"]\n",
+        );
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("img.toml:5:"), "{e}");
+        assert!(e.contains("entrypont"), "{e}");
+    }
+
+    #[test]
+    fn escaping_destination_names_line() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(
+            d.path(),
+            "img.toml",
+            "kind = \"image\"\nrepository = \"a/b\"\nversion = \"1\"\n\n[[layer]]\nentries = [\n  { dest = \"/../../etc/shadow\", text = \"x\" },\n]\n",
+        );
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("img.toml:7:"), "{e}");
+        assert!(e.contains("escapes the image root"), "{e}");
+    }
+
+    #[test]
+    fn bad_fixed_hash_format() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "f.toml", "kind = \"fixed\"\npath = \"a\"\nsha256 = \"XYZ\"\n");
+        let e = Recipe::load(&p).unwrap_err().to_string();
+        assert!(e.contains("f.toml:3:"), "{e}");
+    }
+}
