@@ -291,9 +291,7 @@ impl Engine {
                     spec_hash: spec.labels.and_then(|l| l.get(SPEC_LABEL).cloned()),
                     version: s.version.and_then(|v| v.index).unwrap_or(0),
                     replicas,
-                    update_state: us
-                        .as_ref()
-                        .and_then(|u| u.state.map(|st| st.to_string())),
+                    update_state: us.as_ref().and_then(|u| u.state.map(|st| st.to_string())),
                     update_message: us.and_then(|u| u.message),
                 }
             })
@@ -330,17 +328,18 @@ impl Engine {
         loop {
             let current = self
                 .docker
-                .inspect_service(
-                    &name,
-                    Some(InspectServiceOptionsBuilder::default().build()),
-                )
+                .inspect_service(&name, Some(InspectServiceOptionsBuilder::default().build()))
                 .await
                 .with_context(|| format!("inspecting service {name}"))?;
             let version = current.version.and_then(|v| v.index).unwrap_or(0);
             let opts = UpdateServiceOptionsBuilder::default()
                 .version(version as i32)
                 .build();
-            match self.docker.update_service(&name, s.clone(), opts, None).await {
+            match self
+                .docker
+                .update_service(&name, s.clone(), opts, None)
+                .await
+            {
                 Ok(_) => return Ok(()),
                 Err(e) if attempt < 5 && e.to_string().contains("out of sequence") => {
                     attempt += 1;

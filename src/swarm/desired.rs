@@ -1,0 +1,427 @@
+//! Desired state of a stack: everything a generation needs to be re-applied exactly, built
+//! purely from a bundle (manifest, stack file, config contents) and the host's generated
+//! secrets. Stored verbatim in each generation record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::bundle::manifest::BundleManifest;
+use crate::stack::{self, ComposeFile};
+
+/// Which bundle a desired state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    /// Appliance name.
+    pub name: String,
+    /// Appliance version.
+    pub version: String,
+    /// Bundle identity (64 hex).
+    pub identity: String,
+    /// Pinned component versions.
+    pub pinned: BTreeMap<String, String>,
+}
+
+/// An image the stack needs on every engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredImage {
+    /// Recipe name.
+    pub name: String,
+    /// `repository:tag`.
+    pub reference: String,
+    /// Image ID `sha256:…`.
+    pub id: String,
+}
+
+/// Where the content of a config or secret comes from on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectSource {
+    /// A file of an imported bundle: `store/<identity>/<path>`.
+    Store {
+        /// Bundle identity.
+        identity: String,
+        /// Entry path inside the bundle.
+        path: String,
+    },
+    /// A host-generated secret: `secrets/<key>` in the state directory.
+    Generated {
+        /// Secret key (compose name).
+        key: String,
+    },
+}
+
+/// A Swarm config or secret, named by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredObject {
+    /// Compose name.
+    pub key: String,
+    /// Swarm name `<stack>_<key>_<hash8>`.
+    pub name: String,
+    /// sha256 hex of the content.
+    pub sha256: String,
+    /// Content source.
+    pub source: ObjectSource,
+}
+
+/// A network of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredNetwork {
+    /// Compose name.
+    pub key: String,
+    /// Engine name (`<stack>_<key>` unless named explicitly).
+    pub name: String,
+    /// Driver.
+    pub driver: String,
+    /// Attachable.
+    pub attachable: bool,
+    /// Pre-existing (not created or removed by the loader).
+    pub external: bool,
+}
+
+/// One service, with its complete Engine-API spec (IDs of configs and secrets are filled
+/// in at apply time from their names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredService {
+    /// Short name.
+    pub name: String,
+    /// `<stack>_<name>`.
+    pub full_name: String,
+    /// Phase.
+    pub phase: u32,
+    /// One-shot job.
+    pub job: bool,
+    /// Image ID.
+    pub image_id: String,
+    /// Swarm names of the configs it mounts.
+    pub configs: Vec<String>,
+    /// Swarm names of the secrets it mounts.
+    pub secrets: Vec<String>,
+    /// Hash of `spec` (before the hash label was added).
+    pub spec_hash: String,
+    /// `ServiceSpec` JSON.
+    pub spec: serde_json::Value,
+}
+
+/// The complete desired state of a stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredStack {
+    /// Stack name.
+    pub stack: String,
+    /// Source bundle.
+    pub bundle: BundleInfo,
+    /// Images.
+    pub images: Vec<DesiredImage>,
+    /// Networks.
+    pub networks: Vec<DesiredNetwork>,
+    /// Configs.
+    pub configs: Vec<DesiredObject>,
+    /// Secrets.
+    pub secrets: Vec<DesiredObject>,
+    /// Services in deployment order.
+    pub services: Vec<DesiredService>,
+}
+
+impl DesiredStack {
+    /// Look up a service by short name.
+    pub fn service(&self, name: &str) -> Option<&DesiredService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Image IDs used by services.
+    pub fn image_ids(&self) -> BTreeSet<String> {
+        self.services.iter().map(|s| s.image_id.clone()).collect()
+    }
+
+    /// Keep only what the services use (after merging with `--only`).
+    fn prune(&mut self) {
+        let used_images = self.image_ids();
+        self.images.retain(|i| used_images.contains(&i.id));
+        let cfg: BTreeSet<&String> = self.services.iter().flat_map(|s| &s.configs).collect();
+        self.configs.retain(|c| cfg.contains(&c.name));
+        let sec: BTreeSet<&String> = self.services.iter().flat_map(|s| &s.secrets).collect();
+        self.secrets.retain(|c| sec.contains(&c.name));
+        self.configs.sort_by(|a, b| a.name.cmp(&b.name));
+        self.configs.dedup_by(|a, b| a.name == b.name);
+        self.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        self.secrets.dedup_by(|a, b| a.name == b.name);
+        self.images.sort_by(|a, b| a.id.cmp(&b.id));
+        self.images.dedup_by(|a, b| a.id == b.id);
+    }
+}
+
+/// Inputs of [`build`] that come from files: config contents by bundle path and generated
+/// secret contents by key (`None` = not generated yet; a dry run shows a placeholder).
+pub struct Contents<'a> {
+    /// Bundle file contents by entry path (configs and secrets the stack references).
+    pub files: &'a BTreeMap<String, Vec<u8>>,
+    /// Generated secrets by compose key.
+    pub generated: &'a BTreeMap<String, Vec<u8>>,
+}
+
+/// sha256 hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Generate content for a `x-reemo-generate` template.
+pub fn generate_secret(template: &str) -> Vec<u8> {
+    use rand::RngCore;
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(i) = rest.find("{hex32}") {
+        out.push_str(&rest[..i]);
+        let mut b = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut b);
+        out.push_str(&hex::encode(b));
+        rest = &rest[i + "{hex32}".len()..];
+    }
+    out.push_str(rest);
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// Bundle entry paths of configs and secrets with `file:`, by compose key.
+pub fn file_paths(manifest: &BundleManifest, compose: &ComposeFile) -> Result<Vec<String>> {
+    let mut v = Vec::new();
+    let files = compose
+        .configs
+        .iter()
+        .map(|(k, c)| ("config", k, c.file.as_ref()))
+        .chain(
+            compose
+                .secrets
+                .iter()
+                .map(|(k, s)| ("secret", k, s.file.as_ref())),
+        );
+    for (kind, key, file) in files {
+        if let Some(f) = file {
+            let p = stack::resolve_relative(&manifest.stack_file, f)
+                .with_context(|| format!("{kind} {key}: file {f:?} leaves the bundle"))?;
+            v.push(p);
+        }
+    }
+    Ok(v)
+}
+
+/// Build the desired state of a bundle. Pure: every input is data.
+pub fn build(
+    manifest: &BundleManifest,
+    compose: &ComposeFile,
+    contents: &Contents<'_>,
+) -> Result<DesiredStack> {
+    let stack = manifest.stack.clone();
+    let mut images = Vec::new();
+    let mut by_ref: BTreeMap<String, &crate::bundle::manifest::ImageEntry> = BTreeMap::new();
+    for i in &manifest.images {
+        by_ref.insert(i.reference(), i);
+        by_ref.insert(i.name.clone(), i);
+    }
+    let mut configs = Vec::new();
+    for (key, def) in &compose.configs {
+        if def.external == Some(true) {
+            bail!("config {key}: external configs are not supported by the loader");
+        }
+        let f = def.file.as_deref().unwrap_or_default();
+        let path = stack::resolve_relative(&manifest.stack_file, f)
+            .with_context(|| format!("config {key}: file {f:?} leaves the bundle"))?;
+        let data = contents
+            .files
+            .get(&path)
+            .with_context(|| format!("config {key}: {path} is not in the bundle"))?;
+        let sha = sha256_hex(data);
+        configs.push(DesiredObject {
+            key: key.clone(),
+            name: format!("{stack}_{key}_{}", &sha[..8]),
+            sha256: sha,
+            source: ObjectSource::Store {
+                identity: manifest.identity.clone(),
+                path,
+            },
+        });
+    }
+    let mut secrets = Vec::new();
+    for (key, def) in &compose.secrets {
+        let (sha, source) = if def.generate.is_some() {
+            let sha = match contents.generated.get(key) {
+                Some(d) => sha256_hex(d),
+                None => "0".repeat(8) + "-to-be-generated",
+            };
+            (sha, ObjectSource::Generated { key: key.clone() })
+        } else if let Some(f) = &def.file {
+            let path = stack::resolve_relative(&manifest.stack_file, f)
+                .with_context(|| format!("secret {key}: file {f:?} leaves the bundle"))?;
+            let data = contents
+                .files
+                .get(&path)
+                .with_context(|| format!("secret {key}: {path} is not in the bundle"))?;
+            (
+                sha256_hex(data),
+                ObjectSource::Store {
+                    identity: manifest.identity.clone(),
+                    path,
+                },
+            )
+        } else {
+            bail!("secret {key}: external secrets without x-reemo-generate are not supported by the loader");
+        };
+        secrets.push(DesiredObject {
+            key: key.clone(),
+            name: format!("{stack}_{key}_{}", &sha[..8]),
+            sha256: sha,
+            source,
+        });
+    }
+    let mut networks = Vec::new();
+    for key in compose.used_networks() {
+        let def = compose
+            .networks
+            .get(&key)
+            .cloned()
+            .flatten()
+            .unwrap_or_default();
+        let external = def.external == Some(true);
+        networks.push(DesiredNetwork {
+            name: def.name.clone().unwrap_or_else(|| {
+                if external {
+                    key.clone()
+                } else {
+                    format!("{stack}_{key}")
+                }
+            }),
+            key,
+            driver: def.driver.unwrap_or_else(|| "overlay".into()),
+            attachable: def.attachable.unwrap_or(false),
+            external,
+        });
+    }
+    let mut services = Vec::new();
+    for summary in compose.services() {
+        let svc = &compose.services[summary.name];
+        let img = by_ref.get(summary.image).with_context(|| {
+            format!(
+                "service {}: image {:?} is not one of the bundle's images",
+                summary.name, summary.image
+            )
+        })?;
+        if !images
+            .iter()
+            .any(|i: &DesiredImage| i.id == img.config_digest)
+        {
+            images.push(DesiredImage {
+                name: img.name.clone(),
+                reference: img.reference(),
+                id: img.config_digest.clone(),
+            });
+        }
+        let cfg_names: Vec<String> = svc
+            .configs
+            .iter()
+            .map(|c| {
+                configs
+                    .iter()
+                    .find(|o| o.key == c.source())
+                    .map(|o| o.name.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let sec_names: Vec<String> = svc
+            .secrets
+            .iter()
+            .map(|c| {
+                secrets
+                    .iter()
+                    .find(|o| o.key == c.source())
+                    .map(|o| o.name.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let input = super::spec::ServiceInput {
+            stack: &stack,
+            name: summary.name,
+            service: svc,
+            image_id: &img.config_digest,
+            image_ref: &img.reference(),
+            configs: &cfg_names,
+            secrets: &sec_names,
+            networks: &networks,
+        };
+        let spec = super::spec::service_spec(&input)
+            .with_context(|| format!("service {}", summary.name))?;
+        let (spec, hash) = super::spec::seal(spec);
+        services.push(DesiredService {
+            name: summary.name.to_string(),
+            full_name: format!("{stack}_{}", summary.name),
+            phase: summary.phase,
+            job: summary.job,
+            image_id: img.config_digest.clone(),
+            configs: cfg_names,
+            secrets: sec_names,
+            spec_hash: hash,
+            spec,
+        });
+    }
+    let mut d = DesiredStack {
+        stack,
+        bundle: BundleInfo {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            identity: manifest.identity.clone(),
+            pinned: manifest.pinned.clone(),
+        },
+        images,
+        networks,
+        configs,
+        secrets,
+        services,
+    };
+    d.prune();
+    Ok(d)
+}
+
+/// `--only`: the named services from `new`, every other service as in `previous`.
+pub fn merge_only(
+    new: &DesiredStack,
+    previous: Option<&DesiredStack>,
+    only: &[String],
+) -> Result<DesiredStack> {
+    for o in only {
+        if new.service(o).is_none() {
+            let names: Vec<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+            bail!(
+                "--only {o}: the bundle has no such service (it has {})",
+                names.join(", ")
+            );
+        }
+    }
+    let mut out = new.clone();
+    out.services.clear();
+    for s in &new.services {
+        if only.contains(&s.name) {
+            out.services.push(s.clone());
+        } else if let Some(p) = previous.and_then(|p| p.service(&s.name)) {
+            out.services.push(p.clone());
+        }
+    }
+    if let Some(p) = previous {
+        for s in &p.services {
+            if out.service(&s.name).is_none() {
+                out.services.push(s.clone());
+            }
+        }
+        out.images.extend(p.images.iter().cloned());
+        out.configs.extend(p.configs.iter().cloned());
+        out.secrets.extend(p.secrets.iter().cloned());
+        for n in &p.networks {
+            if !out.networks.iter().any(|x| x.name == n.name) {
+                out.networks.push(n.clone());
+            }
+        }
+    }
+    out.services
+        .sort_by(|a, b| (a.phase, &a.name).cmp(&(b.phase, &b.name)));
+    out.prune();
+    Ok(out)
+}
