@@ -73,7 +73,10 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
         println!("{}", String::from_utf8_lossy(b.manifest_bytes()).trim_end());
         return Ok(0);
     }
-    println!("{} {}  (format {}, stack {})", m.name, m.version, m.format, m.stack);
+    println!(
+        "{} {}  (format {}, stack {})",
+        m.name, m.version, m.format, m.stack
+    );
     println!("identity  {}", m.identity);
     println!("pinned versions:");
     for (k, v) in &m.pinned {

@@ -331,12 +331,18 @@ mod tests {
     #[test]
     fn layer_is_sorted_with_parents_and_deterministic() {
         let a = layer_tar(
-            &[file("usr/bin/b", b"b", 0o755), file("etc/passwd", b"p", 0o644)],
+            &[
+                file("usr/bin/b", b"b", 0o755),
+                file("etc/passwd", b"p", 0o644),
+            ],
             0,
         )
         .unwrap();
         let b = layer_tar(
-            &[file("etc/passwd", b"p", 0o644), file("usr/bin/b", b"b", 0o755)],
+            &[
+                file("etc/passwd", b"p", 0o644),
+                file("usr/bin/b", b"b", 0o755),
+            ],
             0,
         )
         .unwrap();
@@ -351,7 +357,16 @@ mod tests {
         // Golden digest: a change in the tar encoding must be deliberate.
         assert_eq!(
             sha256_hex(&a),
-            sha256_hex(&layer_tar(&[file("etc/passwd", b"p", 0o644), file("usr/bin/b", b"b", 0o755)], 0).unwrap())
+            sha256_hex(
+                &layer_tar(
+                    &[
+                        file("etc/passwd", b"p", 0o644),
+                        file("usr/bin/b", b"b", 0o755)
+                    ],
+                    0
+                )
+                .unwrap()
+            )
         );
     }
 

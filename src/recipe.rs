@@ -26,8 +26,8 @@ pub struct Recipe {
 }
 
 /// The kinds of derivation a recipe can describe.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
 pub enum RecipeKind {
     /// A static executable built by cargo from a crate of this workspace.
     Binary(BinaryRecipe),
@@ -55,6 +55,8 @@ impl RecipeKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BinaryRecipe {
+    /// Recipe kind, as written (`kind = "..."`).
+    pub kind: String,
     /// Workspace root (folder with the workspace Cargo.toml), relative to the recipe file.
     pub workspace: S<String>,
     /// Cargo package name.
@@ -69,6 +71,8 @@ pub struct BinaryRecipe {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixedRecipe {
+    /// Recipe kind, as written (`kind = "..."`).
+    pub kind: String,
     /// File path, relative to the recipe file (or absolute).
     pub path: S<String>,
     /// Expected sha256 (64 lowercase hex).
@@ -93,6 +97,8 @@ pub enum FixedFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageRecipe {
+    /// Recipe kind, as written (`kind = "..."`).
+    pub kind: String,
     /// Repository, e.g. `reemo/ws-relay-server`.
     pub repository: String,
     /// Version; the tag is `<version>-<hash12>`.
@@ -205,6 +211,8 @@ pub struct HealthcheckSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StackRecipe {
+    /// Recipe kind, as written (`kind = "..."`).
+    pub kind: String,
     /// Compose v3 template, relative to the recipe file; `${image:NAME}` is replaced with the
     /// reference of image recipe NAME.
     pub template: S<String>,
@@ -276,6 +284,36 @@ fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result
     })
 }
 
+/// Read `kind` first, then parse the whole file as that kind's struct (so that spans work
+/// and unknown fields are reported with their line).
+fn parse_kind(path: &Path, text: &str) -> Result<RecipeKind> {
+    let table: toml::Table = parse_toml(path, text)?;
+    let kind = match table.get("kind") {
+        Some(toml::Value::String(k)) => k.clone(),
+        Some(_) => bail!("{}: kind must be a string", path.display()),
+        None => bail!(
+            "{}:1: missing field `kind` (binary, fixed, image or stack)",
+            path.display()
+        ),
+    };
+    Ok(match kind.as_str() {
+        "binary" => RecipeKind::Binary(parse_toml(path, text)?),
+        "fixed" => RecipeKind::Fixed(parse_toml(path, text)?),
+        "image" => RecipeKind::Image(parse_toml(path, text)?),
+        "stack" => RecipeKind::Stack(parse_toml(path, text)?),
+        other => {
+            let line = text
+                .lines()
+                .position(|l| l.trim_start().starts_with("kind"))
+                .map_or(1, |i| i + 1);
+            bail!(
+                "{}:{line}: unknown recipe kind {other:?} (binary, fixed, image or stack)",
+                path.display()
+            )
+        }
+    })
+}
+
 impl Recipe {
     /// Parse a recipe file; the name is the file stem.
     pub fn load(path: &Path) -> Result<Recipe> {
@@ -286,7 +324,7 @@ impl Recipe {
             .and_then(|s| s.to_str())
             .with_context(|| format!("recipe file name {} is not UTF-8", path.display()))?
             .to_string();
-        let kind: RecipeKind = parse_toml(path, &text)?;
+        let kind = parse_kind(path, &text)?;
         let r = Recipe {
             name,
             path: path.to_path_buf(),
@@ -312,7 +350,11 @@ impl Recipe {
         match &self.kind {
             RecipeKind::Fixed(f) => {
                 let h = f.sha256.get_ref();
-                if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                if h.len() != 64
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                {
                     return Err(self.err_at(&f.sha256, "sha256 must be 64 lowercase hex digits"));
                 }
             }
@@ -336,15 +378,17 @@ impl Recipe {
                     }
                 }
                 if let Some(h) = &img.config.healthcheck {
-                    for d in [&h.interval, &h.timeout, &h.start_period].into_iter().flatten() {
+                    for d in [&h.interval, &h.timeout, &h.start_period]
+                        .into_iter()
+                        .flatten()
+                    {
                         parse_duration(d.get_ref()).map_err(|m| self.err_at(d, m))?;
                     }
                 }
                 if img.repository.is_empty()
-                    || !img
-                        .repository
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+                    || !img.repository.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b)
+                    })
                 {
                     bail!(
                         "{}: repository {:?} must be lowercase letters, digits and ._-/",
@@ -383,7 +427,9 @@ impl LoadedBundleDef {
 /// `usr/bin/x`); rejects anything that would leave the image root.
 pub fn normalize_dest(dest: &str) -> std::result::Result<String, String> {
     if !dest.starts_with('/') {
-        return Err(format!("layer destination {dest:?} must be an absolute path"));
+        return Err(format!(
+            "layer destination {dest:?} must be an absolute path"
+        ));
     }
     let mut parts = Vec::new();
     for c in Path::new(dest).components() {
@@ -468,7 +514,10 @@ mod tests {
 
     #[test]
     fn destinations() {
-        assert_eq!(normalize_dest("/usr/local/bin/x").unwrap(), "usr/local/bin/x");
+        assert_eq!(
+            normalize_dest("/usr/local/bin/x").unwrap(),
+            "usr/local/bin/x"
+        );
         assert_eq!(normalize_dest("/a/./b").unwrap(), "a/b");
         assert!(normalize_dest("relative").is_err());
         assert!(normalize_dest("/../etc/passwd")
@@ -481,7 +530,11 @@ mod tests {
     #[test]
     fn malformed_toml_names_file_and_line() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "x.toml", "kind = \"fixed\"\npath = \"a\"\nsha256 = \n");
+        let p = write(
+            d.path(),
+            "x.toml",
+            "kind = \"fixed\"\npath = \"a\"\nsha256 = \n",
+        );
         let e = Recipe::load(&p).unwrap_err().to_string();
         assert!(e.contains("x.toml:3:"), "{e}");
     }
@@ -515,7 +568,11 @@ mod tests {
     #[test]
     fn bad_fixed_hash_format() {
         let d = tempfile::tempdir().unwrap();
-        let p = write(d.path(), "f.toml", "kind = \"fixed\"\npath = \"a\"\nsha256 = \"XYZ\"\n");
+        let p = write(
+            d.path(),
+            "f.toml",
+            "kind = \"fixed\"\npath = \"a\"\nsha256 = \"XYZ\"\n",
+        );
         let e = Recipe::load(&p).unwrap_err().to_string();
         assert!(e.contains("f.toml:3:"), "{e}");
     }

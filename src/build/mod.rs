@@ -77,7 +77,12 @@ impl Graph {
     }
 
     /// Identity of recipe `name`, loading and hashing it and its inputs on first use.
-    fn resolve(&mut self, name: &S<String>, from: &Origin, stack: &mut Vec<String>) -> Result<String> {
+    fn resolve(
+        &mut self,
+        name: &S<String>,
+        from: &Origin,
+        stack: &mut Vec<String>,
+    ) -> Result<String> {
         let n = name.get_ref().clone();
         if let Some(id) = self.ids.get(&n) {
             return Ok(id.clone());
@@ -93,7 +98,12 @@ impl Graph {
             ));
         }
         if n.is_empty() || n.contains('/') || n.contains("..") {
-            return Err(at(from.path, from.text, name, format!("invalid recipe name {n:?}")));
+            return Err(at(
+                from.path,
+                from.text,
+                name,
+                format!("invalid recipe name {n:?}"),
+            ));
         }
         let Some(path) = self.find(&n) else {
             let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
@@ -101,7 +111,10 @@ impl Graph {
                 from.path,
                 from.text,
                 name,
-                format!("unknown recipe {n:?} (looked for {n}.toml in {})", dirs.join(", ")),
+                format!(
+                    "unknown recipe {n:?} (looked for {n}.toml in {})",
+                    dirs.join(", ")
+                ),
             ));
         };
         let recipe = Recipe::load(&path)?;
@@ -122,7 +135,9 @@ impl Graph {
         let out = std::process::Command::new(&rustc)
             .arg("-vV")
             .output()
-            .with_context(|| format!("running {rustc} -vV (a Rust toolchain is needed to build binary recipes)"))?;
+            .with_context(|| {
+                format!("running {rustc} -vV (a Rust toolchain is needed to build binary recipes)")
+            })?;
         anyhow::ensure!(out.status.success(), "{rustc} -vV failed");
         let t = String::from_utf8_lossy(&out.stdout).into_owned();
         self.toolchain = Some(t.clone());
@@ -172,12 +187,15 @@ impl Graph {
                 for l in &img.layers {
                     for e in &l.entries {
                         if let Some(dep) = &e.recipe {
-                            inputs.insert(dep.get_ref().clone(), self.resolve(dep, &origin, stack)?);
+                            inputs
+                                .insert(dep.get_ref().clone(), self.resolve(dep, &origin, stack)?);
                         }
                         if let Some(f) = &e.file {
                             let p = r.dir().join(f.get_ref());
                             if !p.is_file() {
-                                return Err(r.err_at(f, format!("missing input file {}", p.display())));
+                                return Err(
+                                    r.err_at(f, format!("missing input file {}", p.display()))
+                                );
                             }
                             files.insert(f.get_ref().clone(), sha256_file(&p)?);
                         }
@@ -188,18 +206,22 @@ impl Graph {
             RecipeKind::Stack(st) => {
                 let p = r.dir().join(st.template.get_ref());
                 let text = std::fs::read_to_string(&p).map_err(|e| {
-                    r.err_at(&st.template, format!("missing input file {} ({e})", p.display()))
+                    r.err_at(
+                        &st.template,
+                        format!("missing input file {} ({e})", p.display()),
+                    )
                 })?;
-                files.insert(st.template.get_ref().clone(), crate::hash::sha256_hex(text.as_bytes()));
-                for (line, img) in realise::image_placeholders(&text) {
-                    let spanned = S::new(0..0, img.clone());
+                files.insert(
+                    st.template.get_ref().clone(),
+                    crate::hash::sha256_hex(text.as_bytes()),
+                );
+                for (offset, img) in realise::image_placeholders(&text) {
+                    let spanned = S::new(offset..offset + img.len(), img.clone());
                     let tpl = Origin {
                         path: &p,
                         text: &text,
                     };
-                    let id = self.resolve(&spanned, &tpl, stack).map_err(|e| {
-                        anyhow::anyhow!("{}:{line}: image {img:?}: {e:#}", p.display())
-                    })?;
+                    let id = self.resolve(&spanned, &tpl, stack)?;
                     inputs.insert(img, id);
                 }
                 for (key, src) in &st.configs {
@@ -290,7 +312,11 @@ pub(crate) fn expect_kind<'a>(
             &def.path,
             &def.text,
             name,
-            format!("recipe {:?} is a {} recipe, expected {kind}", name.get_ref(), r.kind.name()),
+            format!(
+                "recipe {:?} is a {} recipe, expected {kind}",
+                name.get_ref(),
+                r.kind.name()
+            ),
         ));
     }
     Ok(r)

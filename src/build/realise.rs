@@ -27,21 +27,28 @@ pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub(crate) const RUSTFLAGS_ID: &str =
     "-C target-feature=+crt-static; remap workspace=/build/src cargo_home=/cargo target=/build/target; strip=symbols";
 
-/// `${image:NAME}` placeholders of a template, with their 1-based lines.
+/// `${image:NAME}` placeholders of a template outside YAML comments, with the byte offset
+/// of each name.
 pub(crate) fn image_placeholders(text: &str) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut rest = line;
-        while let Some(p) = rest.find("${image:") {
-            let after = &rest[p + 8..];
-            match after.find('}') {
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let code = match line.find('#') {
+            Some(c) if line[..c].trim().is_empty() || line[..c].ends_with(' ') => &line[..c],
+            _ => line,
+        };
+        let mut pos = 0;
+        while let Some(p) = code[pos..].find("${image:") {
+            let start = pos + p + 8;
+            match code[start..].find('}') {
                 Some(end) => {
-                    out.push((i + 1, after[..end].to_string()));
-                    rest = &after[end + 1..];
+                    out.push((line_start + start, code[start..start + end].to_string()));
+                    pos = start + end + 1;
                 }
                 None => break,
             }
         }
+        line_start += line.len();
     }
     out
 }
@@ -77,7 +84,12 @@ pub(crate) fn realise(
             continue;
         }
         let r = &g.recipes[name];
-        (opts.progress)(&format!("building {} ({} {})", name, r.kind.name(), &id[..12]));
+        (opts.progress)(&format!(
+            "building {} ({} {})",
+            name,
+            r.kind.name(),
+            &id[..12]
+        ));
         let tmp = store.temp_dir()?;
         match &r.kind {
             RecipeKind::Binary(b) => build_binary(r, b, store, tmp.path(), opts)?,
@@ -101,15 +113,19 @@ pub(crate) fn realise(
     if !store.has(bundle_id) {
         let _lock = store.lock(bundle_id)?;
         if !store.has(bundle_id) {
-            (opts.progress)(&format!("packing bundle {} {}", def.def.name, &bundle_id[..12]));
+            (opts.progress)(&format!(
+                "packing bundle {} {}",
+                def.def.name,
+                &bundle_id[..12]
+            ));
             let tmp = store.temp_dir()?;
             pack_bundle(def, g, bundle_id, store, tmp.path(), opts.source_date_epoch)?;
             store.publish(bundle_id, tmp)?;
             built.push(format!("bundle:{}", def.def.name));
         }
     }
-    let manifest: BundleManifest =
-        serde_json::from_value(read_json(&obj.join("bundle.json"))?).context("reading stored bundle.json")?;
+    let manifest: BundleManifest = serde_json::from_value(read_json(&obj.join("bundle.json"))?)
+        .context("reading stored bundle.json")?;
     let file_name = manifest.file_name();
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating output folder {}", opts.out_dir.display()))?;
@@ -135,7 +151,9 @@ fn place(src: &Path, dest: &Path) -> Result<()> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
-        dest.file_name().and_then(|s| s.to_str()).unwrap_or("bundle"),
+        dest.file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("bundle"),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
@@ -150,7 +168,13 @@ fn place(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-fn build_binary(r: &Recipe, b: &BinaryRecipe, store: &Store, out: &Path, opts: &BuildOptions) -> Result<()> {
+fn build_binary(
+    r: &Recipe,
+    b: &BinaryRecipe,
+    store: &Store,
+    out: &Path,
+    opts: &BuildOptions,
+) -> Result<()> {
     let ws = r
         .dir()
         .join(b.workspace.get_ref())
@@ -169,10 +193,23 @@ fn build_binary(r: &Recipe, b: &BinaryRecipe, store: &Store, out: &Path, opts: &
     ]
     .join("\x1f");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    (opts.progress)(&format!("  cargo build --release -p {} --bin {} (static)", b.package, b.bin));
+    (opts.progress)(&format!(
+        "  cargo build --release -p {} --bin {} (static)",
+        b.package, b.bin
+    ));
     let status = std::process::Command::new(&cargo)
         .current_dir(&ws)
-        .args(["build", "--release", "--locked", "--target", TARGET, "-p", &b.package, "--bin", &b.bin])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            TARGET,
+            "-p",
+            &b.package,
+            "--bin",
+            &b.bin,
+        ])
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_ENCODED_RUSTFLAGS", flags)
         .env_remove("RUSTFLAGS")
@@ -187,7 +224,11 @@ fn build_binary(r: &Recipe, b: &BinaryRecipe, store: &Store, out: &Path, opts: &
         .status()
         .with_context(|| format!("{}: running {cargo}", r.path.display()))?;
     if !status.success() {
-        bail!("{}: cargo build of {} failed ({status})", r.path.display(), b.package);
+        bail!(
+            "{}: cargo build of {} failed ({status})",
+            r.path.display(),
+            b.package
+        );
     }
     let exe = target.join(TARGET).join("release").join(&b.bin);
     std::fs::create_dir_all(out.join("bin"))?;
@@ -257,9 +298,13 @@ struct Base {
 
 fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let f = std::fs::File::open(path).with_context(|| format!("{origin}: opening {}", path.display()))?;
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("{origin}: opening {}", path.display()))?;
     let mut ar = tar::Archive::new(f);
-    for e in ar.entries().with_context(|| format!("{origin}: reading {}", path.display()))? {
+    for e in ar
+        .entries()
+        .with_context(|| format!("{origin}: reading {}", path.display()))?
+    {
         let mut e = e.with_context(|| format!("{origin}: reading {}", path.display()))?;
         if !e.header().entry_type().is_file() {
             continue;
@@ -269,12 +314,14 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
         std::io::Read::read_to_end(&mut e, &mut data)?;
         files.insert(name, data);
     }
-    let manifest: Value = serde_json::from_slice(
-        files
-            .get("manifest.json")
-            .with_context(|| format!("{origin}: {} has no manifest.json (not a docker save archive)", path.display()))?,
-    )
-    .with_context(|| format!("{origin}: parsing manifest.json"))?;
+    let manifest: Value =
+        serde_json::from_slice(files.get("manifest.json").with_context(|| {
+            format!(
+                "{origin}: {} has no manifest.json (not a docker save archive)",
+                path.display()
+            )
+        })?)
+        .with_context(|| format!("{origin}: parsing manifest.json"))?;
     let m = manifest
         .get(0)
         .with_context(|| format!("{origin}: manifest.json lists no image"))?;
@@ -302,7 +349,9 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
 
 fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Value {
     let mut v = json!({"Test": h.test});
-    let ns = |d: &Option<crate::recipe::S<String>>| d.as_ref().map(|d| parse_duration(d.get_ref()).unwrap_or(0));
+    let ns = |d: &Option<crate::recipe::S<String>>| {
+        d.as_ref().map(|d| parse_duration(d.get_ref()).unwrap_or(0))
+    };
     if let Some(x) = ns(&h.interval) {
         v["Interval"] = json!(x);
     }
@@ -344,24 +393,41 @@ fn build_image(
             _ => {
                 return Err(r.err_at(
                     base_name,
-                    format!("base {:?} must be a fixed recipe with format = \"docker-archive\"", base_name.get_ref()),
+                    format!(
+                        "base {:?} must be a fixed recipe with format = \"docker-archive\"",
+                        base_name.get_ref()
+                    ),
                 ))
             }
         }
         let path = store.object(&g.ids[base_name.get_ref()]).join("file");
         let base = read_docker_archive(&path, &r.path.display().to_string())?;
         let c = &base.config["config"];
-        fields.user = c["User"].as_str().filter(|s| !s.is_empty()).map(String::from);
+        fields.user = c["User"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from);
         fields.env = c["Env"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let strings = |v: &Value| -> Option<Vec<String>> {
-            v.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            v.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
         };
         fields.entrypoint = strings(&c["Entrypoint"]);
         fields.cmd = strings(&c["Cmd"]);
-        fields.workdir = c["WorkingDir"].as_str().filter(|s| !s.is_empty()).map(String::from);
+        fields.workdir = c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from);
         if let Some(p) = c["ExposedPorts"].as_object() {
             fields.exposed_ports = p.keys().cloned().collect();
         }
@@ -400,28 +466,32 @@ fn build_image(
     for layer in &img.layers {
         let mut files = Vec::new();
         for e in &layer.entries {
-            let path = crate::recipe::normalize_dest(e.dest.get_ref()).map_err(|m| r.err_at(&e.dest, m))?;
+            let path = crate::recipe::normalize_dest(e.dest.get_ref())
+                .map_err(|m| r.err_at(&e.dest, m))?;
             let (content, default_mode) = if e.dir {
                 (Content::Dir, 0o755)
             } else if let Some(t) = &e.text {
                 (Content::Bytes(Arc::new(t.clone().into_bytes())), 0o644)
             } else if let Some(f) = &e.file {
                 let p = r.dir().join(f.get_ref());
-                let data = std::fs::read(&p)
-                    .map_err(|err| r.err_at(f, format!("missing input file {} ({err})", p.display())))?;
+                let data = std::fs::read(&p).map_err(|err| {
+                    r.err_at(f, format!("missing input file {} ({err})", p.display()))
+                })?;
                 (Content::Bytes(Arc::new(data)), 0o644)
             } else if let Some(dep) = &e.recipe {
                 let obj = store.object(&g.ids[dep.get_ref()]);
-                let (p, mode) = match &g.recipes[dep.get_ref()].kind {
-                    RecipeKind::Binary(b) => (obj.join("bin").join(&b.bin), 0o755),
-                    RecipeKind::Fixed(_) => (obj.join("file"), 0o644),
-                    other => {
-                        return Err(r.err_at(
+                let (p, mode) =
+                    match &g.recipes[dep.get_ref()].kind {
+                        RecipeKind::Binary(b) => (obj.join("bin").join(&b.bin), 0o755),
+                        RecipeKind::Fixed(_) => (obj.join("file"), 0o644),
+                        other => return Err(r.err_at(
                             dep,
-                            format!("a layer entry can use a binary or fixed recipe, not a {} recipe", other.name()),
-                        ))
-                    }
-                };
+                            format!(
+                                "a layer entry can use a binary or fixed recipe, not a {} recipe",
+                                other.name()
+                            ),
+                        )),
+                    };
                 let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 (Content::Bytes(Arc::new(data)), mode)
             } else {
@@ -444,11 +514,15 @@ fn build_image(
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("layer thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("layer thread panicked")))
+            })
             .collect()
     });
     for (i, res) in results.into_iter().enumerate() {
-        let (diff_id, desc, data) = res.with_context(|| format!("{}: layer {}", r.path.display(), i + 1))?;
+        let (diff_id, desc, data) =
+            res.with_context(|| format!("{}: layer {}", r.path.display(), i + 1))?;
         diff_ids.push(diff_id);
         history.push(json!({"created": created, "created_by": format!("reemo-bundle {} layer {}", r.name, i + 1)}));
         layer_descs.push(desc.clone());
@@ -467,7 +541,9 @@ fn build_image(
         fields.cmd = c.cmd.clone();
     }
     for (k, v) in &c.env {
-        fields.env.retain(|e| e.split('=').next() != Some(k.as_str()));
+        fields
+            .env
+            .retain(|e| e.split('=').next() != Some(k.as_str()));
         fields.env.push(format!("{k}={v}"));
     }
     if c.user.is_some() {
@@ -485,7 +561,10 @@ fn build_image(
         fields.stop_signal = c.stop_signal.clone();
     }
     let mut annotations = BTreeMap::new();
-    annotations.insert("org.opencontainers.image.version".to_string(), img.version.clone());
+    annotations.insert(
+        "org.opencontainers.image.version".to_string(),
+        img.version.clone(),
+    );
     for (k, v) in &img.annotations {
         let key = if k.contains('.') {
             k.clone()
@@ -527,7 +606,11 @@ fn build_image(
 
 /// Build one layer, reusing the compressed blob from the store's layer cache when the
 /// uncompressed content was seen before.
-fn make_layer(files: &[LayerFile], mtime: u64, store: &Store) -> Result<(String, Descriptor, Arc<Vec<u8>>)> {
+fn make_layer(
+    files: &[LayerFile],
+    mtime: u64,
+    store: &Store,
+) -> Result<(String, Descriptor, Arc<Vec<u8>>)> {
     let tar = oci::layer_tar(files, mtime)?;
     let diff_id = format!("sha256:{}", sha256_hex(&tar));
     let index = store.layer_cache(&format!("diff-{}", &diff_id[7..]));
@@ -554,14 +637,19 @@ fn image_meta(store: &Store, g: &Graph, name: &str) -> Result<ImageMeta> {
 
 fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Path) -> Result<()> {
     let tpl_path = r.dir().join(st.template.get_ref());
-    let text = std::fs::read_to_string(&tpl_path)
-        .map_err(|e| r.err_at(&st.template, format!("missing input file {} ({e})", tpl_path.display())))?;
+    let text = std::fs::read_to_string(&tpl_path).map_err(|e| {
+        r.err_at(
+            &st.template,
+            format!("missing input file {} ({e})", tpl_path.display()),
+        )
+    })?;
     let mut refs = BTreeMap::new();
-    for (line, name) in image_placeholders(&text) {
+    for (offset, name) in image_placeholders(&text) {
         if !matches!(g.recipes[&name].kind, RecipeKind::Image(_)) {
             bail!(
-                "{}:{line}: ${{image:{name}}} names a {} recipe, not an image",
+                "{}:{}: ${{image:{name}}} names a {} recipe, not an image",
                 tpl_path.display(),
+                crate::recipe::line_of(&text, offset),
                 g.recipes[&name].kind.name()
             );
         }
@@ -576,7 +664,10 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
     std::fs::create_dir_all(out.join("configs"))?;
     for (key, src) in &st.configs {
         if key.contains('/') || key.starts_with('.') {
-            return Err(r.err_at(src, format!("config name {key:?} must be a plain file name")));
+            return Err(r.err_at(
+                src,
+                format!("config name {key:?} must be a plain file name"),
+            ));
         }
         let p = r.dir().join(src.get_ref());
         std::fs::copy(&p, out.join("configs").join(key))
@@ -616,7 +707,13 @@ fn pack_bundle(
             size: meta.len(),
             executable,
         };
-        items.insert(path, BundleItem { entry, source: Source::File(src) });
+        items.insert(
+            path,
+            BundleItem {
+                entry,
+                source: Source::File(src),
+            },
+        );
         Ok(())
     };
     for (file, recipe) in &d.binaries {
@@ -625,7 +722,10 @@ fn pack_bundle(
         };
         add_file(
             format!("bin/{file}"),
-            store.object(&g.ids[recipe.get_ref()]).join("bin").join(&b.bin),
+            store
+                .object(&g.ids[recipe.get_ref()])
+                .join("bin")
+                .join(&b.bin),
             true,
         )?;
     }
@@ -653,7 +753,12 @@ fn pack_bundle(
             .chain(m.layers.iter())
         {
             if blobs.insert(b.digest.clone()) {
-                add_file(b.path(), obj.join("blobs/sha256").join(b.digest.trim_start_matches("sha256:")), false)?;
+                add_file(
+                    b.path(),
+                    obj.join("blobs/sha256")
+                        .join(b.digest.trim_start_matches("sha256:")),
+                    false,
+                )?;
             }
         }
         let size = m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>();
@@ -682,7 +787,13 @@ fn pack_bundle(
             size: data.len() as u64,
             executable: false,
         };
-        items.insert(path.to_string(), BundleItem { entry, source: Source::Bytes(data) });
+        items.insert(
+            path.to_string(),
+            BundleItem {
+                entry,
+                source: Source::Bytes(data),
+            },
+        );
     };
     add_bytes("oci/oci-layout", oci::OCI_LAYOUT.to_vec());
     add_bytes("oci/index.json", oci::index_json(&layout));
@@ -751,13 +862,15 @@ mod tests {
 
     #[test]
     fn placeholders_with_lines() {
-        let t = "a: ${image:x}\nb: c\nd: ${image:y} ${image:z}\n";
-        assert_eq!(
-            image_placeholders(t),
-            vec![(1, "x".into()), (3, "y".into()), (3, "z".into())]
-        );
+        let t = "a: ${image:x}\n# ${image:c}\nd: ${image:y} ${image:z} # ${image:q}\n";
+        let names: Vec<String> = image_placeholders(t).into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, ["x", "y", "z"]);
+        assert_eq!(image_placeholders(t)[0].0, 11);
         let mut refs = BTreeMap::new();
         refs.insert("x".to_string(), "r/x:1-abc".to_string());
-        assert_eq!(render_template("i: ${image:x}", &refs).unwrap(), "i: r/x:1-abc");
+        assert_eq!(
+            render_template("i: ${image:x}", &refs).unwrap(),
+            "i: r/x:1-abc"
+        );
     }
 }

@@ -29,7 +29,11 @@ pub fn require_docker() {
 pub fn require_swarm_manager() {
     require_docker();
     let out = Command::new("docker")
-        .args(["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"])
+        .args([
+            "info",
+            "--format",
+            "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}",
+        ])
         .output()
         .expect("docker info");
     let s = String::from_utf8_lossy(&out.stdout);
@@ -42,7 +46,9 @@ pub fn require_swarm_manager() {
 
 /// Run a command, panic with its output if it fails, return stdout.
 pub fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -51,4 +57,106 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Path of the built `reemo-bundle` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_reemo-bundle"))
+}
+
+/// Store shared by the tests of one checkout (`target/test-store`): the static builds of
+/// the default appliance are done once and reused; the store is safe for concurrent builds.
+pub fn shared_store() -> PathBuf {
+    repo_root().join("target").join("test-store")
+}
+
+/// sha256 hex of a file.
+pub fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Write a small appliance into `dir` (recipes/ and bundles/tiny.toml) that needs no cargo
+/// build: a busybox image (from Debian's busybox-static) and a one-service stack.
+/// Returns the bundle definition path.
+pub fn write_tiny_appliance(dir: &std::path::Path, version: &str, motd: &str) -> PathBuf {
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(recipes.join("files")).unwrap();
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let busybox = std::path::Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "this test needs /bin/busybox (Debian package busybox-static; the README's test command installs it)"
+    );
+    let w = |p: PathBuf, t: String| std::fs::write(p, t).unwrap();
+    w(
+        recipes.join("busybox.toml"),
+        format!(
+            "kind = \"fixed\"\npath = \"/bin/busybox\"\nsha256 = \"{}\"\n",
+            sha256_of(busybox)
+        ),
+    );
+    w(
+        recipes.join("tiny-image.toml"),
+        format!(
+            r#"kind = "image"
+repository = "reemo-test/tiny"
+version = "{version}"
+
+[[layer]]
+entries = [
+  {{ dest = "/bin/busybox", recipe = "busybox", mode = 0o755 }},
+]
+
+[[layer]]
+entries = [
+  {{ dest = "/etc/motd", text = "{motd}\n" }},
+  {{ dest = "/tmp", dir = true, mode = 0o1777 }},
+]
+
+[config]
+entrypoint = ["/bin/busybox"]
+cmd = ["sleep", "3600"]
+env = {{ TINY = "1" }}
+
+[config.healthcheck]
+test = ["CMD", "/bin/busybox", "true"]
+interval = "1s"
+timeout = "1s"
+retries = 2
+"#
+        ),
+    );
+    w(
+        recipes.join("tiny-stack.yml"),
+        r#"version: "3.8"
+services:
+  app:
+    image: ${image:tiny-image}
+    configs:
+      - source: app_config
+        target: /etc/app.conf
+configs:
+  app_config:
+    file: ../configs/app.conf
+"#
+        .to_string(),
+    );
+    w(
+        recipes.join("files").join("app.conf"),
+        format!("motd={motd}\n"),
+    );
+    w(
+        recipes.join("tiny-stack.toml"),
+        "kind = \"stack\"\ntemplate = \"tiny-stack.yml\"\n[configs]\n\"app.conf\" = \"files/app.conf\"\n"
+            .to_string(),
+    );
+    let def = dir.join("bundles").join("tiny.toml");
+    w(
+        def.clone(),
+        format!(
+            "name = \"tiny\"\nversion = \"{version}\"\nstack_name = \"tiny\"\nstack = \"tiny-stack\"\nrecipes = [\"../recipes\"]\n[pinned]\nTINY = \"{version}\"\n"
+        ),
+    );
+    def
 }

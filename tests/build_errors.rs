@@ -1,0 +1,154 @@
+//! Bad recipes are rejected with the file and line at fault, and nothing is written:
+//! malformed TOML, unknown field, missing input file, fixed-output hash mismatch, dependency
+//! cycle, layer destination escaping the image root. No Docker needed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+fn build(def: &Path, store: &Path, out: &Path) -> (bool, String) {
+    let o = Command::new(common::bin())
+        .args(["build"])
+        .arg(def)
+        .arg("--store")
+        .arg(store)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Build the tiny appliance after `edit` changed one of its files; expect failure with all
+/// `needles` in the message and no bundle written.
+fn expect_error(edit: impl FnOnce(&Path), needles: &[&str]) {
+    let d = tempfile::tempdir().unwrap();
+    let def = common::write_tiny_appliance(d.path(), "1.0.0", "hello");
+    edit(d.path());
+    let out = d.path().join("out");
+    let (ok, err) = build(&def, &d.path().join("store"), &out);
+    assert!(!ok, "build should fail");
+    for n in needles {
+        assert!(err.contains(n), "expected {n:?} in error:\n{err}");
+    }
+    let written = std::fs::read_dir(&out).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(written, 0, "a failed build must leave no bundle");
+}
+
+fn edit_file(dir: &Path, rel: &str, f: impl FnOnce(String) -> String) {
+    let p = dir.join(rel);
+    let t = std::fs::read_to_string(&p).unwrap();
+    std::fs::write(&p, f(t)).unwrap();
+}
+
+#[test]
+fn malformed_toml() {
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/tiny-image.toml", |t| {
+                t.replace("version = ", "version = = ")
+            })
+        },
+        &["tiny-image.toml:3:"],
+    );
+}
+
+#[test]
+fn unknown_field() {
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/tiny-image.toml", |t| {
+                t.replace("entrypoint", "entrypont")
+            })
+        },
+        &["tiny-image.toml:17:", "entrypont"],
+    );
+}
+
+#[test]
+fn missing_input_file() {
+    expect_error(
+        |d| std::fs::remove_file(d.join("recipes/files/app.conf")).unwrap(),
+        &["tiny-stack.toml:4:", "missing input file", "app.conf"],
+    );
+}
+
+#[test]
+fn fixed_output_hash_mismatch_shows_both_hashes() {
+    let wrong = "0".repeat(64);
+    let real = common::sha256_of(Path::new("/bin/busybox"));
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/busybox.toml", |t| t.replace(&real, &wrong));
+        },
+        &["busybox.toml:3:", &wrong, &real],
+    );
+}
+
+#[test]
+fn dependency_cycle() {
+    expect_error(
+        |d| {
+            std::fs::write(
+                d.join("recipes/loop-a.toml"),
+                "kind = \"image\"\nrepository = \"t/a\"\nversion = \"1\"\nbase = \"loop-b\"\n",
+            )
+            .unwrap();
+            std::fs::write(
+                d.join("recipes/loop-b.toml"),
+                "kind = \"image\"\nrepository = \"t/b\"\nversion = \"1\"\n[[layer]]\nentries = [\n  { dest = \"/x\", recipe = \"loop-a\" },\n]\n",
+            )
+            .unwrap();
+            edit_file(d, "recipes/tiny-image.toml", |t| {
+                t.replace("recipe = \"busybox\"", "recipe = \"loop-a\"")
+            });
+        },
+        &[
+            "loop-b.toml:6:",
+            "dependency cycle: loop-a -> loop-b -> loop-a",
+        ],
+    );
+}
+
+#[test]
+fn layer_destination_escaping_the_root() {
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/tiny-image.toml", |t| {
+                t.replace("\"/etc/motd\"", "\"/etc/../../motd\"")
+            })
+        },
+        &["tiny-image.toml:12:", "escapes the image root"],
+    );
+}
+
+#[test]
+fn unknown_recipe_names_the_reference() {
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/tiny-stack.yml", |t| {
+                t.replace("${image:tiny-image}", "${image:tiny-imag}")
+            })
+        },
+        &["tiny-stack.yml:4:", "unknown recipe \"tiny-imag\""],
+    );
+}
+
+#[test]
+fn unknown_stack_field_names_service_and_field() {
+    expect_error(
+        |d| {
+            edit_file(d, "recipes/tiny-stack.yml", |t| {
+                t.replace(
+                    "    configs:\n      - source",
+                    "    confgs:\n      - source",
+                )
+            })
+        },
+        &["tiny-stack.yml", "confgs"],
+    );
+}
