@@ -1,0 +1,251 @@
+//! Shared helpers of the integration tests: start the real `ws-relay-server` binary on a free
+//! 127.0.0.1 port with test secrets, mint tokens, connect tokio-tungstenite clients.
+
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use ws_relay_server::token::{KeySet, Role};
+
+pub type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub const KEYS: &str = "# test keys\nk2=00112233445566778899aabbccddeeff\nk1=base64:AAECAwQFBgcICQoLDA0ODw==\n";
+pub const SECRET: &str = "control-secret-for-tests-0123456789";
+
+/// A running relay, killed (by PID) on drop.
+pub struct Relay {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub keys: KeySet,
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind free port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Relay {
+    /// Starts the relay with extra `RELAY_*` variables.
+    pub fn start(env: &[(&str, &str)]) -> Relay {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys_file = dir.path().join("keys");
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&keys_file, KEYS).unwrap();
+        std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ws-relay-server"));
+        cmd.arg("serve")
+            .env("RELAY_LISTEN", addr.to_string())
+            .env("RELAY_TOKEN_KEYS_FILE", &keys_file)
+            .env("RELAY_CONTROL_SECRET_FILE", &secret_file)
+            .env("RELAY_LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawning ws-relay-server");
+        let relay = Relay {
+            child,
+            addr,
+            dir,
+            keys: KeySet::parse(KEYS).unwrap(),
+        };
+        relay.wait_ready();
+        relay
+    }
+
+    fn wait_ready(&self) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok((200, _)) = self.http("GET", "/healthz", None, "") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("relay did not become healthy on {}", self.addr);
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A blocking HTTP/1.1 request; returns status and body.
+    pub fn http(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> std::io::Result<(u16, String)> {
+        raw_http(self.addr, method, path, bearer, body, "")
+    }
+
+    /// Value of a metric line (exact name with labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, body) = self.http("GET", "/metrics", None, "").expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+            .trim()
+            .parse()
+            .expect("metric value")
+    }
+
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.metric(&format!("relay_rejected_total{{reason=\"{reason}\"}}"))
+    }
+
+    pub fn token(&self, session: &str, role: Role) -> String {
+        self.keys.mint(session, role, now() + 300)
+    }
+
+    pub fn url(&self, session: &str, role: Role, token: &str) -> String {
+        format!(
+            "ws://{}/v1/relay/{session}?role={role}&token={token}",
+            self.addr
+        )
+    }
+
+    /// Connects with a valid token in the query string.
+    pub async fn connect(&self, session: &str, role: Role) -> Client {
+        let t = self.token(session, role);
+        connect(&self.url(session, role, &t)).await
+    }
+
+    /// Resident set size of the relay, bytes.
+    pub fn rss(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .unwrap();
+        kb * 1024
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        // SAFETY: kill(2) on the PID of our own child.
+        unsafe {
+            libc::kill(self.pid() as i32, libc::SIGTERM);
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn raw_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+    extra: &str,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = bearer
+        .map(|b| format!("Authorization: Bearer {b}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+pub fn client_config() -> WebSocketConfig {
+    let mut c = WebSocketConfig::default();
+    c.max_message_size = Some(64 << 20);
+    c.max_frame_size = Some(64 << 20);
+    c
+}
+
+pub async fn connect(url: &str) -> Client {
+    let req = url.into_client_request().unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(client_config()), true)
+        .await
+        .unwrap_or_else(|e| panic!("connecting {}: {e}", url.split('?').next().unwrap()));
+    ws
+}
+
+/// The HTTP status of a refused upgrade.
+pub async fn refused_status(url: &str, extra: Option<(&str, &str)>) -> u16 {
+    let mut req = url.into_client_request().unwrap();
+    if let Some((k, v)) = extra {
+        req.headers_mut()
+            .insert(k.parse::<tokio_tungstenite::tungstenite::http::HeaderName>().unwrap(), v.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok(_) => panic!("upgrade unexpectedly accepted"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => r.status().as_u16(),
+        Err(e) => panic!("expected an http refusal, got {e}"),
+    }
+}
+
+/// Next data message (pings and pongs skipped), with a 10 s limit.
+pub async fn recv(ws: &mut Client) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(m)) => return m,
+                other => panic!("expected a message, got {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a message")
+}
+
+/// Waits for the close frame (code, reason).
+pub async fn recv_close(ws: &mut Client) -> (u16, String) {
+    match recv(ws).await {
+        Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+pub async fn send(ws: &mut Client, m: Message) {
+    ws.send(m).await.expect("send");
+}
