@@ -107,7 +107,11 @@ async fn messages_over_the_message_limit_close_1009() {
             OpCode::Data(Data::Continue)
         };
         let _ = u
-            .send(Message::Frame(Frame::message(vec![1u8; 1 << 20], op, i == 2)))
+            .send(Message::Frame(Frame::message(
+                vec![1u8; 1 << 20],
+                op,
+                i == 2,
+            )))
             .await;
     }
     assert_eq!(recv_close(&mut u).await.0, 1009);
@@ -117,8 +121,9 @@ async fn messages_over_the_message_limit_close_1009() {
 #[tokio::test]
 async fn close_code_and_reason_propagate_both_ways() {
     let relay = Relay::start(&[]);
-    for (i, (closer_is_agent, code, reason)) in
-        [(true, 4000u16, "bye"), (false, 1000, "done")].into_iter().enumerate()
+    for (i, (closer_is_agent, code, reason)) in [(true, 4000u16, "bye"), (false, 1000, "done")]
+        .into_iter()
+        .enumerate()
     {
         let s = format!("close{i}");
         let mut a = relay.connect(&s, Role::Agent).await;

@@ -17,7 +17,8 @@ use ws_relay_server::token::{KeySet, Role};
 pub type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub const KEYS: &str = "# test keys\nk2=00112233445566778899aabbccddeeff\nk1=base64:AAECAwQFBgcICQoLDA0ODw==\n";
+pub const KEYS: &str =
+    "# test keys\nk2=00112233445566778899aabbccddeeff\nk1=base64:AAECAwQFBgcICQoLDA0ODw==\n";
 pub const SECRET: &str = "control-secret-for-tests-0123456789";
 
 /// A running relay, killed (by PID) on drop.
@@ -104,7 +105,15 @@ impl Relay {
 
     /// Value of a metric line (exact name with labels).
     pub fn metric(&self, name: &str) -> u64 {
-        let (_, body) = self.http("GET", "/metrics", None, "").expect("metrics");
+        // retry briefly: a connection cap may still count a connection that is closing
+        let t = Instant::now();
+        let body = loop {
+            match self.http("GET", "/metrics", None, "") {
+                Ok((200, body)) => break body,
+                other if t.elapsed() > Duration::from_secs(5) => panic!("metrics: {other:?}"),
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
         body.lines()
             .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
@@ -213,8 +222,11 @@ pub async fn connect(url: &str) -> Client {
 pub async fn refused_status(url: &str, extra: Option<(&str, &str)>) -> u16 {
     let mut req = url.into_client_request().unwrap();
     if let Some((k, v)) = extra {
-        req.headers_mut()
-            .insert(k.parse::<tokio_tungstenite::tungstenite::http::HeaderName>().unwrap(), v.parse().unwrap());
+        req.headers_mut().insert(
+            k.parse::<tokio_tungstenite::tungstenite::http::HeaderName>()
+                .unwrap(),
+            v.parse().unwrap(),
+        );
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok(_) => panic!("upgrade unexpectedly accepted"),
