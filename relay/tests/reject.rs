@@ -19,19 +19,63 @@ async fn bad_tokens_are_refused_with_status_and_metric() {
         .unwrap()
         .mint("s1", Role::Agent, now() + 300);
     let cases = [
-        ("no token", format!("{base}/s1?role=agent"), 401, "missing_token"),
-        ("expired", format!("{base}/s1?role=agent&token={expired}"), 401, "expired_token"),
-        ("wrong role", format!("{base}/s1?role=user&token={good}"), 403, "role_mismatch"),
-        ("wrong session", format!("{base}/s2?role=agent&token={good}"), 403, "bad_signature"),
-        ("tampered", format!("{base}/s1?token={tampered}"), 403, "bad_signature"),
-        ("unknown key id", format!("{base}/s1?token={unknown}"), 401, "unknown_key"),
-        ("malformed", format!("{base}/s1?token=v1.k2"), 401, "malformed_token"),
-        ("bad role name", format!("{base}/s1?role=admin&token={good}"), 400, "bad_request"),
+        (
+            "no token",
+            format!("{base}/s1?role=agent"),
+            401,
+            "missing_token",
+        ),
+        (
+            "expired",
+            format!("{base}/s1?role=agent&token={expired}"),
+            401,
+            "expired_token",
+        ),
+        (
+            "wrong role",
+            format!("{base}/s1?role=user&token={good}"),
+            403,
+            "role_mismatch",
+        ),
+        (
+            "wrong session",
+            format!("{base}/s2?role=agent&token={good}"),
+            403,
+            "bad_signature",
+        ),
+        (
+            "tampered",
+            format!("{base}/s1?token={tampered}"),
+            403,
+            "bad_signature",
+        ),
+        (
+            "unknown key id",
+            format!("{base}/s1?token={unknown}"),
+            401,
+            "unknown_key",
+        ),
+        (
+            "malformed",
+            format!("{base}/s1?token=v1.k2"),
+            401,
+            "malformed_token",
+        ),
+        (
+            "bad role name",
+            format!("{base}/s1?role=admin&token={good}"),
+            400,
+            "bad_request",
+        ),
     ];
     for (name, url, status, reason) in cases {
         let before = relay.rejected(reason);
         assert_eq!(refused_status(&url, None).await, status, "{name}");
-        assert_eq!(relay.rejected(reason), before + 1, "{name}: metric {reason}");
+        assert_eq!(
+            relay.rejected(reason),
+            before + 1,
+            "{name}: metric {reason}"
+        );
     }
     // a tampered token in the subprotocol header is refused the same way
     assert_eq!(
@@ -60,7 +104,11 @@ fn half_handshake_is_dropped_within_the_timeout() {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap_or(0);
     assert_eq!(n, 0, "expected the relay to close the connection");
-    assert!(t.elapsed() < Duration::from_secs(4), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(relay.rejected("handshake_timeout"), 1);
 }
 
@@ -71,7 +119,10 @@ async fn per_ip_cap_holds() {
     let _b = relay.connect("cap2", Role::Agent).await;
     let _c = relay.connect("cap3", Role::Agent).await;
     let t = relay.token("cap4", Role::Agent);
-    assert_eq!(refused_status(&relay.url("cap4", Role::Agent, &t), None).await, 429);
+    assert_eq!(
+        refused_status(&relay.url("cap4", Role::Agent, &t), None).await,
+        429
+    );
     drop(_c);
     // once one closes, there is room for the metrics request
     let t0 = Instant::now();
@@ -91,7 +142,10 @@ async fn global_cap_holds() {
     let _a = relay.connect("g1", Role::Agent).await;
     let _b = relay.connect("g2", Role::Agent).await;
     let t3 = relay.token("g3", Role::Agent);
-    assert_eq!(refused_status(&relay.url("g3", Role::Agent, &t3), None).await, 503);
+    assert_eq!(
+        refused_status(&relay.url("g3", Role::Agent, &t3), None).await,
+        503
+    );
     drop(_b);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(relay.rejected("global_cap"), 1);
