@@ -36,6 +36,11 @@ pub fn build(args: BuildArgs) -> Result<i32> {
         .map(|m| m.len())
         .unwrap_or(0);
     let sha = crate::hash::sha256_file(&outcome.bundle_path)?;
+    if outcome.built.is_empty() {
+        eprintln!("[build] nothing to do: every recipe and the bundle are in the store");
+    } else {
+        eprintln!("[build] built: {}", outcome.built.join(", "));
+    }
     if args.json {
         println!(
             "{}",
@@ -50,11 +55,6 @@ pub fn build(args: BuildArgs) -> Result<i32> {
             })
         );
     } else {
-        if outcome.built.is_empty() {
-            eprintln!("[build] nothing to do: every recipe and the bundle are in the store");
-        } else {
-            eprintln!("[build] built: {}", outcome.built.join(", "));
-        }
         println!("{}", outcome.bundle_path.display());
         println!("  sha256 {sha}  size {size}");
     }
