@@ -274,7 +274,8 @@ mod tests {
     #[test]
     fn errors_table() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+        let cases: Vec<Case> = vec![
             ("listn = \"x\"", vec![], "unknown field"),
             ("pair_timeout_secs = \"5\"", vec![], "invalid type"),
             ("", vec![("RELAY_LISTEN", "nope")], "expected IP:PORT"),

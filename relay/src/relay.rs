@@ -178,7 +178,7 @@ fn admit(shared: &Shared, req: &Request, session: &str) -> Result<Role, (u16, &'
     {
         return Err((410, "session_closed"));
     }
-    if shared.is_draining() && !entry.is_some_and(|e| e.task.is_some()) {
+    if shared.is_draining() && entry.is_none_or(|e| e.task.is_none()) {
         return Err((503, "draining"));
     }
     Ok(role)

@@ -277,7 +277,14 @@ mod tests {
         tampered = tampered.replace(".agent.", ".user.");
         let longer_exp = good.replacen(&format!(".{}.", now + 60), &format!(".{}.", now + 999), 1);
         let extra = format!("{good}.x");
-        let cases: Vec<(&str, &str, &str, Option<Role>, Result<Role, TokenError>)> = vec![
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<Role>,
+            Result<Role, TokenError>,
+        );
+        let cases: Vec<Case> = vec![
             ("good", &good, "s1", Some(Role::Agent), Ok(Role::Agent)),
             ("good without role", &good, "s1", None, Ok(Role::Agent)),
             (
