@@ -1,0 +1,47 @@
+# Shared shell steps of scripts/test.sh and scripts/demo.sh: install packages, start dockerd,
+# initialise a single-node swarm. Sourced, not run.
+
+# Debian's 20.10 client talks the daemon's API version; a newer client elsewhere on PATH
+# (/usr/local/bin) is not needed.
+export PATH="/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+
+ensure_packages() {
+    local missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
+
+ensure_dockerd() {
+    if docker info >/dev/null 2>&1; then
+        return
+    fi
+    echo "== starting dockerd (log: /var/log/reemo-dockerd.log)"
+    nohup dockerd >/var/log/reemo-dockerd.log 2>&1 &
+    for _ in $(seq 1 60); do
+        if docker info >/dev/null 2>&1; then
+            return
+        fi
+        sleep 1
+    done
+    echo "dockerd did not answer within 60 s; see /var/log/reemo-dockerd.log" >&2
+    tail -20 /var/log/reemo-dockerd.log >&2 || true
+    exit 1
+}
+
+ensure_swarm() {
+    local state
+    state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+    if [ "$state" != "active" ]; then
+        echo "== docker swarm init --advertise-addr 127.0.0.1"
+        docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+    fi
+}

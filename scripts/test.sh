@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian machine (root): installs what the tests need
+# (Debian's docker.io, busybox-static, nix-bin), starts dockerd in the background if it does
+# not answer, initialises a single-node swarm, then runs the gates:
+# cargo fmt --check, cargo clippy -D warnings, nix-instantiate --parse flake.nix, cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_packages
+ensure_dockerd
+ensure_swarm
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== nix-instantiate --parse flake.nix"
+nix-instantiate --parse flake.nix >/dev/null
+echo "== cargo test"
+cargo test --workspace -- --test-threads="${TEST_THREADS:-2}"
