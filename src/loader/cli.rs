@@ -1,13 +1,431 @@
 //! Loader subcommands (load, activate, status, generations, rollback, gc, swarm): argument
-//! structs and dispatch into the loader modules.
+//! structs and dispatch into the loader modules. Results go to stdout (`--json` for
+//! machines), progress to stderr.
+//!
+//! Exit codes: 0 success (also "nothing to do"), 1 error — for `activate`/`rollback` that
+//! includes "failed and reverted: the previous generation stays current", 2 usage error.
 
-use clap::Subcommand;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+
+use super::activate::{self, ActivateOptions, Host};
+use super::ops;
+use crate::engine::Engine;
+use crate::swarm::init::InitOptions;
+
+/// Engines and state directory, shared by the host commands.
+#[derive(Debug, Clone, Args)]
+pub struct HostArgs {
+    /// Docker engine to use: `unix:///PATH` or `tcp://HOST:2376` (TLS from
+    /// DOCKER_CERT_PATH). Repeat for more nodes; the first must be a swarm manager.
+    /// Default: $DOCKER_HOST or the local socket.
+    #[arg(long = "engine", value_name = "URL")]
+    pub engines: Vec<String>,
+    /// Host state directory (store, generations, journal).
+    #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl HostArgs {
+    fn host(&self) -> Result<Host> {
+        let engines = if self.engines.is_empty() {
+            vec![Engine::connect(None)?]
+        } else {
+            self.engines
+                .iter()
+                .map(|u| Engine::connect(Some(u)))
+                .collect::<Result<_>>()?
+        };
+        Ok(Host {
+            engines,
+            state_dir: self.state_dir.clone(),
+        })
+    }
+}
+
+/// Convergence timing options.
+#[derive(Debug, Clone, Args)]
+pub struct TimingArgs {
+    /// Give up (and revert) when the stack has not converged within this time.
+    #[arg(long, default_value = "120s", value_parser = parse_dur)]
+    pub timeout: Duration,
+    /// How long every touched service must stay converged before the switch.
+    #[arg(long, default_value = "2s", value_parser = parse_dur)]
+    pub monitor: Duration,
+}
+
+impl TimingArgs {
+    fn timing(&self) -> super::apply::Timing {
+        super::apply::Timing {
+            timeout: self.timeout,
+            monitor: self.monitor,
+        }
+    }
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    crate::stack::parse_duration(s)
+        .map(|n| Duration::from_nanos(n.max(0) as u64))
+        .map_err(|e| e.to_string())
+}
 
 /// Host-side commands.
 #[derive(Debug, Subcommand)]
-pub enum LoaderCommand {}
+pub enum LoaderCommand {
+    /// Stream a bundle's images into one or more engines (skips images they hold).
+    Load {
+        /// Bundle file.
+        file: PathBuf,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a bundle the running stack, as one transaction: verify, import, load, plan,
+    /// apply, wait until healthy, switch `current` — or revert the whole stack and say why.
+    Activate {
+        /// Bundle file.
+        file: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Update only these services (others stay as in the current generation).
+        #[arg(long, value_name = "SERVICE")]
+        only: Vec<String>,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the current generation, services, images per engine, swarm quorum, and any
+    /// unfinished activation (which it finishes or reverts).
+    Status {
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List generations: number, bundle, version, identity, time, result.
+    Generations {
+        /// State directory.
+        #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Activate an older generation (the previous succeeded one by default).
+    Rollback {
+        /// Generation number.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove generations beyond the last K (the current one always stays) and the images,
+    /// configs, secrets and store entries only they used.
+    Gc {
+        /// Generations to keep, the current one included.
+        #[arg(long)]
+        keep: usize,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Swarm management.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+}
+
+/// `swarm` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SwarmCommand {
+    /// Initialise a swarm on this engine (refuses if one exists: these settings cannot
+    /// change later).
+    Init {
+        /// IP address or interface name (e.g. eth0) to advertise to other nodes.
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Default address pool for overlay networks (CIDR, /24 or larger); repeatable.
+        #[arg(long, value_name = "CIDR")]
+        default_addr_pool: Vec<String>,
+        /// UDP port for overlay traffic (default 4789, which VMware NSX also uses).
+        #[arg(long)]
+        data_path_port: Option<u16>,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
+    if json {
+        return print_json(o);
+    }
+    if let Some(r) = &o.recovered {
+        println!("{r}");
+    }
+    match o.result.as_str() {
+        "planned" => {
+            println!(
+                "plan for {} {} ({}) on stack {}:",
+                o.bundle,
+                o.version,
+                &o.identity[..o.identity.len().min(12)],
+                o.stack
+            );
+            if o.plan.is_empty() {
+                println!("  nothing to do");
+            }
+            for l in &o.plan {
+                println!("  {l}");
+            }
+            for u in &o.unchanged {
+                println!("  unchanged: {u}");
+            }
+        }
+        "unchanged" => println!(
+            "stack {} already runs generation {} ({} {}); nothing to do",
+            o.stack,
+            o.generation.unwrap_or(0),
+            o.bundle,
+            o.version
+        ),
+        _ => println!(
+            "stack {} now runs generation {} ({} {}, {}): {} step(s)",
+            o.stack,
+            o.generation.unwrap_or(0),
+            o.bundle,
+            o.version,
+            &o.identity[..o.identity.len().min(12)],
+            o.plan.len()
+        ),
+    }
+    Ok(())
+}
 
 /// Run one host-side command; returns the process exit code.
-pub fn run(cmd: LoaderCommand) -> anyhow::Result<i32> {
-    match cmd {}
+pub fn run(cmd: LoaderCommand) -> Result<i32> {
+    let rt = runtime()?;
+    match cmd {
+        LoaderCommand::Load { file, host, json } => {
+            let host = host.host()?;
+            let bundle = crate::bundle::reader::BundleFile::open(&file)
+                .with_context(|| format!("verifying bundle {}", file.display()))?;
+            let reports = rt.block_on(async {
+                for e in &host.engines {
+                    e.swarm_facts().await?;
+                }
+                super::images::load_all(std::sync::Arc::new(bundle), &host.engines, None, false)
+                    .await
+            })?;
+            if json {
+                let v: Vec<_> = reports
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({"engine": r.engine, "loaded": r.loaded,
+                            "skipped": r.skipped, "bytes": r.bytes})
+                    })
+                    .collect();
+                print_json(&v)?;
+            } else {
+                for r in reports {
+                    println!(
+                        "{}: {} image(s) loaded, {} already present, {} bytes",
+                        r.engine, r.loaded, r.skipped, r.bytes
+                    );
+                }
+            }
+            Ok(0)
+        }
+        LoaderCommand::Activate {
+            file,
+            dry_run,
+            only,
+            timing,
+            host,
+            json,
+        } => {
+            let host = host.host()?;
+            let opts = ActivateOptions {
+                dry_run,
+                only,
+                timing: timing.timing(),
+                quiet: json,
+            };
+            let o = rt.block_on(activate::activate(&host, &file, &opts))?;
+            print_outcome(&o, json)?;
+            Ok(0)
+        }
+        LoaderCommand::Rollback {
+            to,
+            dry_run,
+            timing,
+            host,
+            json,
+        } => {
+            let host = host.host()?;
+            let o = rt.block_on(activate::rollback(
+                &host,
+                to,
+                dry_run,
+                timing.timing(),
+                json,
+            ))?;
+            print_outcome(&o, json)?;
+            Ok(0)
+        }
+        LoaderCommand::Status { host, json } => {
+            let host = host.host()?;
+            let s = rt.block_on(ops::status(&host, activate::default_timing()))?;
+            if json {
+                print_json(&s)?;
+                return Ok(0);
+            }
+            if let Some(j) = &s.journal {
+                println!("journal: {j}");
+            }
+            match s.generation {
+                Some(n) => println!(
+                    "stack {}: generation {n}, {} {} ({})",
+                    s.stack.as_deref().unwrap_or_default(),
+                    s.bundle.as_deref().unwrap_or_default(),
+                    s.version.as_deref().unwrap_or_default(),
+                    &s.identity.as_deref().unwrap_or_default()[..12]
+                ),
+                None => println!("no generation is current"),
+            }
+            for (k, v) in &s.pinned {
+                println!("  pinned {k} = {v}");
+            }
+            for sv in &s.services {
+                println!(
+                    "  service {}: {}/{} {}{}",
+                    sv.name,
+                    sv.running,
+                    sv.desired,
+                    sv.health,
+                    if sv.job { " (job)" } else { "" }
+                );
+            }
+            for i in &s.images {
+                println!(
+                    "  image {} on {}: {}",
+                    i.image,
+                    i.engine,
+                    if i.present { "present" } else { "MISSING" }
+                );
+            }
+            println!(
+                "swarm: {} manager(s), {} node(s); the quorum tolerates {} manager failure(s)",
+                s.managers, s.nodes, s.tolerated_failures
+            );
+            for w in &s.warnings {
+                println!("warning: {w}");
+            }
+            Ok(0)
+        }
+        LoaderCommand::Generations { state_dir, json } => {
+            let g = ops::generations(&state_dir)?;
+            if json {
+                print_json(&g)?;
+                return Ok(0);
+            }
+            println!(
+                "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} result",
+                "gen", "", "bundle", "version", "identity", "created"
+            );
+            for l in g {
+                println!(
+                    "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} {}{}",
+                    l.number,
+                    if l.current { "*" } else { "" },
+                    l.bundle,
+                    l.version,
+                    &l.identity[..l.identity.len().min(12)],
+                    l.created,
+                    l.result,
+                    l.error.map(|e| format!(": {e}")).unwrap_or_default()
+                );
+            }
+            Ok(0)
+        }
+        LoaderCommand::Gc { keep, host, json } => {
+            let host = host.host()?;
+            let r = rt.block_on(ops::gc(&host, keep, activate::default_timing()))?;
+            if json {
+                print_json(&r)?;
+            } else {
+                println!(
+                    "removed generations {:?}, {} image(s), {} config(s), {} secret(s), {} store entr(ies)",
+                    r.generations,
+                    r.images.len(),
+                    r.configs.len(),
+                    r.secrets.len(),
+                    r.store.len()
+                );
+                for k in &r.kept_in_use {
+                    println!("kept (in use): {k}");
+                }
+            }
+            Ok(0)
+        }
+        LoaderCommand::Swarm(SwarmCommand::Init {
+            advertise_addr,
+            default_addr_pool,
+            data_path_port,
+            host,
+        }) => {
+            let host = host.host()?;
+            let opts = InitOptions {
+                advertise: advertise_addr,
+                pools: default_addr_pool,
+                data_path_port,
+            };
+            let (id, warnings) = rt.block_on(ops::swarm_init(&host, &opts))?;
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("swarm initialised: node {id} is its manager");
+            Ok(0)
+        }
+    }
 }

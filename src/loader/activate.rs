@@ -1,0 +1,352 @@
+//! `activate` and `rollback`: verify, import, load, plan against the current generation,
+//! and run the transaction (see `apply`). Results go back to the command layer as data.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::apply::{self, observe, Timing, Transaction};
+use super::{fault, images};
+use crate::bundle::reader::BundleFile;
+use crate::engine::Engine;
+use crate::state::{now, GenResult, Generation, StateDir};
+use crate::swarm::desired::{self, Contents, DesiredStack};
+use crate::swarm::plan::{self, Plan};
+
+/// Options of `activate`.
+#[derive(Debug, Clone)]
+pub struct ActivateOptions {
+    /// Print the plan only.
+    pub dry_run: bool,
+    /// Update only these services.
+    pub only: Vec<String>,
+    /// Timing.
+    pub timing: Timing,
+    /// No progress on stderr.
+    pub quiet: bool,
+}
+
+/// What an activation or rollback did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `activated`, `unchanged`, `planned` (dry run), `rolled-back`.
+    pub result: String,
+    /// Stack name.
+    pub stack: String,
+    /// Generation now current (or planned).
+    pub generation: Option<u64>,
+    /// Bundle name.
+    pub bundle: String,
+    /// Bundle version.
+    pub version: String,
+    /// Bundle identity.
+    pub identity: String,
+    /// The plan (as text lines).
+    pub plan: Vec<String>,
+    /// Machine-readable plan steps.
+    pub steps: Vec<crate::swarm::plan::Step>,
+    /// Services left as they were.
+    pub unchanged: Vec<String>,
+    /// Message of a recovered interrupted activation, if any.
+    pub recovered: Option<String>,
+}
+
+/// Engines and state shared by the host commands.
+pub struct Host {
+    /// Engines; the first is the swarm manager the stack is deployed through.
+    pub engines: Vec<Engine>,
+    /// State directory path.
+    pub state_dir: std::path::PathBuf,
+}
+
+impl Host {
+    /// The manager engine.
+    pub fn manager(&self) -> &Engine {
+        &self.engines[0]
+    }
+}
+
+fn bundle_contents(
+    bundle: &BundleFile,
+    compose: &crate::stack::ComposeFile,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut files = BTreeMap::new();
+    for p in desired::file_paths(bundle.manifest(), compose)? {
+        let data = bundle.read_entry(&p)?;
+        files.insert(p, data);
+    }
+    Ok(files)
+}
+
+/// Files imported into the host store: everything but image blobs and binaries.
+fn store_files(bundle: &BundleFile) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut v = vec![("bundle.json".to_string(), bundle.manifest_bytes().to_vec())];
+    for f in &bundle.manifest().files {
+        if f.path.starts_with("oci/") || f.path.starts_with("bin/") {
+            continue;
+        }
+        v.push((f.path.clone(), bundle.read_entry(&f.path)?));
+    }
+    Ok(v)
+}
+
+fn outcome(result: &str, d: &DesiredStack, generation: Option<u64>, p: &Plan) -> Outcome {
+    Outcome {
+        result: result.into(),
+        stack: d.stack.clone(),
+        generation,
+        bundle: d.bundle.name.clone(),
+        version: d.bundle.version.clone(),
+        identity: d.bundle.identity.clone(),
+        plan: p.steps.iter().map(|s| s.to_string()).collect(),
+        steps: p.steps.clone(),
+        unchanged: p.unchanged.clone(),
+        recovered: None,
+    }
+}
+
+/// Make sure a generation's images are on every engine (rollback cannot load them: the
+/// bundle file may be gone).
+async fn require_images(host: &Host, d: &DesiredStack) -> Result<()> {
+    for e in &host.engines {
+        for img in &d.images {
+            if !e.has_image(&img.id).await? {
+                bail!(
+                    "image {} ({}) is no longer on {}; activate its bundle file again instead",
+                    img.reference,
+                    img.id,
+                    e.url
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_stack(state: &StateDir, stack: &str) -> Result<()> {
+    if let Some(cur) = state.current_generation()? {
+        if cur.desired.stack != stack {
+            bail!(
+                "the state directory {} manages stack {}, not {stack}; use --state-dir for another stack",
+                state.root().display(),
+                cur.desired.stack
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `activate FILE`.
+pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Result<Outcome> {
+    let engine = host.manager();
+    engine.require_manager().await?;
+    for e in &host.engines[1..] {
+        e.swarm_facts().await?;
+    }
+    let bundle =
+        BundleFile::open(file).with_context(|| format!("verifying bundle {}", file.display()))?;
+    fault("verify");
+    let manifest = bundle.manifest().clone();
+    let stack_text = bundle.read_entry(&manifest.stack_file)?;
+    let compose = crate::stack::parse(&String::from_utf8_lossy(&stack_text), &manifest.stack_file)?;
+    let files = bundle_contents(&bundle, &compose)?;
+
+    let (state, _lock, recovered) = if opts.dry_run {
+        (StateDir::open_existing(&host.state_dir), None, None)
+    } else {
+        let state = StateDir::open(&host.state_dir)?;
+        let lock = state.lock()?;
+        let rec = apply::recover(&state, engine, opts.timing, opts.quiet).await?;
+        if let Some(r) = &rec {
+            eprintln!("{r}");
+        }
+        (state, Some(lock), rec)
+    };
+    if state.root().exists() {
+        check_stack(&state, &manifest.stack)?;
+    }
+
+    let mut generated = BTreeMap::new();
+    for (key, def) in &compose.secrets {
+        if let Some(template) = &def.generate {
+            let existing = if state.root().exists() {
+                state.generated_secret(key)?
+            } else {
+                None
+            };
+            match existing {
+                Some(d) => {
+                    generated.insert(key.clone(), d);
+                }
+                None if !opts.dry_run => {
+                    let d = desired::generate_secret(template);
+                    state.put_generated_secret(key, &d)?;
+                    generated.insert(key.clone(), d);
+                }
+                None => {}
+            }
+        }
+    }
+    let new = desired::build(
+        &manifest,
+        &compose,
+        &Contents {
+            files: &files,
+            generated: &generated,
+        },
+    )?;
+    let current = if state.root().exists() {
+        state.current_generation()?
+    } else {
+        None
+    };
+    let desired = if opts.only.is_empty() {
+        new
+    } else {
+        desired::merge_only(&new, current.as_ref().map(|g| &g.desired), &opts.only)?
+    };
+    let observed = observe(engine, &desired.stack).await?;
+    let p = plan::plan(&desired, &observed, opts.only.is_empty());
+    if opts.dry_run {
+        let mut o = outcome("planned", &desired, None, &p);
+        o.recovered = recovered;
+        return Ok(o);
+    }
+
+    if state.import(&manifest.identity, &store_files(&bundle)?)? && !opts.quiet {
+        eprintln!(
+            "imported bundle {} into {}",
+            manifest.hash12(),
+            state.root().display()
+        );
+    }
+    fault("import");
+    let bundle = Arc::new(bundle);
+    images::load_all(
+        bundle,
+        &host.engines,
+        Some(&desired.image_ids()),
+        opts.quiet,
+    )
+    .await?;
+    fault("load");
+
+    if p.is_empty() {
+        if let Some(cur) = &current {
+            if cur.desired == desired && cur.result == GenResult::Succeeded {
+                let mut o = outcome("unchanged", &desired, Some(cur.number), &p);
+                o.recovered = recovered;
+                return Ok(o);
+            }
+        }
+    }
+    let number = state.next_number()?;
+    state.put_generation(&Generation {
+        number,
+        created: now(),
+        result: GenResult::Pending,
+        error: None,
+        desired: desired.clone(),
+    })?;
+    Transaction {
+        state: &state,
+        engine,
+        kind: "activate",
+        target: number,
+        new_generation: true,
+        desired: &desired,
+        previous: current.as_ref().map(|g| g.number),
+        steps: p.steps.clone(),
+        timing: opts.timing,
+        quiet: opts.quiet,
+    }
+    .run()
+    .await?;
+    let mut o = outcome("activated", &desired, Some(number), &p);
+    o.recovered = recovered;
+    Ok(o)
+}
+
+/// `rollback [--to N]`.
+pub async fn rollback(
+    host: &Host,
+    to: Option<u64>,
+    dry_run: bool,
+    timing: Timing,
+    quiet: bool,
+) -> Result<Outcome> {
+    let engine = host.manager();
+    engine.require_manager().await?;
+    let state = StateDir::open(&host.state_dir)?;
+    let _lock = state.lock()?;
+    let recovered = apply::recover(&state, engine, timing, quiet).await?;
+    if let Some(r) = &recovered {
+        eprintln!("{r}");
+    }
+    let current = state
+        .current()?
+        .context("there is no current generation to roll back from")?;
+    let gens = state.generations()?;
+    let target = match to {
+        Some(n) => gens.iter().find(|g| g.number == n).with_context(|| {
+            format!("generation {n} does not exist (see `reemo-bundle generations`)")
+        })?,
+        None => gens
+            .iter()
+            .rev()
+            .find(|g| g.number < current && g.result == GenResult::Succeeded)
+            .with_context(|| format!("no succeeded generation before generation {current}"))?,
+    };
+    if target.result != GenResult::Succeeded {
+        bail!(
+            "generation {} {} and cannot be rolled back to",
+            target.number,
+            target.result
+        );
+    }
+    let desired = target.desired.clone();
+    let observed = observe(engine, &desired.stack).await?;
+    let p = plan::plan(&desired, &observed, true);
+    let mut o = outcome(
+        if dry_run { "planned" } else { "rolled-back" },
+        &desired,
+        Some(target.number),
+        &p,
+    );
+    o.recovered = recovered;
+    if dry_run {
+        return Ok(o);
+    }
+    require_images(host, &desired).await?;
+    if target.number == current && p.is_empty() {
+        o.result = "unchanged".into();
+        return Ok(o);
+    }
+    Transaction {
+        state: &state,
+        engine,
+        kind: "rollback",
+        target: target.number,
+        new_generation: false,
+        desired: &desired,
+        previous: Some(current),
+        steps: p.steps.clone(),
+        timing,
+        quiet,
+    }
+    .run()
+    .await?;
+    Ok(o)
+}
+
+/// Default timing.
+pub fn default_timing() -> Timing {
+    Timing {
+        timeout: Duration::from_secs(120),
+        monitor: Duration::from_secs(2),
+    }
+}

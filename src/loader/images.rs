@@ -1,0 +1,261 @@
+//! Registry-less image loading: a docker-archive tar (manifest.json + the needed blobs) is
+//! generated on the fly from the bundle's OCI blobs and streamed into `POST /images/load`
+//! of every engine in parallel; images an engine already holds (by ID) are skipped, and the
+//! resulting IDs are checked against `bundle.json`.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::bundle::manifest::ImageEntry;
+use crate::bundle::reader::BundleFile;
+use crate::engine::Engine;
+
+/// What loading did on one engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Engine address.
+    pub engine: String,
+    /// Images loaded.
+    pub loaded: usize,
+    /// Images already present.
+    pub skipped: usize,
+    /// Bytes streamed.
+    pub bytes: u64,
+}
+
+/// Writer that hands chunks to an async channel.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<std::io::Result<Bytes>>,
+    buf: Vec<u8>,
+    sent: Arc<AtomicU64>,
+}
+
+const CHUNK: usize = 256 << 10;
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "engine closed the upload")
+        })
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+fn blob_name(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+fn layers(img: &ImageEntry) -> Vec<&crate::bundle::manifest::BlobRef> {
+    img.layers
+        .iter()
+        .filter(|l| l.digest != img.config.digest)
+        .collect()
+}
+
+/// The docker-archive `manifest.json` for `images`.
+pub fn archive_manifest(images: &[&ImageEntry]) -> Vec<u8> {
+    let v: Vec<_> = images
+        .iter()
+        .map(|i| {
+            json!({
+                "Config": blob_name(&i.config.digest),
+                "RepoTags": [i.reference()],
+                "Layers": layers(i).iter().map(|l| blob_name(&l.digest)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Bytes the archive of `images` carries (blobs, deduplicated).
+pub fn archive_size(images: &[&ImageEntry]) -> u64 {
+    let mut seen = BTreeSet::new();
+    let mut n = 0;
+    for i in images {
+        for b in std::iter::once(&i.config).chain(layers(i)) {
+            if seen.insert(&b.digest) {
+                n += b.size;
+            }
+        }
+    }
+    n
+}
+
+/// Write the docker-archive tar of `images` to `w`, reading blobs straight from the bundle.
+pub fn write_archive(bundle: &BundleFile, images: &[&ImageEntry], w: impl Write) -> Result<()> {
+    let mut tar = tar::Builder::new(w);
+    let add = |tar: &mut tar::Builder<_>, name: &str, size: u64, r: &mut dyn Read| -> Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, r)
+            .with_context(|| format!("streaming {name}"))
+    };
+    let manifest = archive_manifest(images);
+    add(
+        &mut tar,
+        "manifest.json",
+        manifest.len() as u64,
+        &mut &manifest[..],
+    )?;
+    let mut seen = BTreeSet::new();
+    for i in images {
+        for b in std::iter::once(&i.config).chain(layers(i)) {
+            if !seen.insert(b.digest.clone()) {
+                continue;
+            }
+            let mut r = bundle
+                .open_entry(&b.path())
+                .with_context(|| format!("image {}: blob {}", i.reference(), b.digest))?;
+            add(&mut tar, &blob_name(&b.digest), b.size, &mut r)?;
+        }
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+fn mb(n: u64) -> String {
+    format!("{:.1} MB", n as f64 / 1e6)
+}
+
+/// Load the images with the given IDs (all of the bundle's when `ids` is None) into one
+/// engine, skipping those it holds; checks the IDs afterwards.
+pub async fn load_into(
+    bundle: Arc<BundleFile>,
+    engine: &Engine,
+    ids: Option<&BTreeSet<String>>,
+    quiet: bool,
+) -> Result<LoadReport> {
+    let mut missing = Vec::new();
+    let mut skipped = 0;
+    for img in &bundle.manifest().images {
+        if ids.is_some_and(|ids| !ids.contains(&img.config_digest)) {
+            continue;
+        }
+        if engine.has_image(&img.config_digest).await? {
+            skipped += 1;
+        } else {
+            missing.push(img.clone());
+        }
+    }
+    let mut report = LoadReport {
+        engine: engine.url.clone(),
+        loaded: missing.len(),
+        skipped,
+        bytes: 0,
+    };
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    let total = archive_size(&missing.iter().collect::<Vec<_>>());
+    if !quiet {
+        eprintln!(
+            "loading {} image(s), {} into {} ({} already present)",
+            missing.len(),
+            mb(total),
+            engine.url,
+            skipped
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer_sent = sent.clone();
+    let b = bundle.clone();
+    let imgs = missing.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let mut w = ChannelWriter {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+            sent: writer_sent,
+        };
+        let r = write_archive(&b, &imgs.iter().collect::<Vec<_>>(), &mut w);
+        if let Err(e) = &r {
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!("{e:#}"))));
+        }
+        r
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    let started = Instant::now();
+    let progress_sent = sent.clone();
+    let url = engine.url.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if !quiet {
+                eprintln!(
+                    "  {url}: {} / {}",
+                    mb(progress_sent.load(Ordering::Relaxed)),
+                    mb(total)
+                );
+            }
+        }
+    });
+    let res = engine.load_archive(stream).await;
+    ticker.abort();
+    let produced = producer.await.context("image archive writer")?;
+    res?;
+    produced?;
+    report.bytes = sent.load(Ordering::Relaxed);
+    for img in &missing {
+        if !engine.has_image(&img.config_digest).await? {
+            bail!(
+                "engine {} did not end up with image {} ({}) after loading; the daemon computed a different ID",
+                engine.url,
+                img.reference(),
+                img.config_digest
+            );
+        }
+    }
+    if !quiet {
+        eprintln!(
+            "loaded {} image(s), {} into {} in {:.1}s",
+            missing.len(),
+            mb(report.bytes),
+            engine.url,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(report)
+}
+
+/// Load into every engine in parallel.
+pub async fn load_all(
+    bundle: Arc<BundleFile>,
+    engines: &[Engine],
+    ids: Option<&BTreeSet<String>>,
+    quiet: bool,
+) -> Result<Vec<LoadReport>> {
+    let futs = engines
+        .iter()
+        .map(|e| load_into(bundle.clone(), e, ids, quiet));
+    let results = futures_util::future::join_all(futs).await;
+    results.into_iter().collect()
+}
