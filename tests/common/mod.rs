@@ -160,3 +160,44 @@ configs:
     );
     def
 }
+
+/// Build the default appliance (bundles/relayws.toml) into the shared store and
+/// `target/test-out`, once per checkout (later calls are cache hits). Returns the bundle path.
+pub fn default_bundle() -> PathBuf {
+    let out = repo_root().join("target").join("test-out");
+    let o = Command::new(bin())
+        .current_dir(repo_root())
+        .args(["build", "bundles/relayws.toml", "--json", "--store"])
+        .arg(shared_store())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("running reemo-bundle build");
+    assert!(
+        o.status.success(),
+        "building the default bundle failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("build --json output");
+    PathBuf::from(v["bundle"].as_str().expect("bundle path"))
+}
+
+/// The docker CLI of the engine under test (Debian's, matching the daemon's API).
+pub fn docker() -> Command {
+    let path = format!(
+        "/usr/sbin:/usr/bin:/sbin:/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new("docker");
+    c.env("PATH", path);
+    c
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
