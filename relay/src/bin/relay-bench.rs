@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -372,7 +371,6 @@ async fn active(
     for (i, ((mut atx, _arx), (_utx, mut urx))) in pairs.into_iter().enumerate() {
         let (lat, bytes) = (lat.clone(), bytes.clone());
         tasks.push(tokio::spawn(async move {
-            let (done_tx, mut done_rx) = oneshot::channel::<()>();
             let sender = async move {
                 // spread the sessions' phases over one interval
                 tokio::time::sleep(interval.mul_f64((i % 97) as f64 / 97.0)).await;
@@ -386,29 +384,17 @@ async fn active(
                         break;
                     }
                 }
-                let _ = done_tx.send(());
+                atx
             };
             let receiver = async {
                 let mut buf = Vec::new();
                 let mut mine = Vec::new();
-                loop {
-                    tokio::select! {
-                        r = urx.recv(&mut buf) => match r {
-                            Ok((len, ts)) => {
-                                if Instant::now() > warm {
-                                    mine.push(now_ns().saturating_sub(ts));
-                                    bytes.fetch_add(len as u64, Relaxed);
-                                }
-                            }
-                            Err(_) => break,
-                        },
-                        _ = &mut done_rx => {
-                            // drain what is still in flight, briefly
-                            while let Ok(Ok((_, ts))) = tokio::time::timeout(Duration::from_millis(200), urx.recv(&mut buf)).await {
-                                mine.push(now_ns().saturating_sub(ts));
-                            }
-                            break;
-                        }
+                // a cancelled TCP read would lose framing: cancel only once, at the very end
+                let end = tokio::time::Instant::from_std(stop + Duration::from_millis(300));
+                while let Ok(Ok((len, ts))) = tokio::time::timeout_at(end, urx.recv(&mut buf)).await {
+                    if Instant::now() > warm {
+                        mine.push(now_ns().saturating_sub(ts));
+                        bytes.fetch_add(len as u64, Relaxed);
                     }
                 }
                 lat.lock().map(|mut l| l.extend(mine)).ok();
