@@ -391,7 +391,8 @@ async fn active(
                 let mut mine = Vec::new();
                 // a cancelled TCP read would lose framing: cancel only once, at the very end
                 let end = tokio::time::Instant::from_std(stop + Duration::from_millis(300));
-                while let Ok(Ok((len, ts))) = tokio::time::timeout_at(end, urx.recv(&mut buf)).await {
+                while let Ok(Ok((len, ts))) = tokio::time::timeout_at(end, urx.recv(&mut buf)).await
+                {
                     if Instant::now() > warm {
                         mine.push(now_ns().saturating_sub(ts));
                         bytes.fetch_add(len as u64, Relaxed);
