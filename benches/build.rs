@@ -37,7 +37,12 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
-    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -47,7 +52,10 @@ fn main() {
     }
     let store = root().join("target").join("test-store");
     let out = root().join("target").join("bench-out");
-    eprintln!("preparing: building the default bundle into {}", store.display());
+    eprintln!(
+        "preparing: building the default bundle into {}",
+        store.display()
+    );
     let (_, first) = build(&store, &out);
     let bundle = PathBuf::from(first["bundle"].as_str().unwrap());
 
@@ -64,7 +72,11 @@ fn main() {
 
     // 2. Packing from the store: drop the image, stack and bundle entries and the layer cache
     // from a copy of the store, keep the binaries, rebuild.
-    let ins = Command::new(bin()).args(["inspect", "--json"]).arg(&bundle).output().unwrap();
+    let ins = Command::new(bin())
+        .args(["inspect", "--json"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
     let m: serde_json::Value = serde_json::from_slice(&ins.stdout).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let mut pack_times = Vec::new();
@@ -82,22 +94,35 @@ fn main() {
     inputs.push(root().join("recipes/files/ca-certificates.crt"));
     inputs.push(root().join("recipes/files/relay.toml"));
     inputs.push(root().join("recipes/relayws-stack.yml"));
-    let input_bytes: u64 = inputs.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    let input_bytes: u64 = inputs
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
     for round in 0..5 {
         let s = tmp.path().join(format!("store{round}"));
         std::fs::create_dir_all(&s).unwrap();
         copy_dir(&store.join("objects"), &s.join("objects"));
         for i in m["inputs"].as_array().unwrap() {
             if i["kind"] == "image" || i["kind"] == "stack" {
-                let _ = std::fs::remove_dir_all(s.join("objects").join(i["identity"].as_str().unwrap()));
+                let _ = std::fs::remove_dir_all(
+                    s.join("objects").join(i["identity"].as_str().unwrap()),
+                );
             }
         }
         let _ = std::fs::remove_dir_all(s.join("objects").join(m["identity"].as_str().unwrap()));
         let _ = std::fs::remove_dir_all(s.join("layers"));
         let o = tmp.path().join(format!("out{round}"));
         let (t, v) = build(&s, &o);
-        let built: Vec<String> = v["built"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect();
-        assert!(!built.iter().any(|b| b.ends_with("-bin")), "binaries must come from the store: {built:?}");
+        let built: Vec<String> = v["built"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            !built.iter().any(|b| b.ends_with("-bin")),
+            "binaries must come from the store: {built:?}"
+        );
         pack_times.push(t);
         let _ = std::fs::remove_dir_all(&s);
 

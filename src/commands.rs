@@ -35,7 +35,7 @@ pub fn build(args: BuildArgs) -> Result<i32> {
     let size = std::fs::metadata(&outcome.bundle_path)
         .map(|m| m.len())
         .unwrap_or(0);
-    let sha = crate::hash::sha256_file(&outcome.bundle_path)?;
+    let sha = &outcome.sha256;
     if outcome.built.is_empty() {
         eprintln!("[build] nothing to do: every recipe and the bundle are in the store");
     } else {

@@ -34,6 +34,8 @@ pub struct BuildOutcome {
     pub bundle_path: PathBuf,
     /// Its manifest.
     pub manifest: BundleManifest,
+    /// sha256 hex of the bundle file.
+    pub sha256: String,
     /// Recipes that were built now (empty for a fully cached rebuild).
     pub built: Vec<String>,
     /// Recipes that came from the store.

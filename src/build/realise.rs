@@ -131,8 +131,11 @@ pub(crate) fn realise(
         .with_context(|| format!("creating output folder {}", opts.out_dir.display()))?;
     let dest = opts.out_dir.join(&file_name);
     place(&obj.join("bundle"), &dest)?;
+    let sha256 = std::fs::read_to_string(obj.join("bundle.sha256"))
+        .context("reading the stored bundle hash")?;
     Ok(BuildOutcome {
         bundle_path: dest,
+        sha256: sha256.trim().to_string(),
         manifest,
         built,
         cached,
@@ -480,18 +483,19 @@ fn build_image(
                 (Content::Bytes(Arc::new(data)), 0o644)
             } else if let Some(dep) = &e.recipe {
                 let obj = store.object(&g.ids[dep.get_ref()]);
-                let (p, mode) =
-                    match &g.recipes[dep.get_ref()].kind {
-                        RecipeKind::Binary(b) => (obj.join("bin").join(&b.bin), 0o755),
-                        RecipeKind::Fixed(_) => (obj.join("file"), 0o644),
-                        other => return Err(r.err_at(
+                let (p, mode) = match &g.recipes[dep.get_ref()].kind {
+                    RecipeKind::Binary(b) => (obj.join("bin").join(&b.bin), 0o755),
+                    RecipeKind::Fixed(_) => (obj.join("file"), 0o644),
+                    other => {
+                        return Err(r.err_at(
                             dep,
                             format!(
                                 "a layer entry can use a binary or fixed recipe, not a {} recipe",
                                 other.name()
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let data = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
                 (Content::Bytes(Arc::new(data)), mode)
             } else {
@@ -824,6 +828,8 @@ fn pack_bundle(
         inputs,
     };
     write_bundle(&out.join("bundle"), &manifest, &items, mtime)?;
+    // Hashed once here, so that a cached rebuild can report it without reading 10+ MB.
+    std::fs::write(out.join("bundle.sha256"), sha256_file(&out.join("bundle"))?)?;
     write_atomic(
         &out.join("bundle.json"),
         &crate::bundle::writer::manifest_bytes(&manifest),

@@ -25,7 +25,7 @@ pub struct BundleItem {
     pub source: Source,
 }
 
-fn header(path: &str, size: u64, executable: bool, mtime: u64) -> tar::Header {
+fn header(size: u64, executable: bool, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(size);
@@ -33,7 +33,6 @@ fn header(path: &str, size: u64, executable: bool, mtime: u64) -> tar::Header {
     h.set_uid(0);
     h.set_gid(0);
     h.set_mtime(mtime);
-    let _ = path;
     h
 }
 
@@ -50,12 +49,12 @@ pub fn write_bundle(
     let manifest_bytes = manifest_bytes(manifest);
     {
         let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
-        let mut h = header(MANIFEST_NAME, manifest_bytes.len() as u64, false, mtime);
+        let mut h = header(manifest_bytes.len() as u64, false, mtime);
         b.append_data(&mut h, MANIFEST_NAME, manifest_bytes.as_slice())
             .context("writing bundle.json")?;
         for item in items {
             let e = &item.entry;
-            let mut h = header(&e.path, e.size, e.executable, mtime);
+            let mut h = header(e.size, e.executable, mtime);
             match &item.source {
                 Source::Bytes(data) => b.append_data(&mut h, &e.path, data.as_slice()),
                 Source::File(p) => {
@@ -68,6 +67,12 @@ pub fn write_bundle(
         }
         let mut w = b.into_inner().context("finishing the bundle tar")?;
         w.flush().context("flushing the bundle")?;
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .context("setting bundle permissions")?;
     }
     tmp.as_file().sync_all().context("syncing the bundle")?;
     tmp.persist(dest)

@@ -201,3 +201,137 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Loader tests: the `reemo-bundle` binary with its state directory set.
+pub fn loader(state_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env("REEMO_BUNDLE_STATE_DIR", state_dir)
+        .env_remove("REEMO_BUNDLE_FAULT")
+        .env_remove("DOCKER_HOST");
+    c
+}
+
+/// Loader tests: write and build a variant of the relay appliance in `dir`: its own stack
+/// name, published port and version, and `relay.toml` passed through `edit_config`.
+/// Only `ws-relay-server` is shipped under bin/ (the loader binary is not needed).
+pub fn build_relay_variant(
+    dir: &std::path::Path,
+    stack: &str,
+    port: u16,
+    version: &str,
+    edit_config: impl Fn(String) -> String,
+) -> PathBuf {
+    let root = repo_root();
+    let recipes = dir.join("recipes");
+    std::fs::create_dir_all(recipes.join("files")).unwrap();
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let template = std::fs::read_to_string(root.join("recipes/relayws-stack.yml"))
+        .unwrap()
+        .replace("published: 8080", &format!("published: {port}"));
+    std::fs::write(recipes.join(format!("{stack}-stack.yml")), template).unwrap();
+    let config = std::fs::read_to_string(root.join("recipes/files/relay.toml")).unwrap();
+    std::fs::write(recipes.join("files/relay.toml"), edit_config(config)).unwrap();
+    std::fs::write(
+        recipes.join(format!("{stack}-stack.toml")),
+        format!(
+            "kind = \"stack\"\ntemplate = \"{stack}-stack.yml\"\n[configs]\n\"relay.toml\" = \"files/relay.toml\"\n"
+        ),
+    )
+    .unwrap();
+    let def = dir.join("bundles").join(format!("{stack}-{version}.toml"));
+    std::fs::write(
+        &def,
+        format!(
+            "name = \"relayws\"\nversion = \"{version}\"\nstack_name = \"{stack}\"\nstack = \"{stack}-stack\"\nrecipes = [\"../recipes\", {:?}]\n[binaries]\nws-relay-server = \"relay-bin\"\n[pinned]\nDOCKER_VERSION_WS_RELAY_SERVER = \"{version}\"\n",
+            root.join("recipes").display().to_string()
+        ),
+    )
+    .unwrap();
+    build_def(&def, &dir.join("out"))
+}
+
+/// Loader tests: build a bundle definition into `out` with the shared store.
+pub fn build_def(def: &std::path::Path, out: &std::path::Path) -> PathBuf {
+    let o = Command::new(bin())
+        .args(["build", "--json", "--store"])
+        .arg(shared_store())
+        .arg("--out")
+        .arg(out)
+        .arg(def)
+        .output()
+        .expect("running reemo-bundle build");
+    assert!(
+        o.status.success(),
+        "building {} failed:\n{}",
+        def.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("build --json output");
+    PathBuf::from(v["bundle"].as_str().expect("bundle path"))
+}
+
+/// Loader tests: extract `bin/ws-relay-server` from a bundle into `dir`.
+pub fn extract_relay(bundle: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(dir)
+            .arg("bin/ws-relay-server"),
+    );
+    dir.join("bin/ws-relay-server")
+}
+
+/// Loader tests: run the relay's end-to-end probe against a published port; returns its
+/// JSON line or the failure output.
+pub fn relay_probe(
+    relay: &std::path::Path,
+    port: u16,
+    state_dir: &std::path::Path,
+) -> Result<String, String> {
+    let o = Command::new(relay)
+        .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
+        .arg("--control-secret-file")
+        .arg(state_dir.join("secrets/relay_control_secret"))
+        .args(["--wait-secs", "20", "--messages", "3"])
+        .output()
+        .expect("running ws-relay-server probe");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if o.status.success() && out.contains("\"ok\":true") {
+        Ok(out)
+    } else {
+        Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
+    }
+}
+
+/// Loader tests: remove a stack and wait until its services, configs, secrets and network
+/// are gone (so that the next test run starts clean).
+pub fn remove_stack(stack: &str) {
+    let _ = docker().args(["stack", "rm", stack]).output();
+    for _ in 0..60 {
+        let left = docker()
+            .args(["network", "ls", "-q", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={stack}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let services = docker()
+            .args(["service", "ls", "-q", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={stack}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if left.is_empty() && services.is_empty() {
+            return;
+        }
+        let _ = docker().args(["stack", "rm", stack]).output();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// Loader tests: JSON output of a successful loader command.
+pub fn loader_json(cmd: &mut Command) -> serde_json::Value {
+    let out = run_ok(cmd.arg("--json"));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd:?}: bad JSON ({e}): {out}"))
+}
