@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -45,14 +46,26 @@ impl BaseUrl {
         };
         Ok(BaseUrl { tls, authority })
     }
+
+    /// The host without port (and without IPv6 brackets).
+    pub fn host(&self) -> &str {
+        self.authority
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&self.authority)
+            .trim_matches(['[', ']'])
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close`; returns status and body. For https,
+/// `tls` verifies the server (see [`crate::tls::verifying_client`]); `None` does not verify
+/// the certificate (the loopback health check).
 pub async fn http_request(
     base: &BaseUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     method: &str,
     path: &str,
     bearer: Option<&str>,
@@ -63,18 +76,21 @@ pub async fn http_request(
         .with_context(|| format!("connecting to {}", base.authority))?;
     let _ = tcp.set_nodelay(true);
     let mut s: Box<dyn Io> = if base.tls {
-        let host = base
-            .authority
-            .rsplit_once(':')
-            .map(|(h, _)| h)
-            .unwrap_or("localhost");
-        let name =
-            rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_string())
-                .unwrap_or_else(|_| {
-                    rustls::pki_types::ServerName::try_from("localhost").expect("valid name")
-                });
+        let cfg = match tls {
+            Some(c) => c.clone(),
+            None => crate::tls::loopback_client()?,
+        };
+        let name = rustls::pki_types::ServerName::try_from(base.host().to_string())
+            .or_else(|e| {
+                if tls.is_some() {
+                    Err(e)
+                } else {
+                    rustls::pki_types::ServerName::try_from("localhost")
+                }
+            })
+            .with_context(|| format!("{:?} is not a valid tls server name", base.host()))?;
         Box::new(
-            crate::tls::loopback_client()?
+            tokio_rustls::TlsConnector::from(cfg)
                 .connect(name, tcp)
                 .await
                 .context("tls handshake")?,
@@ -114,7 +130,7 @@ pub async fn http_request(
 pub async fn healthcheck(base: &BaseUrl) -> Result<bool> {
     let (status, body) = timeout(
         Duration::from_secs(5),
-        http_request(base, "GET", "/healthz", None, ""),
+        http_request(base, None, "GET", "/healthz", None, ""),
     )
     .await
     .context("health check timed out")??;
@@ -127,6 +143,8 @@ pub async fn healthcheck(base: &BaseUrl) -> Result<bool> {
 pub struct ProbeOpts {
     /// Where the relay listens.
     pub base: BaseUrl,
+    /// For https: how the relay's certificate is verified.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Control secret.
     pub secret: String,
     /// Messages per direction.
@@ -137,21 +155,25 @@ pub struct ProbeOpts {
 
 /// Runs the end-to-end probe and returns the JSON summary line.
 pub async fn probe(o: &ProbeOpts) -> Result<serde_json::Value> {
-    if o.base.tls {
-        bail!("probe supports http:// urls only (run it against the plain listener or behind the tls proxy)");
-    }
     let start = Instant::now();
     loop {
-        match http_request(&o.base, "GET", "/healthz", None, "").await {
+        match http_request(&o.base, o.tls.as_ref(), "GET", "/healthz", None, "").await {
             Ok((200, _)) => break,
             Ok((s, b)) if start.elapsed() >= o.wait => bail!("relay not healthy: {s} {b}"),
             Err(e) if start.elapsed() >= o.wait => return Err(e.context("relay did not answer")),
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    let (status, body) = http_request(&o.base, "POST", "/v1/sessions", Some(&o.secret), "{}")
-        .await
-        .context("creating a session")?;
+    let (status, body) = http_request(
+        &o.base,
+        o.tls.as_ref(),
+        "POST",
+        "/v1/sessions",
+        Some(&o.secret),
+        "{}",
+    )
+    .await
+    .context("creating a session")?;
     if status != 201 {
         bail!("creating a session: http {status}: {body}");
     }
@@ -169,14 +191,24 @@ pub async fn probe(o: &ProbeOpts) -> Result<serde_json::Value> {
             .split_once("://")
             .and_then(|(_, r)| r.find('/').map(|i| &r[i..]))
             .context("session url has no path")?;
-        Ok((format!("ws://{}{path}", o.base.authority), t.to_string()))
+        let scheme = if o.base.tls { "wss" } else { "ws" };
+        Ok((
+            format!("{scheme}://{}{path}", o.base.authority),
+            t.to_string(),
+        ))
     };
     let (agent_url, agent_tok) = url("agent")?;
     let (user_url, user_tok) = url("user")?;
     // The agent passes its token in the query, the user as a browser would: in a subprotocol.
-    let (mut agent, _) = tokio_tungstenite::connect_async(format!("{agent_url}&token={agent_tok}"))
-        .await
-        .context("connecting the agent")?;
+    let connector = || o.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let (mut agent, _) = tokio_tungstenite::connect_async_tls_with_config(
+        format!("{agent_url}&token={agent_tok}"),
+        None,
+        true,
+        connector(),
+    )
+    .await
+    .context("connecting the agent")?;
     let mut req = user_url
         .as_str()
         .into_client_request()
@@ -187,9 +219,10 @@ pub async fn probe(o: &ProbeOpts) -> Result<serde_json::Value> {
             .parse()
             .context("protocol header")?,
     );
-    let (mut user, _) = tokio_tungstenite::connect_async(req)
-        .await
-        .context("connecting the user")?;
+    let (mut user, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector())
+            .await
+            .context("connecting the user")?;
     let limit = Duration::from_secs(10);
     let mut rtts = Vec::with_capacity(o.messages);
     for i in 0..o.messages {

@@ -33,9 +33,14 @@ enum Cmd {
     /// End-to-end self-test: create a session, connect both sides, exchange, close; prints
     /// one JSON line.
     Probe {
-        /// Relay base URL, http://HOST:PORT.
+        /// Relay base URL, http://HOST:PORT or https://HOST:PORT (then wss, certificate and
+        /// name verified).
         #[arg(long)]
         url: String,
+        /// For https: trust only the CA certificates in this PEM file (default: the Mozilla
+        /// roots built into the binary).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
         /// File holding the control API secret.
         #[arg(long)]
         control_secret_file: PathBuf,
@@ -97,6 +102,7 @@ fn run(cli: Cli) -> Result<i32> {
         }
         Cmd::Probe {
             url,
+            ca_file,
             control_secret_file,
             messages,
             wait_secs,
@@ -104,8 +110,15 @@ fn run(cli: Cli) -> Result<i32> {
             let secret = std::fs::read_to_string(&control_secret_file).with_context(|| {
                 format!("reading control secret {}", control_secret_file.display())
             })?;
+            let base = BaseUrl::parse(&url)?;
+            let tls = if base.tls {
+                Some(ws_relay_server::tls::verifying_client(ca_file.as_deref())?)
+            } else {
+                None
+            };
             let opts = ProbeOpts {
-                base: BaseUrl::parse(&url)?,
+                base,
+                tls,
                 secret: secret.trim().to_string(),
                 messages: messages.max(1),
                 wait: Duration::from_secs(wait_secs),

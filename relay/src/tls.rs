@@ -1,5 +1,5 @@
-//! rustls (ring provider) configuration: the server side from PEM files, and the client side
-//! used by the `healthcheck` subcommand against 127.0.0.1.
+//! rustls (ring provider) configuration: the server side from PEM files, the client side
+//! used by the `healthcheck` subcommand against 127.0.0.1, and a verifying client for `probe`.
 
 use anyhow::{Context, Result};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -37,7 +37,7 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
 /// Client config for the local health probe: it talks to its own process over loopback,
 /// where the public certificate's name cannot match, so the certificate is not verified
 /// (handshake signatures still are).
-pub fn loopback_client() -> Result<tokio_rustls::TlsConnector> {
+pub fn loopback_client() -> Result<Arc<rustls::ClientConfig>> {
     let p = provider();
     let cfg = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_safe_default_protocol_versions()
@@ -45,7 +45,33 @@ pub fn loopback_client() -> Result<tokio_rustls::TlsConnector> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyCert(p)))
         .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+    Ok(Arc::new(cfg))
+}
+
+/// Client config that verifies the server certificate and name: against the CA
+/// certificates of `ca_file` (PEM) if given, else against the Mozilla roots built into the
+/// binary (a scratch image has no system store).
+pub fn verifying_client(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(f) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(f)
+                .with_context(|| format!("reading ca file {}", f.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing ca file {}", f.display()))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                anyhow::bail!("no usable ca certificate in {}", f.display());
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("tls protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }
 
 #[derive(Debug)]

@@ -27,6 +27,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub keys: KeySet,
+    /// Serving TLS (then the plain-HTTP helpers below do not apply).
+    pub tls: bool,
 }
 
 pub fn free_port() -> u16 {
@@ -68,6 +70,7 @@ impl Relay {
             addr,
             dir,
             keys: KeySet::parse(KEYS).unwrap(),
+            tls: env.iter().any(|(k, _)| *k == "RELAY_TLS_CERT_FILE"),
         };
         relay.wait_ready();
         relay
@@ -76,6 +79,10 @@ impl Relay {
     fn wait_ready(&self) {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
+            // the listener is bound only after the certificate has been loaded
+            if self.tls && TcpStream::connect(self.addr).is_ok() {
+                return;
+            }
             if let Ok((200, _)) = self.http("GET", "/healthz", None, "") {
                 return;
             }
