@@ -178,15 +178,6 @@ pub async fn converge(
             let Some(l) = live.get(&s.full_name) else {
                 bail!("service {} disappeared while converging", s.full_name);
             };
-            if let Some(st) = l.update_state.as_deref() {
-                if st == "paused" || st.starts_with("rollback") {
-                    bail!(
-                        "service {} update {st}: {}",
-                        s.full_name,
-                        l.update_message.clone().unwrap_or_default()
-                    );
-                }
-            }
             let tasks = engine.tasks(&s.full_name).await?;
             let mine: Vec<&TaskInfo> = tasks
                 .iter()
@@ -197,6 +188,21 @@ pub async fn converge(
                 .find(|t| t.state == "failed" || t.state == "rejected")
             {
                 return Err(task_failure(engine, &s.full_name, t).await);
+            }
+            if let Some(st) = l.update_state.as_deref() {
+                if st == "paused" || st.starts_with("rollback") {
+                    let msg = l.update_message.clone().unwrap_or_default();
+                    // The message names the task that ended early; report it in full.
+                    if let Some(t) = tasks
+                        .iter()
+                        .find(|t| !t.id.is_empty() && msg.contains(&t.id))
+                    {
+                        return Err(task_failure(engine, &s.full_name, t)
+                            .await
+                            .context(format!("update {st}")));
+                    }
+                    bail!("service {} update {st}: {msg}", s.full_name);
+                }
             }
             let want = l.replicas.unwrap_or(1).max(1) as usize;
             let ok = if s.job {
@@ -296,12 +302,12 @@ impl Transaction<'_> {
                 self.timing,
             )
             .await;
+            journal.done = i + 1;
+            let r = r.and_then(|()| self.state.put_journal(&journal));
             if let Err(e) = r {
                 failure = Some(e);
                 break;
             }
-            journal.done = i + 1;
-            self.state.put_journal(&journal)?;
             fault(&format!("step-{}", i + 1));
         }
         if let Some(e) = failure {
