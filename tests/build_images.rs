@@ -47,6 +47,15 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Option<String>) 
     }
 }
 
+/// Removes a container when dropped, so a failing assertion leaves nothing running.
+struct ContainerGuard(String);
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        let _ = common::docker().args(["rm", "-f", &self.0]).output();
+    }
+}
+
 fn secrets_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let d = tempfile::tempdir().unwrap();
@@ -75,6 +84,8 @@ fn images_load_with_matching_ids_and_relay_runs_healthy() {
     for exe in ["bin/ws-relay-server", "bin/reemo-bundle"] {
         let p = tmp.path().join(exe.replace('/', "_"));
         std::fs::write(&p, bundle.read_entry(exe).unwrap()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         let out = common::run_ok(Command::new("file").arg(&p));
         assert!(
             out.contains("statically linked") || out.contains("static-pie linked"),
@@ -117,6 +128,7 @@ fn images_load_with_matching_ids_and_relay_runs_healthy() {
     let port = common::free_port();
     let name = format!("reemo-build-test-{}", std::process::id());
     let _ = common::docker().args(["rm", "-f", &name]).output();
+    let guard = ContainerGuard(name.clone());
     common::run_ok(common::docker().args(["run", "-d", "--name", &name]).args([
         "-v",
         &format!("{}:/run/secrets:ro", secrets.path().display()),
@@ -156,7 +168,7 @@ fn images_load_with_matching_ids_and_relay_runs_healthy() {
         .arg(secrets.path().join("control"))
         .output()
         .unwrap();
-    let _ = common::docker().args(["rm", "-f", &name]).output();
+    drop(guard);
     assert!(
         probe.status.success() && String::from_utf8_lossy(&probe.stdout).contains("\"ok\":true"),
         "probe through the container failed: {}{}",
