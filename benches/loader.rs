@@ -1,0 +1,189 @@
+//! Loader benchmarks against the real engine and swarm (`cargo bench --bench loader`):
+//! 1. re-activating the current bundle (nothing to do, state verified), wall time;
+//! 2. rollback to the previous generation until converged and the relay serves;
+//! 3. cold `activate` of the default bundle until the relay answers, against
+//!    `docker load` + `docker stack deploy` of the same images and stack file.
+//! Prints one line per figure; run on an otherwise idle machine.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Poll the relay until the probe succeeds; returns when it did.
+fn wait_serving(relay: &Path, port: u16, secret: &Path) -> Instant {
+    loop {
+        let ok = Command::new(relay)
+            .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
+            .arg("--control-secret-file")
+            .arg(secret)
+            .args(["--messages", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if ok {
+            return Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn remove_image(id: &str) {
+    let _ = docker().args(["image", "rm", "-f", id]).output();
+}
+
+fn main() {
+    require_swarm_manager();
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+
+    // 1 + 2: a relay variant pair on its own stack and port
+    let stack = "lbench";
+    remove_stack(stack);
+    let port = free_port();
+    let v1 = build_relay_variant(&work.join("v1"), stack, port, "1.0.0", |c| c);
+    let v2 = build_relay_variant(&work.join("v2"), stack, port, "2.0.0", |c| {
+        c.replace("pair_timeout_secs = 30", "pair_timeout_secs = 32")
+    });
+    let relay = extract_relay(&v1, work);
+    let state = work.join("state");
+    run_ok(loader(&state).arg("activate").arg(&v1));
+    let mut noop = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        run_ok(loader(&state).arg("activate").arg(&v1));
+        noop.push(t.elapsed());
+    }
+    println!(
+        "re-activate current bundle (nothing to do): median {} over 10 (bundle {} bytes)",
+        ms(median(noop)),
+        std::fs::metadata(&v1).unwrap().len()
+    );
+    run_ok(loader(&state).arg("activate").arg(&v2));
+    let secret = state.join("secrets/relay_control_secret");
+    let mut rb = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        run_ok(loader(&state).arg("rollback"));
+        rb.push(wait_serving(&relay, port, &secret) - t);
+        run_ok(loader(&state).arg("activate").arg(&v2));
+    }
+    println!(
+        "rollback to the previous generation until serving: median {} over 3",
+        ms(median(rb))
+    );
+    remove_stack(stack);
+
+    // 3: cold load + activate of the default bundle vs docker load + docker stack deploy
+    let bundle = default_bundle();
+    let relay = extract_relay(&bundle, work);
+    let manifest: serde_json::Value = serde_json::from_slice(&run_ok_bytes(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(&bundle)
+            .arg("bundle.json"),
+    ))
+    .unwrap();
+    let image_id = manifest["images"][0]["config_digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let default_stack = manifest["stack"].as_str().unwrap().to_string();
+    let unpacked = work.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&bundle)
+            .arg("-C")
+            .arg(&unpacked),
+    );
+    // the baseline loads a docker-archive of the same image (what `docker save` would give)
+    let archive = work.join("image.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(unpacked.join("oci"))
+            .arg("."),
+    );
+    let base_stack = "lbase";
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for round in 0..3 {
+        // ours: fresh state, image absent
+        remove_stack(&default_stack);
+        remove_stack(base_stack);
+        remove_image(&image_id);
+        let st = work.join(format!("state-cold-{round}"));
+        let t = Instant::now();
+        let mut child = loader(&st)
+            .arg("activate")
+            .arg(&bundle)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let secret = st.join("secrets/relay_control_secret");
+        while !secret.exists() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let served = wait_serving(&relay, 8080, &secret);
+        ours.push(served - t);
+        assert!(child.wait().unwrap().success());
+        remove_stack(&default_stack);
+        remove_image(&image_id);
+
+        // baseline: docker load + docker stack deploy of the same stack file
+        for key in ["relay_token_keys", "relay_control_secret"] {
+            let _ = docker().args(["secret", "rm", key]).output();
+            run_ok(
+                docker()
+                    .args(["secret", "create", key])
+                    .arg(st.join("secrets").join(key)),
+            );
+        }
+        let t = Instant::now();
+        run_ok(docker().arg("load").arg("-i").arg(&archive));
+        run_ok(
+            docker()
+                .args(["stack", "deploy", "-c"])
+                .arg(unpacked.join(manifest["stack_file"].as_str().unwrap()))
+                .arg(base_stack),
+        );
+        let served = wait_serving(&relay, 8080, &st.join("secrets/relay_control_secret"));
+        base.push(served - t);
+        remove_stack(base_stack);
+        for key in ["relay_token_keys", "relay_control_secret"] {
+            let _ = docker().args(["secret", "rm", key]).output();
+        }
+    }
+    let (o, b) = (median(ours), median(base));
+    println!(
+        "cold activate until the relay answers: median {} vs docker load + stack deploy {}: ratio {:.2}",
+        ms(o),
+        ms(b),
+        o.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+fn run_ok_bytes(cmd: &mut Command) -> Vec<u8> {
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{cmd:?}");
+    o.stdout
+}
