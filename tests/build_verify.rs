@@ -277,3 +277,112 @@ fn concurrent_builds_on_one_store_agree() {
     assert!(shas.windows(2).all(|w| w[0] == w[1]), "{shas:?}");
     assert_eq!(std::fs::read_dir(store.join("tmp")).unwrap().count(), 0);
 }
+
+/// A vendor's `docker save` archive enters a bundle as a fixed-output input and serves as
+/// the base of an image: its layers are kept byte for byte (never recompressed), its config
+/// is inherited and extended.
+#[test]
+fn vendor_docker_archive_is_an_image_base() {
+    let d = tempfile::tempdir().unwrap();
+    let def = common::write_tiny_appliance(d.path(), "1.0.0", "hello");
+    // A docker-archive as `docker save` (20.10) writes it: uncompressed layer.tar files.
+    let mut layer = Vec::new();
+    {
+        let mut b = tar::Builder::new(&mut layer);
+        let mut h = tar::Header::new_ustar();
+        h.set_size(6);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "vendor.txt", &b"vendor"[..]).unwrap();
+        b.finish().unwrap();
+    }
+    let diff_id = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer))
+    );
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin", "VENDOR=1"], "Cmd": ["vendor"], "Labels": {"vendor": "yes"}},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": "vendor build"}],
+    });
+    let archive = d.path().join("recipes/files/vendor.tar");
+    {
+        let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, data).unwrap();
+        };
+        add("abc/layer.tar", &layer);
+        add("cfg.json", &serde_json::to_vec(&config).unwrap());
+        add(
+            "manifest.json",
+            br#"[{"Config":"cfg.json","RepoTags":["vendor/app:2.11"],"Layers":["abc/layer.tar"]}]"#,
+        );
+        b.finish().unwrap();
+    }
+    std::fs::write(
+        d.path().join("recipes/vendor.toml"),
+        format!(
+            "kind = \"fixed\"\npath = \"files/vendor.tar\"\nsha256 = \"{}\"\nformat = \"docker-archive\"\n",
+            common::sha256_of(&archive)
+        ),
+    )
+    .unwrap();
+    let img = d.path().join("recipes/tiny-image.toml");
+    let t = std::fs::read_to_string(&img).unwrap();
+    std::fs::write(
+        &img,
+        t.replace(
+            "version = \"1.0.0\"\n",
+            "version = \"1.0.0\"\nbase = \"vendor\"\n",
+        ),
+    )
+    .unwrap();
+    let o = Command::new(common::bin())
+        .arg("build")
+        .arg(&def)
+        .arg("--store")
+        .arg(d.path().join("store"))
+        .arg("--out")
+        .arg(d.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let path = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let b = reemo_bundle::bundle::reader::BundleFile::open(Path::new(&path)).unwrap();
+    let image = b.manifest().image("tiny-image").unwrap().clone();
+    assert_eq!(image.layers.len(), 3);
+    assert_eq!(
+        image.layers[0].media_type,
+        "application/vnd.oci.image.layer.v1.tar"
+    );
+    assert_eq!(
+        b.read_entry(&image.layers[0].path()).unwrap(),
+        layer,
+        "vendor layer must be kept as is"
+    );
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&b.read_entry(&image.config.path()).unwrap()).unwrap();
+    assert_eq!(cfg["rootfs"]["diff_ids"][0], diff_id);
+    let env: Vec<&str> = cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"VENDOR=1") && env.contains(&"TINY=1"),
+        "{env:?}"
+    );
+    assert_eq!(cfg["config"]["Labels"]["vendor"], "yes");
+    assert_eq!(
+        cfg["config"]["Cmd"][0], "sleep",
+        "the recipe's cmd overrides the base's"
+    );
+}
