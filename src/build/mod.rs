@@ -285,6 +285,10 @@ pub(crate) fn plan(def: &LoadedBundleDef, source_date_epoch: u64) -> Result<(Gra
     for b in def.def.binaries.values() {
         inputs.insert(b.get_ref().clone(), g.resolve(b, &origin, &mut stack)?);
     }
+    expect_kind(def, &g, &def.def.stack, "stack")?;
+    for b in def.def.binaries.values() {
+        expect_kind(def, &g, b, "binary")?;
+    }
     let bundle_id = identity(&json!({
         "bundle": serde_json::to_value(&def.def).context("normalising bundle definition")?,
         "inputs": inputs,
@@ -301,13 +305,8 @@ pub fn build(def_path: &Path, opts: &BuildOptions) -> Result<BuildOutcome> {
     realise::realise(&def, &graph, &bundle_id, opts)
 }
 
-/// Check the stack recipe's kind and binary recipes' kinds (definition-level checks).
-pub(crate) fn expect_kind<'a>(
-    def: &LoadedBundleDef,
-    g: &'a Graph,
-    name: &S<String>,
-    kind: &str,
-) -> Result<&'a Recipe> {
+/// Check that a recipe the definition names has the kind its place needs.
+fn expect_kind(def: &LoadedBundleDef, g: &Graph, name: &S<String>, kind: &str) -> Result<()> {
     let r = &g.recipes[name.get_ref()];
     if r.kind.name() != kind {
         return Err(at(
@@ -321,7 +320,7 @@ pub(crate) fn expect_kind<'a>(
             ),
         ));
     }
-    Ok(r)
+    Ok(())
 }
 
 /// Value helper used by the realiser for JSON metadata files.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::{expect_kind, read_json, BuildOptions, BuildOutcome, Graph};
+use super::{read_json, BuildOptions, BuildOutcome, Graph};
 use crate::bundle::manifest::{
     BlobRef, BundleManifest, FileEntry, ImageEntry, InputEntry, ServiceEntry, BUNDLE_FORMAT,
 };
@@ -102,12 +102,6 @@ pub(crate) fn realise(
             .with_context(|| format!("storing the output of recipe {name}"))?;
         built.push(name.clone());
     }
-    let stack_recipe = expect_kind(def, g, &def.def.stack, "stack")?;
-    for b in def.def.binaries.values() {
-        expect_kind(def, g, b, "binary")?;
-    }
-    let _ = stack_recipe;
-
     // The bundle itself is a store entry too.
     let obj = store.object(bundle_id);
     if !store.has(bundle_id) {
@@ -722,7 +716,7 @@ fn pack_bundle(
     };
     for (file, recipe) in &d.binaries {
         let RecipeKind::Binary(b) = &g.recipes[recipe.get_ref()].kind else {
-            unreachable!("checked by expect_kind")
+            unreachable!("checked by build::plan")
         };
         add_file(
             format!("bin/{file}"),
