@@ -40,8 +40,18 @@ struct Cli {
     #[arg(long, default_value_t = 5.0)]
     rate_mbps: f64,
     /// Message size of the active run, bytes.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = 32768)]
     active_msg: usize,
+    /// Sessions of the latency phase (1 KiB messages at --rate-mbps).
+    #[arg(long, default_value_t = 50)]
+    latency_sessions: usize,
+    /// Load generator threads of the active runs, each with a current-thread runtime
+    /// (0: one per CPU).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Timestamp every N-th message of a session (latency sample); the others carry 0.
+    #[arg(long, default_value_t = 4)]
+    sample_every: u64,
     /// Sessions streaming 64 KiB messages as fast as possible.
     #[arg(long, default_value_t = 8)]
     stream_pairs: usize,
@@ -156,8 +166,75 @@ impl Rx {
     }
 }
 
+/// An unsplit connection of the active runs (one side only sends, the other only receives).
+enum Conn {
+    Ws(Box<Ws>),
+    Tcp(BufReader<TcpStream>),
+}
+
+fn stamp(b: &[u8]) -> u64 {
+    b.get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+impl Conn {
+    /// Sends `buf` as one message; returns whether it went and the buffer back for reuse
+    /// (no allocation per message once the writer has released it).
+    async fn send(&mut self, buf: bytes::BytesMut) -> (bool, Option<bytes::BytesMut>) {
+        match self {
+            Conn::Ws(ws) => {
+                let b = buf.freeze();
+                let ok = ws.send(Message::Binary(b.clone())).await.is_ok();
+                (ok, b.try_into_mut().ok())
+            }
+            Conn::Tcp(s) => {
+                use bytes::Buf;
+                let len = (buf.len() as u32).to_be_bytes();
+                let mut chain = Buf::chain(&len[..], &buf[..]);
+                let ok = s.get_mut().write_all_buf(&mut chain).await.is_ok();
+                (ok, Some(buf))
+            }
+        }
+    }
+
+    /// Receives one message: (length, timestamp in its first 8 bytes).
+    async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<(usize, u64)> {
+        match self {
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return Ok((b.len(), stamp(&b))),
+                    Some(Ok(Message::Close(_))) | None => bail!("closed"),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.into()),
+                }
+            },
+            Conn::Tcp(s) => {
+                let len = s.read_u32().await? as usize;
+                buf.resize(len, 0);
+                s.read_exact(buf).await?;
+                Ok((len, stamp(buf)))
+            }
+        }
+    }
+}
+
 impl Target {
     async fn connect(&self, session: &str, role: Role) -> Result<(Tx, Rx)> {
+        Ok(match self.connect_conn(session, role).await? {
+            Conn::Ws(ws) => {
+                let (tx, rx) = (*ws).split();
+                (Tx::Ws(tx), Rx::Ws(rx))
+            }
+            Conn::Tcp(s) => {
+                let (r, w) = s.into_inner().into_split();
+                (Tx::Tcp(w), Rx::Tcp(BufReader::with_capacity(65536 + 8, r)))
+            }
+        })
+    }
+
+    async fn connect_conn(&self, session: &str, role: Role) -> Result<Conn> {
         let n = self.next_src.fetch_add(1, Relaxed);
         let src = Ipv4Addr::new(127, 0, 0, 1 + (n % self.sources as u64) as u8);
         let sock = TcpSocket::new_v4()?;
@@ -178,8 +255,7 @@ impl Target {
                 let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(cfg))
                     .await
                     .context("ws handshake")?;
-                let (tx, rx) = ws.split();
-                Ok((Tx::Ws(tx), Rx::Ws(rx)))
+                Ok(Conn::Ws(Box::new(ws)))
             }
             Kind::Tcp => {
                 let mut tcp = tcp;
@@ -187,8 +263,7 @@ impl Target {
                 let h = format!("{session} {role}");
                 hdr[..h.len().min(32)].copy_from_slice(&h.as_bytes()[..h.len().min(32)]);
                 tcp.write_all(&hdr).await?;
-                let (r, w) = tcp.into_split();
-                Ok((Tx::Tcp(w), Rx::Tcp(BufReader::with_capacity(65536 + 8, r))))
+                Ok(Conn::Tcp(BufReader::with_capacity(65536 + 8, tcp)))
             }
         }
     }
@@ -272,15 +347,6 @@ async fn wait_port(addr: SocketAddr) -> Result<()> {
     bail!("{addr} did not open")
 }
 
-fn pct(v: &mut [u64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_unstable();
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i] as f64 / 1e6
-}
-
 async fn idle(t: &Arc<Target>, n: usize) -> Result<()> {
     let before = rss_kib(t.pid);
     let start = Instant::now();
@@ -350,68 +416,299 @@ async fn throughput(t: &Arc<Target>, n: usize, secs: u64) -> Result<f64> {
     Ok(mbps)
 }
 
-/// `n` sessions each sending `size`-byte messages at `rate_mbps`; returns latencies (ns).
-async fn active(
-    t: &Arc<Target>,
-    tag: &str,
+/// One active run: `n` sessions, each sending `size`-byte messages one way at `rate_mbps`.
+#[derive(Clone, Copy)]
+struct Load {
     n: usize,
     size: usize,
     rate_mbps: f64,
     secs: u64,
-) -> Result<(Vec<u64>, f64, f64)> {
-    let pairs = t.pairs(tag, n).await?;
-    let lat = Arc::new(Mutex::new(Vec::<u64>::new()));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let interval = Duration::from_secs_f64(size as f64 * 8.0 / (rate_mbps * 1e6));
-    let warm = Instant::now() + Duration::from_secs(1);
-    let stop = Instant::now() + Duration::from_secs(secs + 1);
-    let cpu0 = cpu_ticks(t.pid);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (i, ((mut atx, _arx), (_utx, mut urx))) in pairs.into_iter().enumerate() {
-        let (lat, bytes) = (lat.clone(), bytes.clone());
-        tasks.push(tokio::spawn(async move {
-            let sender = async move {
-                // spread the sessions' phases over one interval
-                tokio::time::sleep(interval.mul_f64((i % 97) as f64 / 97.0)).await;
-                let mut tick = tokio::time::interval(interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                while Instant::now() < stop {
-                    tick.tick().await;
-                    let mut p = vec![0u8; size];
-                    p[..8].copy_from_slice(&now_ns().to_be_bytes());
-                    if atx.send(p).await.is_err() {
-                        break;
-                    }
-                }
-                atx
+    workers: usize,
+    sample_every: u64,
+}
+
+/// Latency histogram: 10 µs buckets up to 100 ms, then 1 ms buckets up to ~10 s.
+const HIST: usize = 20_000;
+
+fn bucket(ns: u64) -> usize {
+    let us = ns / 1000;
+    if us < 100_000 {
+        (us / 10) as usize
+    } else {
+        10_000 + ((us - 100_000) / 1000).min(9_999) as usize
+    }
+}
+
+/// Upper edge of a bucket, ms (percentiles are reported conservatively).
+fn bucket_ms(i: usize) -> f64 {
+    if i < 10_000 {
+        (i as f64 + 1.0) * 0.01
+    } else {
+        100.0 + (i - 10_000) as f64 + 1.0
+    }
+}
+
+fn hist_pct(h: &[u64], p: f64) -> f64 {
+    let total: u64 = h.iter().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let want = ((total as f64) * p).ceil().max(1.0) as u64;
+    let mut acc = 0;
+    for (i, c) in h.iter().enumerate() {
+        acc += c;
+        if acc >= want {
+            return bucket_ms(i);
+        }
+    }
+    f64::NAN
+}
+
+/// What one worker measured inside the window.
+#[derive(Default)]
+struct Tally {
+    sent: u64,
+    received: u64,
+    hist: Vec<u64>,
+}
+
+struct LoadResult {
+    offered_mbps: f64,
+    sent_mbps: f64,
+    delivered_mbps: f64,
+    hist: Vec<u64>,
+    relay_cpu: f64,
+    bench_cpu: f64,
+    /// Busy cores of the whole machine: relay + bench + kernel + anything else running.
+    machine_cpu: f64,
+}
+
+fn self_cpu_ticks() -> u64 {
+    cpu_ticks(std::process::id())
+}
+
+/// Busy ticks of the whole machine (all processes), from /proc/stat.
+fn machine_busy_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let f: Vec<u64> = s
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal
+            let total: u64 = f.iter().take(8).sum();
+            Some(total - f.get(3)? - f.get(4)?)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `l` against `t`: `l.workers` OS threads, each with its own current-thread runtime
+/// and its share of the sessions; each worker paces its sessions with one timer (a slot
+/// per tick wakes the sessions of that slot), sends from a reused buffer, and timestamps
+/// every `sample_every`-th message (the others carry 0). Measured over `secs` after 1 s of
+/// warm-up.
+fn active(t: &Arc<Target>, tag: &str, l: Load) -> Result<LoadResult> {
+    let workers = l.workers.clamp(1, l.n.max(1));
+    let connected = Arc::new(std::sync::Barrier::new(workers + 1));
+    let go = Arc::new(std::sync::Barrier::new(workers + 1));
+    let start_at: Arc<OnceLock<Instant>> = Arc::default();
+    let mut handles = Vec::new();
+    for w in 0..workers {
+        let ids: Vec<usize> = (w..l.n).step_by(workers).collect();
+        let (t, tag) = (t.clone(), tag.to_string());
+        let (connected, go, start_at) = (connected.clone(), go.clone(), start_at.clone());
+        handles.push(std::thread::spawn(move || -> Result<Tally> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let conns = match &rt {
+                Ok(rt) => rt.block_on(connect_share(&t, &tag, &ids)),
+                Err(e) => Err(anyhow::anyhow!("runtime: {e}")),
             };
-            let receiver = async {
-                let mut buf = Vec::new();
-                let mut mine = Vec::new();
-                // a cancelled TCP read would lose framing: cancel only once, at the very end
-                let end = tokio::time::Instant::from_std(stop + Duration::from_millis(300));
-                while let Ok(Ok((len, ts))) = tokio::time::timeout_at(end, urx.recv(&mut buf)).await
-                {
-                    if Instant::now() > warm {
-                        mine.push(now_ns().saturating_sub(ts));
-                        bytes.fetch_add(len as u64, Relaxed);
-                    }
-                }
-                lat.lock().map(|mut l| l.extend(mine)).ok();
-            };
-            tokio::join!(sender, receiver);
+            connected.wait();
+            go.wait();
+            let (rt, conns) = (rt?, conns?);
+            let start = *start_at.get().context("start time")?;
+            let local = tokio::task::LocalSet::new();
+            Ok(local.block_on(&rt, run_worker(conns, l, start)))
         }));
     }
-    for task in tasks {
-        let _ = task.await;
+    connected.wait();
+    let start = Instant::now() + Duration::from_millis(100);
+    let _ = start_at.set(start);
+    go.wait();
+    let warm = start + Duration::from_secs(1);
+    let stop = warm + Duration::from_secs(l.secs);
+    std::thread::sleep(warm.saturating_duration_since(Instant::now()));
+    let (cpu0, self0, all0, t0) = (
+        cpu_ticks(t.pid),
+        self_cpu_ticks(),
+        machine_busy_ticks(),
+        Instant::now(),
+    );
+    std::thread::sleep(stop.saturating_duration_since(Instant::now()));
+    let (cpu1, self1, all1, el) = (
+        cpu_ticks(t.pid),
+        self_cpu_ticks(),
+        machine_busy_ticks(),
+        t0.elapsed(),
+    );
+    let mut total = Tally {
+        hist: vec![0; HIST],
+        ..Tally::default()
+    };
+    let mut err = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(r)) => {
+                total.sent += r.sent;
+                total.received += r.received;
+                for (a, b) in total.hist.iter_mut().zip(&r.hist) {
+                    *a += b;
+                }
+            }
+            Ok(Err(e)) => err = Some(e),
+            Err(_) => err = Some(anyhow::anyhow!("worker panicked")),
+        }
     }
-    let el = start.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(t.pid) - cpu0) as f64 / 100.0 / el;
-    let mbps = bytes.load(Relaxed) as f64 * 8.0 / (el - 1.0) / 1e6;
-    let v = std::mem::take(&mut *lat.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    Ok((v, mbps, cpu))
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let secs = l.secs as f64;
+    let el = el.as_secs_f64();
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(LoadResult {
+        offered_mbps: l.n as f64 * l.rate_mbps,
+        sent_mbps: total.sent as f64 * 8.0 / secs / 1e6,
+        delivered_mbps: total.received as f64 * 8.0 / secs / 1e6,
+        hist: total.hist,
+        relay_cpu: cpu1.saturating_sub(cpu0) as f64 / 100.0 / el,
+        bench_cpu: self1.saturating_sub(self0) as f64 / 100.0 / el,
+        machine_cpu: all1.saturating_sub(all0) as f64 / 100.0 / el,
+    })
+}
+
+/// Connects the sessions `ids` of one worker, 64 handshakes at a time.
+async fn connect_share(t: &Arc<Target>, tag: &str, ids: &[usize]) -> Result<Vec<(Conn, Conn)>> {
+    let results: Vec<Result<(Conn, Conn)>> = futures_util::stream::iter(ids.iter().copied())
+        .map(|i| {
+            let s = format!("{tag}{i}");
+            async move {
+                let a = t.connect_conn(&s, Role::Agent).await?;
+                let u = t.connect_conn(&s, Role::User).await?;
+                Ok((a, u))
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn run_worker(conns: Vec<(Conn, Conn)>, l: Load, start: Instant) -> Tally {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let interval = Duration::from_secs_f64(l.size as f64 * 8.0 / (l.rate_mbps * 1e6));
+    // one tick about every millisecond; each session belongs to one of `slots` slots and
+    // is woken once per `interval`
+    let slots = ((interval.as_secs_f64() * 1000.0).round() as usize).clamp(1, 1000);
+    let tick = interval / slots as u32;
+    let warm = start + Duration::from_secs(1);
+    let stop = warm + Duration::from_secs(l.secs);
+    let tally = Rc::new(RefCell::new(Tally {
+        hist: vec![0; HIST],
+        ..Tally::default()
+    }));
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..slots)
+        .map(|_| tokio::sync::watch::channel(0u64))
+        .unzip();
+    let mut tasks = Vec::new();
+    for (i, (a, u)) in conns.into_iter().enumerate() {
+        let mut due = rxs[i % slots].clone();
+        let tally_s = tally.clone();
+        let every = l.sample_every.max(1);
+        let size = l.size.max(16);
+        tasks.push(tokio::task::spawn_local(async move {
+            let mut a = a;
+            let mut buf = bytes::BytesMut::zeroed(size);
+            let mut seq = 0u64;
+            while due.changed().await.is_ok() {
+                let now = Instant::now();
+                if now >= stop {
+                    break;
+                }
+                seq += 1;
+                let ts = if seq % every == 0 && now >= warm {
+                    now_ns().max(1)
+                } else {
+                    0
+                };
+                buf[..8].copy_from_slice(&ts.to_be_bytes());
+                let (ok, back) = a.send(buf).await;
+                buf = back.unwrap_or_else(|| bytes::BytesMut::zeroed(size));
+                if !ok {
+                    break;
+                }
+                if now >= warm && Instant::now() < stop {
+                    tally_s.borrow_mut().sent += size as u64;
+                }
+            }
+            a
+        }));
+        let tally_r = tally.clone();
+        tokio::task::spawn_local(async move {
+            let mut u = u;
+            let mut buf = Vec::new();
+            // a cancelled TCP read would lose framing: cancel only once, at the very end
+            let end = tokio::time::Instant::from_std(stop + Duration::from_millis(500));
+            while let Ok(Ok((len, ts))) = tokio::time::timeout_at(end, u.recv(&mut buf)).await {
+                let now = Instant::now();
+                if now >= warm && now < stop {
+                    let mut t = tally_r.borrow_mut();
+                    t.received += len as u64;
+                    if ts != 0 {
+                        t.hist[bucket(now_ns().saturating_sub(ts))] += 1;
+                    }
+                }
+            }
+        });
+    }
+    // the one timer of this worker
+    let mut last = 0u64;
+    loop {
+        let next = start + Duration::from_nanos(tick.as_nanos() as u64 * (last + 1));
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next)).await;
+        let now = Instant::now();
+        if now >= stop {
+            break;
+        }
+        let n = (now.saturating_duration_since(start).as_nanos() / tick.as_nanos().max(1)) as u64;
+        // catch up at most one interval
+        for k in (last + 1).max(n.saturating_sub(slots as u64 - 1))..=n {
+            txs[(k % slots as u64) as usize].send_replace(k);
+        }
+        last = n.max(last + 1);
+    }
+    drop(txs);
+    let mut senders = Vec::new();
+    for task in tasks {
+        if let Ok(a) = task.await {
+            senders.push(a);
+        }
+    }
+    // keep the sending sides open until the receivers have drained
+    tokio::time::sleep_until(tokio::time::Instant::from_std(
+        stop + Duration::from_millis(600),
+    ))
+    .await;
+    drop(senders);
+    Rc::try_unwrap(tally)
+        .map(RefCell::into_inner)
+        .unwrap_or_else(|rc| std::mem::take(&mut *rc.borrow_mut()))
 }
 
 async fn tcp_relay(listen: SocketAddr) -> Result<()> {
@@ -527,32 +824,55 @@ async fn run(cli: Cli) -> Result<()> {
         let p = throughput(&tcp, cli.stream_pairs, cli.secs).await?;
         println!("throughput ratio ws/plain: {:.2}", w / p);
     }
+    let workers = if cli.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cli.workers
+    };
+    let mut runs = Vec::new();
     if phases.contains(&"active") {
-        for t in [&ws, &tcp] {
-            let (mut v, mbps, cpu) = active(
-                t,
-                "act",
-                cli.active,
-                cli.active_msg,
-                cli.rate_mbps,
-                cli.secs,
-            )
-            .await?;
-            println!(
-                "{:<16} active: {} sessions x {} Mbit/s ({} B msgs): delivered {:.0} Mbit/s, latency p50 {:.2} ms p99 {:.2} ms ({} samples), relay cpu {:.2} cores",
-                t.kind.name(), cli.active, cli.rate_mbps, cli.active_msg, mbps, pct(&mut v, 0.5), pct(&mut v, 0.99), v.len(), cpu
-            );
-        }
+        runs.push(("active", cli.active, cli.active_msg));
     }
     if phases.contains(&"latency") {
-        let n = (cli.active / 2).max(1);
-        for t in [&ws, &tcp] {
-            let (mut v, mbps, cpu) = active(t, "lat", n, 1024, cli.rate_mbps, cli.secs).await?;
+        runs.push(("latency", cli.latency_sessions.max(1), 1024));
+    }
+    for (name, n, size) in runs {
+        let load = Load {
+            n,
+            size,
+            rate_mbps: cli.rate_mbps,
+            secs: cli.secs,
+            workers,
+            sample_every: cli.sample_every,
+        };
+        let mut p50 = [0.0; 2];
+        for (j, t) in [&ws, &tcp].into_iter().enumerate() {
+            let r = tokio::task::block_in_place(|| active(t, name, load))?;
+            let samples: u64 = r.hist.iter().sum();
+            p50[j] = hist_pct(&r.hist, 0.5);
             println!(
-                "{:<16} latency 1 KiB: {} sessions x {} Mbit/s: delivered {:.0} Mbit/s, p50 {:.3} ms p99 {:.3} ms ({} samples), relay cpu {:.2} cores",
-                t.kind.name(), n, cli.rate_mbps, mbps, pct(&mut v, 0.5), pct(&mut v, 0.99), v.len(), cpu
+                "{:<16} {name}: {n} sessions x {} Mbit/s in {size} B msgs: offered {:.0} Mbit/s, sent {:.0}, delivered {:.0}; latency p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.1} ms ({samples} samples); relay cpu {:.2} cores, bench cpu {:.2} cores ({workers} workers), machine busy {:.2} cores",
+                t.kind.name(),
+                cli.rate_mbps,
+                r.offered_mbps,
+                r.sent_mbps,
+                r.delivered_mbps,
+                p50[j],
+                hist_pct(&r.hist, 0.9),
+                hist_pct(&r.hist, 0.99),
+                hist_pct(&r.hist, 0.999),
+                hist_pct(&r.hist, 1.0),
+                r.relay_cpu,
+                r.bench_cpu,
+                r.machine_cpu,
             );
         }
+        println!(
+            "{name}: ws-relay-server p50 minus plain tcp relay p50: {:+.2} ms",
+            p50[0] - p50[1]
+        );
     }
     drop(ws_proc);
     drop(tcp_proc);
