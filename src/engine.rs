@@ -151,7 +151,9 @@ impl Engine {
         } else {
             bail!("engine {url:?}: expected unix:///PATH or tcp://HOST:PORT");
         }
-        .with_context(|| format!("connecting to the docker engine at {url}"))?;
+        .map_err(|e| {
+            anyhow!("the docker daemon at {url} is unreachable ({e}); is dockerd running?")
+        })?;
         Ok(Engine { docker, url })
     }
 
