@@ -65,11 +65,14 @@ fn default_bundle_is_bit_reproducible() {
         .prefix("reproducible-build-b-longer-")
         .tempdir()
         .unwrap();
-    // Build A straight from the checkout, build B from a copy in another folder.
-    let src_b = b.path().join("src");
+    // Two copies of the checkout in folders of different names and depths, taken at once
+    // (so that edits in the work tree during the build cannot make them differ).
+    let src_a = a.path().join("src");
+    let src_b = b.path().join("nested").join("checkout");
+    copy_tree(&src_a);
     copy_tree(&src_b);
     let bundle_a = build_in(
-        &common::repo_root(),
+        &src_a,
         &a.path().join("store"),
         &a.path().join("out"),
         "022",
