@@ -28,20 +28,24 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
+/// One end-to-end probe of the relay.
+fn probe_once(relay: &Path, port: u16, secret: &Path) -> bool {
+    Command::new(relay)
+        .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
+        .arg("--control-secret-file")
+        .arg(secret)
+        .args(["--messages", "1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// Poll the relay until the probe succeeds; returns when it did.
 fn wait_serving(relay: &Path, port: u16, secret: &Path) -> Instant {
     loop {
-        let ok = Command::new(relay)
-            .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
-            .arg("--control-secret-file")
-            .arg(secret)
-            .args(["--messages", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok {
+        if probe_once(relay, port, secret) {
             return Instant::now();
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -81,16 +85,41 @@ fn main() {
     );
     run_ok(loader(&state).arg("activate").arg(&v2));
     let secret = state.join("secrets/relay_control_secret");
-    let mut rb = Vec::new();
+    let (mut serving, mut converged) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let t = Instant::now();
-        run_ok(loader(&state).arg("rollback"));
-        rb.push(wait_serving(&relay, port, &secret) - t);
+        let mut child = loader(&state)
+            .arg("rollback")
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The old relay answers until Swarm stops it (stop-first): the rolled-back one
+        // serves from the first answer after the gap.
+        let mut seen_down = false;
+        let mut served = None;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(status.success(), "rollback failed");
+                break;
+            }
+            let ok = probe_once(&relay, port, &secret);
+            if !ok {
+                seen_down = true;
+            } else if seen_down && served.is_none() {
+                served = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let done = Instant::now();
+        serving.push(served.unwrap_or(done) - t);
+        converged.push(done - t);
         run_ok(loader(&state).arg("activate").arg(&v2));
     }
     println!(
-        "rollback to the previous generation until serving: median {} over 3",
-        ms(median(rb))
+        "rollback to the previous generation: serving after median {}, converged (healthy, update completed, monitor window) after median {}, over 3",
+        ms(median(serving)),
+        ms(median(converged))
     );
     remove_stack(stack);
 

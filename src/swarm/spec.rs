@@ -63,7 +63,12 @@ fn update_config(u: &Option<stack::UpdateConfig>, job: bool) -> Result<Option<Va
         "FailureAction".into(),
         json!(u.failure_action.unwrap_or_else(|| "pause".into())),
     );
-    put(&mut m, "Monitor", dur(&u.monitor)?.map(Value::from));
+    // Swarm's default monitor (5s) only delays "update completed"; the loader watches the
+    // stack itself for its own monitor window, so a short one keeps activations fast.
+    m.insert(
+        "Monitor".into(),
+        json!(dur(&u.monitor)?.unwrap_or(1_000_000_000)),
+    );
     put(
         &mut m,
         "MaxFailureRatio",
