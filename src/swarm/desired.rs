@@ -247,7 +247,8 @@ pub fn build(
         let (sha, source) = if def.generate.is_some() {
             let sha = match contents.generated.get(key) {
                 Some(d) => sha256_hex(d),
-                None => "0".repeat(8) + "-to-be-generated",
+                // dry run on a fresh host: named in the plan, never created
+                None => "(generated)".to_string(),
             };
             (sha, ObjectSource::Generated { key: key.clone() })
         } else if let Some(f) = &def.file {
@@ -269,7 +270,11 @@ pub fn build(
         };
         secrets.push(DesiredObject {
             key: key.clone(),
-            name: format!("{stack}_{key}_{}", &sha[..8]),
+            name: if sha.starts_with('(') {
+                format!("{stack}_{key}_{sha}")
+            } else {
+                format!("{stack}_{key}_{}", &sha[..8])
+            },
             sha256: sha,
             source,
         });
