@@ -2,6 +2,7 @@
 //! 1. no-op rebuild of the default bundle with everything cached (goal ≤ 100 ms wall);
 //! 2. packing: rebuilding the image layers and the bundle from files already in the store,
 //!    against `tar cf - FILES | gzip` of the same files in the same run (goal ≥ 1.5×).
+//!
 //! Uses the shared test store (target/test-store); the first run builds it.
 
 use std::path::{Path, PathBuf};

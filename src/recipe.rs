@@ -34,7 +34,7 @@ pub enum RecipeKind {
     /// An external input pinned by sha256 (a vendor's `docker save` tar, any file).
     Fixed(FixedRecipe),
     /// An OCI image written without any Docker daemon.
-    Image(ImageRecipe),
+    Image(Box<ImageRecipe>),
     /// A compose v3 stack template whose image fields are filled with built images.
     Stack(StackRecipe),
 }

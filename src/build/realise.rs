@@ -505,7 +505,7 @@ fn build_image(
         }
         specs.push(files);
     }
-    let results: Vec<Result<(String, Descriptor, Arc<Vec<u8>>)>> = std::thread::scope(|s| {
+    let results: Vec<Result<BuiltLayer>> = std::thread::scope(|s| {
         let handles: Vec<_> = specs
             .iter()
             .map(|files| s.spawn(move || make_layer(files, mtime, store)))
@@ -519,8 +519,11 @@ fn build_image(
             .collect()
     });
     for (i, res) in results.into_iter().enumerate() {
-        let (diff_id, desc, data) =
-            res.with_context(|| format!("{}: layer {}", r.path.display(), i + 1))?;
+        let BuiltLayer {
+            diff_id,
+            desc,
+            data,
+        } = res.with_context(|| format!("{}: layer {}", r.path.display(), i + 1))?;
         diff_ids.push(diff_id);
         history.push(json!({"created": created, "created_by": format!("reemo-bundle {} layer {}", r.name, i + 1)}));
         layer_descs.push(desc.clone());
@@ -602,13 +605,16 @@ fn build_image(
     Ok(())
 }
 
+/// A layer ready for the image: uncompressed digest, blob descriptor and blob bytes.
+struct BuiltLayer {
+    diff_id: String,
+    desc: Descriptor,
+    data: Arc<Vec<u8>>,
+}
+
 /// Build one layer, reusing the compressed blob from the store's layer cache when the
 /// uncompressed content was seen before.
-fn make_layer(
-    files: &[LayerFile],
-    mtime: u64,
-    store: &Store,
-) -> Result<(String, Descriptor, Arc<Vec<u8>>)> {
+fn make_layer(files: &[LayerFile], mtime: u64, store: &Store) -> Result<BuiltLayer> {
     let tar = oci::layer_tar(files, mtime)?;
     let diff_id = format!("sha256:{}", sha256_hex(&tar));
     let index = store.layer_cache(&format!("diff-{}", &diff_id[7..]));
@@ -617,7 +623,11 @@ fn make_layer(
         if let Ok(data) = std::fs::read(&p) {
             let d = Descriptor::of(&data, oci::MT_LAYER_GZIP);
             if d.hex() == gz_hex.trim() {
-                return Ok((diff_id, d, Arc::new(data)));
+                return Ok(BuiltLayer {
+                    diff_id,
+                    desc: d,
+                    data: Arc::new(data),
+                });
             }
         }
     }
@@ -625,7 +635,11 @@ fn make_layer(
     let d = Descriptor::of(&gz, oci::MT_LAYER_GZIP);
     write_atomic(&store.layer_cache(d.hex()), &gz)?;
     write_atomic(&index, d.hex().as_bytes())?;
-    Ok((diff_id, d, Arc::new(gz)))
+    Ok(BuiltLayer {
+        diff_id,
+        desc: d,
+        data: Arc::new(gz),
+    })
 }
 
 fn image_meta(store: &Store, g: &Graph, name: &str) -> Result<ImageMeta> {
