@@ -222,6 +222,44 @@ impl Engine {
             .collect())
     }
 
+    /// Set (`Some`) or remove (`None`) a label on a node. Node specs are small and carry no
+    /// healthcheck, so this one is read, changed and written back (retried when stale).
+    pub async fn set_node_label(
+        &self,
+        node_id: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        for attempt in 0..5 {
+            let node = self
+                .docker
+                .inspect_node(node_id)
+                .await
+                .with_context(|| format!("inspecting node {node_id}"))?;
+            let mut spec = node.spec.unwrap_or_default();
+            let labels = spec.labels.get_or_insert_with(HashMap::new);
+            let changed = match value {
+                Some(v) => labels.insert(key.to_string(), v.to_string()).as_deref() != Some(v),
+                None => labels.remove(key).is_some(),
+            };
+            if !changed {
+                return Ok(());
+            }
+            let version = node.version.and_then(|v| v.index).unwrap_or(0) as i64;
+            let opts = bollard::query_parameters::UpdateNodeOptionsBuilder::default()
+                .version(version)
+                .build();
+            match self.docker.update_node(node_id, spec, opts).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 4 && e.to_string().contains("out of sequence") => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e).with_context(|| format!("labelling node {node_id}")),
+            }
+        }
+        Ok(())
+    }
+
     /// Initialise a swarm. `req` is Engine-API JSON (`SwarmInitRequest`).
     pub async fn init_swarm(&self, req: &serde_json::Value) -> Result<String> {
         let r: SwarmInitRequest = from_json(req, "swarm init request")?;

@@ -109,10 +109,11 @@ fn outcome(result: &str, d: &DesiredStack, generation: Option<u64>, p: &Plan) ->
     }
 }
 
-/// Make sure a generation's images are on every engine (rollback cannot load them: the
-/// bundle file may be gone).
+/// Make sure a generation's images are on every engine, and label each engine's node as
+/// holding them (the services' placement constraints require that label).
 async fn require_images(host: &Host, d: &DesiredStack) -> Result<()> {
     for e in &host.engines {
+        let node = e.swarm_facts().await?.node_id;
         for img in &d.images {
             if !e.has_image(&img.id).await? {
                 bail!(
@@ -122,6 +123,13 @@ async fn require_images(host: &Host, d: &DesiredStack) -> Result<()> {
                     e.url
                 );
             }
+            host.manager()
+                .set_node_label(
+                    &node,
+                    &crate::swarm::spec::image_label(&img.id),
+                    Some("present"),
+                )
+                .await?;
         }
     }
     Ok(())
@@ -233,6 +241,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
         opts.quiet,
     )
     .await?;
+    require_images(host, &desired).await?;
     fault("load");
 
     if p.is_empty() {

@@ -174,6 +174,7 @@ pub async fn converge(
             .map(|s| (s.name.clone(), s))
             .collect();
         let mut all_ok = true;
+        let mut all_updated = true;
         for s in services {
             let Some(l) = live.get(&s.full_name) else {
                 bail!("service {} disappeared while converging", s.full_name);
@@ -215,8 +216,11 @@ pub async fn converge(
                 let stale = tasks.iter().any(|t| {
                     t.desired == "running" && t.spec_hash.as_deref() != Some(&s.spec_hash)
                 });
-                let updated = matches!(l.update_state.as_deref(), None | Some("completed"));
-                running >= want && !stale && updated
+                if !matches!(l.update_state.as_deref(), None | Some("completed")) {
+                    // Swarm's own update monitor runs in parallel with our window.
+                    all_updated = false;
+                }
+                running >= want && !stale
             };
             if !ok {
                 all_ok = false;
@@ -233,7 +237,7 @@ pub async fn converge(
         let now = Instant::now();
         if all_ok {
             let since = *stable_since.get_or_insert(now);
-            if now.duration_since(since) >= monitor {
+            if now.duration_since(since) >= monitor && all_updated {
                 return Ok(());
             }
         } else {

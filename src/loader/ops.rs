@@ -319,8 +319,11 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
         }
     }
     for e in &host.engines {
+        let node = e.swarm_facts().await?.node_id;
         for id in &images {
             if e.remove_image(id).await? {
+                let label = crate::swarm::spec::image_label(id);
+                engine.set_node_label(&node, &label, None).await?;
                 r.images.push(id.clone());
             } else if e.has_image(id).await? {
                 r.kept_in_use

@@ -253,18 +253,19 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
         None => None,
     };
     put(&mut task, "RestartPolicy", restart);
-    if let Some(p) = &deploy.placement {
-        let mut m = Map::new();
-        if !p.constraints.is_empty() {
-            m.insert("Constraints".into(), json!(p.constraints));
-        }
-        put(
-            &mut m,
-            "MaxReplicas",
-            p.max_replicas_per_node.map(Value::from),
-        );
-        task.insert("Placement".into(), Value::Object(m));
-    }
+    // Without a registry a node can only run the image if it was loaded there: tasks go
+    // only to nodes the loader labelled as holding it.
+    let placement = deploy.placement.clone().unwrap_or_default();
+    let mut constraints = placement.constraints.clone();
+    constraints.push(format!("node.labels.{}==present", image_label(i.image_id)));
+    let mut m = Map::new();
+    m.insert("Constraints".into(), json!(constraints));
+    put(
+        &mut m,
+        "MaxReplicas",
+        placement.max_replicas_per_node.map(Value::from),
+    );
+    task.insert("Placement".into(), Value::Object(m));
     let nets: Vec<Value> = s
         .network_names()
         .iter()
@@ -342,6 +343,12 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
     }
     spec.insert("EndpointSpec".into(), Value::Object(ep));
     Ok(Value::Object(spec))
+}
+
+/// Node label that says a node holds an image (`com.reemo-bundle.image.<hex12>`).
+pub fn image_label(image_id: &str) -> String {
+    let hex = image_id.trim_start_matches("sha256:");
+    format!("com.reemo-bundle.image.{}", &hex[..hex.len().min(12)])
 }
 
 /// Canonical bytes of a JSON value: keys sorted at every level.
@@ -486,6 +493,10 @@ mod tests {
             "relayws_default"
         );
         assert_eq!(s["Mode"]["Replicated"]["Replicas"], 1);
+        assert_eq!(
+            s["TaskTemplate"]["Placement"]["Constraints"][0],
+            "node.labels.com.reemo-bundle.image.aa==present"
+        );
     }
 
     #[test]
