@@ -28,6 +28,29 @@ fn build_tiny(dir: &Path, store: &Path) -> (PathBuf, String) {
     )
 }
 
+/// Write `list` as a damaged bundle in `dir`, verify it, expect a rejection, return the
+/// message.
+fn rejected(dir: &Path, list: &[(tar::Header, String, Vec<u8>)]) -> String {
+    let bad = dir.join("bad.bundle");
+    write_entries(&bad, list);
+    let (ok, out) = verify(&bad);
+    assert!(!ok, "damaged bundle accepted");
+    out
+}
+
+/// Run `reemo-bundle build DEF --store STORE --out DIR/out`.
+fn run_build(def: &Path, store: &Path, dir: &Path) -> std::process::Output {
+    Command::new(common::bin())
+        .arg("build")
+        .arg(def)
+        .arg("--store")
+        .arg(store)
+        .arg("--out")
+        .arg(dir.join("out"))
+        .output()
+        .unwrap()
+}
+
 fn verify(file: &Path) -> (bool, String) {
     let o = Command::new(common::bin())
         .arg("verify")
@@ -120,10 +143,7 @@ fn every_flipped_byte_is_caught_and_named() {
         }
         let mid = l[i].2.len() / 2;
         l[i].2[mid] ^= 0x01;
-        let bad = d.path().join("bad.bundle");
-        write_entries(&bad, &l);
-        let (ok, out) = verify(&bad);
-        assert!(!ok, "flipped byte in {name} not caught");
+        let out = rejected(d.path(), &l);
         if name == "bundle.json" {
             assert!(
                 out.contains("bundle.json") || out.contains("does not match"),
@@ -162,10 +182,7 @@ fn extra_entry_is_caught() {
     let mut l = entries(&b);
     let h = l[1].0.clone();
     l.push((h, "configs/extra.conf".into(), b"x".to_vec()));
-    let bad = d.path().join("extra.bundle");
-    write_entries(&bad, &l);
-    let (ok, out) = verify(&bad);
-    assert!(!ok);
+    let out = rejected(d.path(), &l);
     assert!(
         out.contains("\"configs/extra.conf\": not listed in bundle.json"),
         "{out}"
@@ -188,10 +205,7 @@ fn unsafe_names_and_escaping_links_are_caught() {
         let mut l = base.clone();
         let h = l[1].0.clone();
         l.insert(2, (h, name.into(), b"x".to_vec()));
-        let bad = d.path().join("n.bundle");
-        write_entries(&bad, &l);
-        let (ok, out) = verify(&bad);
-        assert!(!ok, "{name} accepted");
+        let out = rejected(d.path(), &l);
         assert!(out.contains(want), "{name}: {out}");
     }
     // A symlink escaping the root.
@@ -201,10 +215,7 @@ fn unsafe_names_and_escaping_links_are_caught() {
     h.set_link_name("../../etc/shadow").unwrap();
     h.set_mode(0o777);
     l.insert(2, (h, "configs/link".into(), Vec::new()));
-    let bad = d.path().join("l.bundle");
-    write_entries(&bad, &l);
-    let (ok, out) = verify(&bad);
-    assert!(!ok);
+    let out = rejected(d.path(), &l);
     assert!(
         out.contains("\"configs/link\": link to \"../../etc/shadow\" escapes the bundle root"),
         "{out}"
@@ -223,15 +234,7 @@ fn store_caches_and_rebuilds_only_dependents() {
     assert!(!err2.contains("building"), "{err2}");
     // Change one layer's text: the image, the stack and the bundle rebuild; busybox does not.
     let def = common::write_tiny_appliance(d.path(), "1.0.0", "changed");
-    let o = Command::new(common::bin())
-        .arg("build")
-        .arg(&def)
-        .arg("--store")
-        .arg(&store)
-        .arg("--out")
-        .arg(d.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_build(&def, &store, d.path());
     let err3 = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err3}");
     assert!(err3.contains("building tiny-image"), "{err3}");
@@ -340,15 +343,7 @@ fn vendor_docker_archive_is_an_image_base() {
         ),
     )
     .unwrap();
-    let o = Command::new(common::bin())
-        .arg("build")
-        .arg(&def)
-        .arg("--store")
-        .arg(d.path().join("store"))
-        .arg("--out")
-        .arg(d.path().join("out"))
-        .output()
-        .unwrap();
+    let o = run_build(&def, &d.path().join("store"), d.path());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let path = String::from_utf8_lossy(&o.stdout)
         .lines()
