@@ -8,7 +8,7 @@ STATE_DIR=${STATE_DIR:-/var/lib/reemo-bundle}
 export DOCKER_API_VERSION=${DOCKER_API_VERSION:-1.41}
 
 cargo build --release -p reemo-bundle
-B=target/release/reemo-bundle
+B=${CARGO_TARGET_DIR:-target}/release/reemo-bundle
 BUNDLE=$("$B" build bundles/relayws.toml --out out --json | sed -n 's/.*"bundle": *"\([^"]*\)".*/\1/p')
 echo "bundle: $BUNDLE"
 
