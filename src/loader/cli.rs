@@ -200,9 +200,7 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
     if json {
         return print_json(o);
     }
-    if let Some(r) = &o.recovered {
-        println!("{r}");
-    }
+    // (a recovered interrupted activation was already reported on stderr)
     match o.result.as_str() {
         "planned" => {
             println!(
