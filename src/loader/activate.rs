@@ -177,6 +177,13 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     if state.root().exists() {
         check_stack(&state, &manifest.stack)?;
     }
+    // Images stream into the engines while the rest is prepared (under the lock, so that a
+    // refused second activation loads nothing).
+    let bundle = Arc::new(bundle);
+    let loading = (!opts.dry_run).then(|| {
+        let (b, engines, quiet) = (bundle.clone(), host.engines.clone(), opts.quiet);
+        tokio::spawn(async move { images::load_all(b, &engines, None, quiet).await })
+    });
 
     let mut generated = BTreeMap::new();
     for (key, def) in &compose.secrets {
@@ -233,14 +240,9 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
         );
     }
     fault("import");
-    let bundle = Arc::new(bundle);
-    images::load_all(
-        bundle,
-        &host.engines,
-        Some(&desired.image_ids()),
-        opts.quiet,
-    )
-    .await?;
+    if let Some(loading) = loading {
+        loading.await.context("image loading task")??;
+    }
     require_images(host, &desired).await?;
     fault("load");
 
