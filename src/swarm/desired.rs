@@ -430,3 +430,136 @@ pub fn merge_only(
     out.prune();
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::manifest::{BlobRef, ImageEntry, BUNDLE_FORMAT};
+
+    fn manifest() -> BundleManifest {
+        let blob = |d: &str| BlobRef {
+            digest: format!("sha256:{d}"),
+            size: 1,
+            media_type: "x".into(),
+        };
+        BundleManifest {
+            format: BUNDLE_FORMAT,
+            name: "relayws".into(),
+            version: "1.0.0".into(),
+            identity: "ab".repeat(32),
+            stack: "relayws".into(),
+            stack_file: "stack/docker-stack.yml".into(),
+            pinned: BTreeMap::new(),
+            images: vec![ImageEntry {
+                name: "relay-image".into(),
+                repository: "reemo/ws-relay-server".into(),
+                tag: "1.0.0-0123456789ab".into(),
+                config_digest: format!("sha256:{}", "c".repeat(64)),
+                manifest_digest: format!("sha256:{}", "d".repeat(64)),
+                layers: vec![blob(&"e".repeat(64))],
+                config: blob(&"c".repeat(64)),
+                size: 2,
+            }],
+            services: vec![],
+            files: vec![],
+            inputs: vec![],
+        }
+    }
+
+    fn compose() -> ComposeFile {
+        crate::stack::parse(
+            &include_str!("../../recipes/relayws-stack.yml").replace(
+                "${image:relay-image}",
+                "reemo/ws-relay-server:1.0.0-0123456789ab",
+            ),
+            "t",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn desired_state_pins_image_id_and_names_objects_by_content() {
+        let files = BTreeMap::from([("configs/relay.toml".to_string(), b"listen = 1\n".to_vec())]);
+        let generated = BTreeMap::from([
+            ("relay_token_keys".to_string(), b"k1=aa\n".to_vec()),
+            ("relay_control_secret".to_string(), b"bb\n".to_vec()),
+        ]);
+        let d = build(
+            &manifest(),
+            &compose(),
+            &Contents {
+                files: &files,
+                generated: &generated,
+            },
+        )
+        .unwrap();
+        let relay = d.service("relay").unwrap();
+        assert_eq!(relay.full_name, "relayws_relay");
+        assert_eq!(relay.image_id, format!("sha256:{}", "c".repeat(64)));
+        assert_eq!(
+            relay.spec["TaskTemplate"]["ContainerSpec"]["Image"],
+            relay.image_id
+        );
+        let cfg_hash = sha256_hex(b"listen = 1\n");
+        assert_eq!(
+            d.configs[0].name,
+            format!("relayws_relay_config_{}", &cfg_hash[..8])
+        );
+        assert_eq!(
+            d.configs[0].source,
+            ObjectSource::Store {
+                identity: "ab".repeat(32),
+                path: "configs/relay.toml".into()
+            }
+        );
+        assert_eq!(relay.secrets.len(), 2);
+        assert!(d
+            .secrets
+            .iter()
+            .all(|s| matches!(s.source, ObjectSource::Generated { .. })));
+        assert_eq!(d.networks[0].name, "relayws_default");
+
+        // a changed config changes the config name and the spec hash, nothing else
+        let files2 = BTreeMap::from([("configs/relay.toml".to_string(), b"listen = 2\n".to_vec())]);
+        let d2 = build(
+            &manifest(),
+            &compose(),
+            &Contents {
+                files: &files2,
+                generated: &generated,
+            },
+        )
+        .unwrap();
+        assert_ne!(d2.configs[0].name, d.configs[0].name);
+        assert_ne!(d2.services[0].spec_hash, d.services[0].spec_hash);
+        assert_eq!(d2.secrets, d.secrets);
+    }
+
+    #[test]
+    fn unknown_image_is_an_error_naming_the_service() {
+        let mut m = manifest();
+        m.images[0].tag = "other".into();
+        let e = build(
+            &m,
+            &compose(),
+            &Contents {
+                files: &BTreeMap::from([("configs/relay.toml".to_string(), vec![])]),
+                generated: &BTreeMap::new(),
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("service relay") && e.contains("not one of the bundle's images"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn generated_secrets_look_right() {
+        let s = String::from_utf8(generate_secret("k1={hex32}")).unwrap();
+        assert!(s.starts_with("k1=") && s.ends_with('\n'));
+        assert_eq!(s.trim().len(), 3 + 64);
+        assert_ne!(generate_secret("{hex32}"), generate_secret("{hex32}"));
+    }
+}
