@@ -6,10 +6,6 @@
 //!
 //! Prints one line per figure; run on an otherwise idle machine.
 
-// `main` is unused when this file is built with the default libtest harness (before the
-// `[[bench]] name = "loader" harness = false` entry exists in Cargo.toml).
-#![allow(dead_code)]
-
 #[path = "../tests/common/mod.rs"]
 mod common;
 

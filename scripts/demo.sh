@@ -1,16 +1,23 @@
-#!/bin/sh
-# The README's main command: build the default appliance, initialise a single-node swarm if
-# none is active, activate the bundle, and show a relay session working through it.
-# Usage: scripts/demo.sh   (as root, with dockerd running; STATE_DIR overrides the state dir)
-set -eu
+#!/usr/bin/env bash
+# The README's main command, on a fresh Debian machine as root: installs Debian's docker.io
+# and starts dockerd if it does not answer, builds the default appliance bundle
+# (bundles/relayws.toml), initialises a single-node swarm with `reemo-bundle swarm init` if
+# none is active, activates the bundle, prints `status`, and relays a WebSocket session
+# through the published port with the bundle's own `ws-relay-server probe`.
+# STATE_DIR overrides the state directory (default /var/lib/reemo-bundle).
+set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 STATE_DIR=${STATE_DIR:-/var/lib/reemo-bundle}
-export DOCKER_API_VERSION=${DOCKER_API_VERSION:-1.41}
+
+ensure_packages
+ensure_dockerd
 
 cargo build --release -p reemo-bundle
 B=${CARGO_TARGET_DIR:-target}/release/reemo-bundle
 BUNDLE=$("$B" build bundles/relayws.toml --out out --json | sed -n 's/.*"bundle": *"\([^"]*\)".*/\1/p')
 echo "bundle: $BUNDLE"
+"$B" inspect "$BUNDLE"
 
 if [ "$(docker info --format '{{.Swarm.LocalNodeState}}')" != "active" ]; then
     "$B" swarm init --advertise-addr 127.0.0.1
@@ -18,6 +25,7 @@ fi
 
 "$B" activate "$BUNDLE" --state-dir "$STATE_DIR"
 "$B" status --state-dir "$STATE_DIR"
+docker stack services relayws
 
 tar -xf "$BUNDLE" -C out bin/ws-relay-server
 out/bin/ws-relay-server probe --url http://127.0.0.1:8080 \
