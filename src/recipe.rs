@@ -382,7 +382,8 @@ impl Recipe {
                         .into_iter()
                         .flatten()
                     {
-                        parse_duration(d.get_ref()).map_err(|m| self.err_at(d, m))?;
+                        crate::stack::parse_duration(d.get_ref())
+                            .map_err(|e| self.err_at(d, format!("{e:#}")))?;
                     }
                 }
                 if img.repository.is_empty()
@@ -451,40 +452,6 @@ pub fn normalize_dest(dest: &str) -> std::result::Result<String, String> {
     Ok(parts.join("/"))
 }
 
-/// Parse a Docker-style duration (`500ms`, `10s`, `1m30s`, `2h`) into nanoseconds.
-pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
-    let bad = || format!("invalid duration {s:?} (expected e.g. 500ms, 10s, 1m30s)");
-    if s.is_empty() {
-        return Err(bad());
-    }
-    let mut total: u64 = 0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(|b| b.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(|b| b.is_ascii_alphabetic()).count();
-        let mult: u64 = match &rest[..unit_len] {
-            "ns" => 1,
-            "us" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_len..];
-        total = n
-            .checked_mul(mult)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-    }
-    Ok(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,23 +460,6 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
-    }
-
-    #[test]
-    fn durations() {
-        let cases = [
-            ("10s", Some(10_000_000_000)),
-            ("500ms", Some(500_000_000)),
-            ("1m30s", Some(90_000_000_000)),
-            ("2h", Some(7_200_000_000_000)),
-            ("", None),
-            ("10", None),
-            ("s", None),
-            ("3d", None),
-        ];
-        for (s, want) in cases {
-            assert_eq!(parse_duration(s).ok(), want, "{s}");
-        }
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::bundle::writer::{write_bundle, BundleItem, Source};
 use crate::hash::{sha256_file, sha256_hex};
 use crate::oci::{self, Content, Descriptor, LayerFile, LayoutImage};
 use crate::recipe::{
-    parse_duration, BinaryRecipe, FixedFormat, FixedRecipe, ImageRecipe, LoadedBundleDef, Recipe,
-    RecipeKind, StackRecipe,
+    BinaryRecipe, FixedFormat, FixedRecipe, ImageRecipe, LoadedBundleDef, Recipe, RecipeKind,
+    StackRecipe,
 };
 use crate::store::{write_atomic, Store};
 
@@ -347,7 +347,8 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
 fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Value {
     let mut v = json!({"Test": h.test});
     let ns = |d: &Option<crate::recipe::S<String>>| {
-        d.as_ref().map(|d| parse_duration(d.get_ref()).unwrap_or(0))
+        d.as_ref()
+            .map(|d| crate::stack::parse_duration(d.get_ref()).unwrap_or(0))
     };
     if let Some(x) = ns(&h.interval) {
         v["Interval"] = json!(x);
