@@ -194,7 +194,7 @@ async fn reconnecting_side_replaces_its_predecessor() {
 async fn waiting_side_times_out_cleanly() {
     let relay = Relay::start(&[("RELAY_PAIR_TIMEOUT_SECS", "1")]);
     let mut a = relay.connect("lonely", Role::Agent).await;
-    assert_eq!(relay.metric("relay_sessions_waiting"), 1);
+    assert_eq!(relay.metric_eventually("relay_sessions_waiting", 1), 1);
     let t = std::time::Instant::now();
     let (code, _) = recv_close(&mut a).await;
     assert_eq!(code, 4408);
@@ -203,7 +203,7 @@ async fn waiting_side_times_out_cleanly() {
     use futures_util::StreamExt;
     while let Some(Ok(_)) = a.next().await {}
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(relay.metric("relay_sessions_waiting"), 0);
+    assert_eq!(relay.metric_eventually("relay_sessions_waiting", 0), 0);
     assert_eq!(relay.metric("relay_pair_timeouts_total"), 1);
     assert_eq!(relay.metric("relay_websocket_connections"), 0);
 }

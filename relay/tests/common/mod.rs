@@ -129,6 +129,19 @@ impl Relay {
             .expect("metric value")
     }
 
+    /// A gauge read after the event that moves it: the server may update it just after the
+    /// client saw the event, so poll (bounded) until it shows `want`; return the last value.
+    pub fn metric_eventually(&self, name: &str, want: u64) -> u64 {
+        let t = Instant::now();
+        loop {
+            let v = self.metric(name);
+            if v == want || t.elapsed() > Duration::from_secs(5) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn rejected(&self, reason: &str) -> u64 {
         self.metric(&format!("relay_rejected_total{{reason=\"{reason}\"}}"))
     }
