@@ -97,14 +97,7 @@ async fn https(
     s.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     s.read_to_end(&mut out).await?;
-    let out = String::from_utf8_lossy(&out).to_string();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, body.to_string()))
+    Ok(common::parse_response(&String::from_utf8_lossy(&out)))
 }
 
 fn wss_url(relay: &Relay, host: &str, session: &str, role: Role) -> String {

@@ -214,13 +214,18 @@ pub fn raw_http(
     )?;
     let mut out = String::new();
     s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    Ok(parse_response(&out))
+}
+
+/// Status code and body of a raw HTTP/1.1 response (status 0 when unparsable).
+pub fn parse_response(out: &str) -> (u16, String) {
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((out, ""));
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    Ok((status, body.to_string()))
+    (status, body.to_string())
 }
 
 pub fn client_config() -> WebSocketConfig {
