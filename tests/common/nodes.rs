@@ -1,0 +1,1 @@
+//! Extra Docker engines in network namespaces (DESIGN §6), for multi-node tests.
