@@ -354,10 +354,15 @@ pub async fn rollback(
     Ok(o)
 }
 
+/// Default monitor window of `activate`.
+pub const ACTIVATE_MONITOR: Duration = Duration::from_secs(2);
+/// Default monitor window of `rollback`: its target already passed a window on this host.
+pub const ROLLBACK_MONITOR: Duration = Duration::from_secs(1);
+
 /// Default timing.
 pub fn default_timing() -> Timing {
     Timing {
         timeout: Duration::from_secs(120),
-        monitor: Duration::from_secs(2),
+        monitor: ACTIVATE_MONITOR,
     }
 }

@@ -246,7 +246,7 @@ pub async fn converge(
         if now >= deadline {
             bail!("timed out waiting for convergence; {last_wait}");
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -52,16 +52,18 @@ pub struct TimingArgs {
     /// Give up (and revert) when the stack has not converged within this time.
     #[arg(long, default_value = "120s", value_parser = parse_dur)]
     pub timeout: Duration,
-    /// How long every touched service must stay converged before the switch.
-    #[arg(long, default_value = "2s", value_parser = parse_dur)]
-    pub monitor: Duration,
+    /// How long every touched service must stay converged before the switch. Default:
+    /// 2s for `activate`; 1s for `rollback`, whose target generation already passed its
+    /// monitor window on this host.
+    #[arg(long, value_parser = parse_dur)]
+    pub monitor: Option<Duration>,
 }
 
 impl TimingArgs {
-    fn timing(&self) -> super::apply::Timing {
+    fn timing(&self, default_monitor: Duration) -> super::apply::Timing {
         super::apply::Timing {
             timeout: self.timeout,
-            monitor: self.monitor,
+            monitor: self.monitor.unwrap_or(default_monitor),
         }
     }
 }
@@ -286,7 +288,7 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             let opts = ActivateOptions {
                 dry_run,
                 only,
-                timing: timing.timing(),
+                timing: timing.timing(activate::ACTIVATE_MONITOR),
                 quiet: json,
             };
             let o = rt.block_on(activate::activate(&host, &file, &opts))?;
@@ -305,7 +307,7 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
                 &host,
                 to,
                 dry_run,
-                timing.timing(),
+                timing.timing(activate::ROLLBACK_MONITOR),
                 json,
             ))?;
             print_outcome(&o, json)?;

@@ -311,7 +311,7 @@ pub fn relay_probe(
 /// are gone (so that the next test run starts clean).
 pub fn remove_stack(stack: &str) {
     let _ = docker().args(["stack", "rm", stack]).output();
-    for _ in 0..60 {
+    for _ in 0..120 {
         let left = docker()
             .args(["network", "ls", "-q", "--filter"])
             .arg(format!("label=com.docker.stack.namespace={stack}"))
@@ -324,7 +324,14 @@ pub fn remove_stack(stack: &str) {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        if left.is_empty() && services.is_empty() {
+        // a task's container outlives its service for a moment (and holds its host port)
+        let containers = docker()
+            .args(["ps", "-aq", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={stack}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if left.is_empty() && services.is_empty() && containers.is_empty() {
             return;
         }
         let _ = docker().args(["stack", "rm", stack]).output();
