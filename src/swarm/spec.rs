@@ -438,13 +438,14 @@ pub fn object_labels(stack: &str, sha256: &str) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
 
-    fn relay_spec() -> Value {
-        let f = crate::stack::parse(
-            &include_str!("../../recipes/relayws-stack.yml")
-                .replace("${image:relay-image}", "reemo/ws-relay-server:1.0.0-x"),
-            "t",
-        )
-        .unwrap();
+    /// The shipped relay stack's spec (`overlay: false` drops its `x-reemo-overlay: false`).
+    fn relay_spec_with(overlay: bool) -> Value {
+        let mut text = include_str!("../../recipes/relayws-stack.yml")
+            .replace("${image:relay-image}", "reemo/ws-relay-server:1.0.0-x");
+        if overlay {
+            text = text.replace("x-reemo-overlay: false", "");
+        }
+        let f = crate::stack::parse(&text, "t").unwrap();
         let nets = vec![DesiredNetwork {
             key: "default".into(),
             name: "relayws_default".into(),
@@ -468,6 +469,10 @@ mod tests {
         service_spec(&input).unwrap()
     }
 
+    fn relay_spec() -> Value {
+        relay_spec_with(false)
+    }
+
     #[test]
     fn relay_spec_is_what_stack_deploy_would_make() {
         let s = relay_spec();
@@ -488,8 +493,10 @@ mod tests {
         assert_eq!(c["Secrets"][1]["File"]["Mode"], 0o400);
         assert_eq!(s["UpdateConfig"]["Order"], "stop-first");
         assert_eq!(s["EndpointSpec"]["Ports"][0]["PublishMode"], "host");
+        // x-reemo-overlay: false: no network at all (default bridge, no gossip pause)
+        assert_eq!(s["TaskTemplate"]["Networks"], json!([]));
         assert_eq!(
-            s["TaskTemplate"]["Networks"][0]["Target"],
+            relay_spec_with(true)["TaskTemplate"]["Networks"][0]["Target"],
             "relayws_default"
         );
         assert_eq!(s["Mode"]["Replicated"]["Replicas"], 1);
