@@ -54,12 +54,12 @@ pub(crate) fn image_placeholders(text: &str) -> Vec<(usize, String)> {
 }
 
 /// Replace placeholders with references.
-fn render_template(text: &str, refs: &BTreeMap<String, String>) -> Result<String> {
+fn render_template(text: &str, refs: &BTreeMap<String, String>) -> String {
     let mut out = text.to_string();
     for (name, reference) in refs {
         out = out.replace(&format!("${{image:{name}}}"), reference);
     }
-    Ok(out)
+    out
 }
 
 /// Realise everything the bundle needs and write the bundle file.
@@ -344,25 +344,23 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
     Ok(Base { config, layers })
 }
 
-fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Value {
+fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Result<Value> {
     let mut v = json!({"Test": h.test});
-    let ns = |d: &Option<crate::recipe::S<String>>| {
-        d.as_ref()
-            .map(|d| crate::stack::parse_duration(d.get_ref()).unwrap_or(0))
-    };
-    if let Some(x) = ns(&h.interval) {
-        v["Interval"] = json!(x);
-    }
-    if let Some(x) = ns(&h.timeout) {
-        v["Timeout"] = json!(x);
-    }
-    if let Some(x) = ns(&h.start_period) {
-        v["StartPeriod"] = json!(x);
+    for (field, key, d) in [
+        ("interval", "Interval", &h.interval),
+        ("timeout", "Timeout", &h.timeout),
+        ("start_period", "StartPeriod", &h.start_period),
+    ] {
+        if let Some(d) = d {
+            let ns = crate::stack::parse_duration(d.get_ref())
+                .with_context(|| format!("config.healthcheck.{field}"))?;
+            v[key] = json!(ns);
+        }
     }
     if let Some(x) = h.retries {
         v["Retries"] = json!(x);
     }
-    v
+    Ok(v)
 }
 
 fn build_image(
@@ -557,7 +555,7 @@ fn build_image(
     fields.exposed_ports.extend(c.exposed_ports.iter().cloned());
     fields.labels.extend(c.labels.clone());
     if let Some(h) = &c.healthcheck {
-        fields.healthcheck = Some(healthcheck_json(h));
+        fields.healthcheck = Some(healthcheck_json(h)?);
     }
     if c.stop_signal.is_some() {
         fields.stop_signal = c.stop_signal.clone();
@@ -669,7 +667,7 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
         let m = image_meta(store, g, &name)?;
         refs.insert(name, format!("{}:{}", m.repository, m.tag));
     }
-    let rendered = render_template(&text, &refs)?;
+    let rendered = render_template(&text, &refs);
     let origin = tpl_path.display().to_string();
     crate::stack::parse(&rendered, &origin)?;
     std::fs::create_dir_all(out.join("stack"))?;
@@ -884,7 +882,7 @@ mod tests {
         let mut refs = BTreeMap::new();
         refs.insert("x".to_string(), "r/x:1-abc".to_string());
         assert_eq!(
-            render_template("i: ${image:x}", &refs).unwrap(),
+            render_template("i: ${image:x}", &refs),
             "i: r/x:1-abc"
         );
     }
