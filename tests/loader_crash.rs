@@ -12,16 +12,14 @@ const STACK: &str = "lcrash";
 
 #[test]
 fn sigkill_at_every_step_is_recovered_by_the_next_command() {
-    require_swarm_manager();
-    remove_stack(STACK);
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let port = free_port();
-    let v1 = build_relay_variant(&tmp.path().join("v1"), STACK, port, "1.0.0", |c| c);
-    let v2 = build_relay_variant(&tmp.path().join("v2"), STACK, port, "2.0.0", |c| {
+    let fx = StackFixture::new(STACK);
+    let state = fx.state.clone();
+    let port = fx.port;
+    let v1 = fx.relay_variant("v1", "1.0.0", |c| c);
+    let v2 = fx.relay_variant("v2", "2.0.0", |c| {
         c.replace("idle_timeout_secs = 300", "idle_timeout_secs = 301")
     });
-    let relay = extract_relay(&v1, tmp.path());
+    let relay = extract_relay(&v1, fx.tmp.path());
     run_ok(loader(&state).arg("activate").arg(&v1));
     relay_probe(&relay, port, &state).expect("v1 serves");
 
@@ -107,5 +105,4 @@ fn sigkill_at_every_step_is_recovered_by_the_next_command() {
     let o = loader_json(loader(&state).arg("activate").arg(target));
     assert_eq!(o["result"], "activated");
     relay_probe(&relay, port, &state).expect("serves after a normal activation");
-    remove_stack(STACK);
 }

@@ -21,19 +21,15 @@ fn config_names() -> Vec<String> {
 
 #[test]
 fn relay_appliance_life_cycle() {
-    require_swarm_manager();
-    remove_stack(STACK);
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let port = free_port();
-    let v1 = build_relay_variant(&tmp.path().join("v1"), STACK, port, "1.0.0", |c| c);
-    let v2 = build_relay_variant(&tmp.path().join("v2"), STACK, port, "2.0.0", |c| {
+    let fx = StackFixture::new(STACK);
+    let state = fx.state.clone();
+    let port = fx.port;
+    let v1 = fx.relay_variant("v1", "1.0.0", |c| c);
+    let v2 = fx.relay_variant("v2", "2.0.0", |c| {
         c.replace("pair_timeout_secs = 30", "pair_timeout_secs = 31")
     });
-    let v3 = build_relay_variant(&tmp.path().join("v3"), STACK, port, "3.0.0", |c| {
-        c + "no_such_setting = 1\n"
-    });
-    let relay = extract_relay(&v1, tmp.path());
+    let v3 = fx.relay_variant("v3", "3.0.0", |c| c + "no_such_setting = 1\n");
+    let relay = extract_relay(&v1, fx.tmp.path());
 
     // v1
     let dry = run_ok(loader(&state).arg("activate").arg(&v1).arg("--dry-run"));
@@ -117,6 +113,4 @@ fn relay_appliance_life_cycle() {
     let st = loader_json(loader(&state).arg("status"));
     assert!(st["images"][0]["present"].as_bool().unwrap());
     relay_probe(&relay, port, &state).expect("v1 serves after gc");
-
-    remove_stack(STACK);
 }

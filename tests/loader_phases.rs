@@ -60,14 +60,12 @@ fn service_image(name: &str) -> String {
 
 #[test]
 fn phases_jobs_and_only() {
-    require_swarm_manager();
-    remove_stack(STACK);
-    let tmp = tempfile::tempdir().unwrap();
-    let state = tmp.path().join("state");
-    let v1 = phased_bundle(&tmp.path().join("v1"), "1.0.0", "[\"true\"]");
-    let v2 = phased_bundle(&tmp.path().join("v2"), "2.0.0", "[\"true\"]");
+    let fx = StackFixture::new(STACK);
+    let state = fx.state.clone();
+    let v1 = phased_bundle(&fx.path("v1"), "1.0.0", "[\"true\"]");
+    let v2 = phased_bundle(&fx.path("v2"), "2.0.0", "[\"true\"]");
     let v3 = phased_bundle(
-        &tmp.path().join("v3"),
+        &fx.path("v3"),
         "3.0.0",
         "[\"sh\", \"-c\", \"echo migration failed; exit 3\"]",
     );

@@ -881,9 +881,6 @@ mod tests {
         assert_eq!(image_placeholders(t)[0].0, 11);
         let mut refs = BTreeMap::new();
         refs.insert("x".to_string(), "r/x:1-abc".to_string());
-        assert_eq!(
-            render_template("i: ${image:x}", &refs),
-            "i: r/x:1-abc"
-        );
+        assert_eq!(render_template("i: ${image:x}", &refs), "i: r/x:1-abc");
     }
 }

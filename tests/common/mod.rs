@@ -272,6 +272,67 @@ pub fn build_def(def: &std::path::Path, out: &std::path::Path) -> PathBuf {
     PathBuf::from(v["bundle"].as_str().expect("bundle path"))
 }
 
+/// Loader tests: one stack on the real swarm, with its own temp dir, state directory and
+/// published port. Creating it requires a swarm manager and removes leftovers of the stack;
+/// dropping it removes the stack again, also when the test panics.
+pub struct StackFixture {
+    /// Stack name.
+    pub stack: &'static str,
+    /// Temp dir holding the bundles and the state directory.
+    pub tmp: tempfile::TempDir,
+    /// Host state directory (`--state-dir`).
+    pub state: PathBuf,
+    /// Free port the variants publish.
+    pub port: u16,
+}
+
+impl StackFixture {
+    pub fn new(stack: &'static str) -> StackFixture {
+        require_swarm_manager();
+        remove_stack(stack);
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        StackFixture {
+            stack,
+            tmp,
+            state,
+            port: free_port(),
+        }
+    }
+
+    /// Path inside the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// Build a relay variant `name` of this stack and port (see [`build_relay_variant`]).
+    pub fn relay_variant(
+        &self,
+        name: &str,
+        version: &str,
+        edit_config: impl Fn(String) -> String,
+    ) -> PathBuf {
+        build_relay_variant(
+            &self.path(name),
+            self.stack,
+            self.port,
+            version,
+            edit_config,
+        )
+    }
+
+    /// The loader on this fixture's state directory.
+    pub fn loader(&self) -> Command {
+        loader(&self.state)
+    }
+}
+
+impl Drop for StackFixture {
+    fn drop(&mut self) {
+        remove_stack(self.stack);
+    }
+}
+
 /// Loader tests: extract `bin/ws-relay-server` from a bundle into `dir`.
 pub fn extract_relay(bundle: &std::path::Path, dir: &std::path::Path) -> PathBuf {
     run_ok(
