@@ -12,6 +12,7 @@ ensure_packages() {
     command -v nix-instantiate >/dev/null 2>&1 || missing+=(nix-bin)
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "== installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive

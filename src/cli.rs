@@ -23,8 +23,16 @@ pub enum Command {
     Build(BuildArgs),
     /// Show a bundle's name, version, pinned versions, images and services.
     Inspect(InspectArgs),
-    /// Check every hash and the structure of a bundle file; names the first bad entry.
+    /// Check every hash and the structure of a bundle file (names the first bad entry), and
+    /// its signature: against the key it carries, or against `--trusted-key` files.
     Verify(VerifyArgs),
+    /// Create an ed25519 signing key: PATH (private, mode 0600) and PATH.pub (public; copy
+    /// it to `<state-dir>/trusted-keys/` on the hosts that should trust it). Refuses to
+    /// overwrite either file.
+    Keygen(KeygenArgs),
+    /// Sign an existing bundle file (e.g. on an offline machine that holds the key): writes
+    /// its `bundle.json.sig` entry, replacing any signature it has; every other byte stays.
+    Sign(SignArgs),
     /// Host-side commands.
     #[command(flatten)]
     Loader(crate::loader::cli::LoaderCommand),
@@ -45,6 +53,10 @@ pub struct BuildArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Sign the bundle file with this private key (from `keygen`). The signature is
+    /// deterministic: the same key and inputs give the same file.
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
 }
 
 /// Arguments of `inspect`.
@@ -62,4 +74,29 @@ pub struct InspectArgs {
 pub struct VerifyArgs {
     /// Bundle file.
     pub file: PathBuf,
+    /// Require a valid signature by this public key (repeatable: any of them). Without it
+    /// the signature, if any, is checked against the key it carries.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+/// Arguments of `keygen`.
+#[derive(Debug, clap::Args)]
+pub struct KeygenArgs {
+    /// Private key file to create; the public key goes to the same path plus `.pub`.
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `sign`.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// Bundle file (verified first).
+    pub file: PathBuf,
+    /// Private key file (from `keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Write the signed bundle here instead of replacing FILE (atomically) in place.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
 }

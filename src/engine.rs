@@ -36,6 +36,8 @@ pub struct Engine {
     docker: Docker,
     /// Address as given (`unix:///var/run/docker.sock`, `tcp://host:2376`).
     pub url: String,
+    /// Directory of the TLS client certificates, for `tcp://` engines that use TLS.
+    tls_dir: Option<std::path::PathBuf>,
 }
 
 /// Swarm facts of the engine's node, from `GET /info`.
@@ -66,7 +68,8 @@ pub struct LiveService {
     pub spec_hash: Option<String>,
     /// Object version for updates.
     pub version: u64,
-    /// Desired replicas (replicated) or completions (job); None for global.
+    /// Desired tasks: replicas (replicated), completions (job), or for a global service the
+    /// tasks Swarm wants running (one per eligible node); None when unknown.
     pub replicas: Option<u64>,
     /// Update status state (`updating`, `completed`, `paused`, `rollback_*`), if any.
     pub update_state: Option<String>,
@@ -120,51 +123,195 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// An error with its sources (bollard's own message often hides the cause, e.g. a TLS
+/// alert).
+fn error_chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::new(e))
+}
+
+/// Whether a `tcp://`/`https://` engine uses TLS, and with which client certificate
+/// directory: TLS for `https://`, for port 2376 (Docker's TLS port), or when
+/// `DOCKER_CERT_PATH` or `DOCKER_TLS_VERIFY` is set (as the docker CLI does); the files are
+/// taken from `DOCKER_CERT_PATH`, else `~/.docker`. One client certificate serves every
+/// engine: the engines of a swarm trust the same CA.
+pub fn tls_cert_dir(
+    url: &str,
+    cert_path: Option<&str>,
+    tls_verify: Option<&str>,
+    home: Option<&str>,
+) -> Option<std::path::PathBuf> {
+    let authority = url
+        .strip_prefix("tcp://")
+        .or_else(|| url.strip_prefix("https://"))?
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let port_2376 = authority.rsplit_once(':').is_some_and(|(_, p)| p == "2376");
+    let tls =
+        url.starts_with("https://") || port_2376 || cert_path.is_some() || tls_verify.is_some();
+    tls.then(|| match cert_path {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::Path::new(home.unwrap_or("/root")).join(".docker"),
+    })
+}
+
+/// What to check after a TLS connection failed with error text `chain`, using the client
+/// certificates in `dir`.
+fn tls_advice(chain: &str, dir: &std::path::Path) -> String {
+    let (ca, cert) = (dir.join("ca.pem"), dir.join("cert.pem"));
+    if chain.contains("invalid peer certificate") {
+        format!(
+            "the daemon's certificate is not accepted: it must be signed by {} and name this host (IP or DNS subject alternative name)",
+            ca.display()
+        )
+    } else if [
+        "BadCertificate",
+        "UnknownCA",
+        "CertificateRequired",
+        "bad certificate",
+    ]
+    .iter()
+    .any(|a| chain.contains(a))
+    {
+        format!(
+            "the daemon rejected the client certificate {}: it must be signed by the CA the daemon trusts (dockerd --tlscacert)",
+            cert.display()
+        )
+    } else {
+        format!(
+            "check that dockerd listens there with --tlsverify, that its certificate is signed by {} and names this host, and that the client certificate {} is signed by the CA the daemon trusts",
+            ca.display(),
+            cert.display()
+        )
+    }
+}
+
+/// `[ca.pem, cert.pem, key.pem]` in `dir`, each present and PEM, or an error naming the
+/// engine and what is missing.
+fn check_cert_files(url: &str, dir: &std::path::Path) -> Result<[std::path::PathBuf; 3]> {
+    let files = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
+    let mut problems = Vec::new();
+    for f in &files {
+        match std::fs::read(f) {
+            Ok(b) if b.windows(11).any(|w| w == b"-----BEGIN ") => {}
+            Ok(_) => problems.push(format!("{} is not a PEM file", f.display())),
+            Err(e) => problems.push(format!("{}: {e}", f.display())),
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "engine {url} uses TLS, but its client certificates are not usable: {}; put the daemon's CA (ca.pem) and a client certificate signed by it (cert.pem, key.pem) in {} or point DOCKER_CERT_PATH at them",
+            problems.join("; "),
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// A listed service (listed with `status=true`) as [`LiveService`].
+fn live_service(s: bollard::models::Service) -> LiveService {
+    let spec = s.spec.unwrap_or_default();
+    let mode = spec.mode.unwrap_or_default();
+    let global = mode.global.is_some();
+    let replicas = mode
+        .replicated
+        .and_then(|r| r.replicas)
+        .or_else(|| mode.replicated_job.and_then(|j| j.total_completions))
+        .map(|n| n.max(0) as u64)
+        .or_else(|| {
+            global
+                .then(|| s.service_status.as_ref()?.desired_tasks)
+                .flatten()
+        });
+    let us = s.update_status;
+    LiveService {
+        id: s.id.unwrap_or_default(),
+        name: spec.name.unwrap_or_default(),
+        spec_hash: spec.labels.and_then(|l| l.get(SPEC_LABEL).cloned()),
+        version: s.version.and_then(|v| v.index).unwrap_or(0),
+        replicas,
+        update_state: us.as_ref().and_then(|u| u.state.map(|st| st.to_string())),
+        update_message: us.and_then(|u| u.message),
+    }
+}
+
 impl Engine {
-    /// Connect to `url` (`unix://PATH`, `tcp://HOST:PORT`; TLS for port 2376 or when
-    /// `DOCKER_CERT_PATH` is set), or to the local socket when `None`. Does not contact
-    /// the daemon yet.
+    /// Connect to `url` (`unix://PATH`, `tcp://HOST:PORT`; TLS per [`tls_cert_dir`]), or
+    /// to `$DOCKER_HOST` or the local socket when `None`. Checks that the TLS client
+    /// certificate files exist but does not contact the daemon yet.
     pub fn connect(url: Option<&str>) -> Result<Engine> {
         let url = url
             .map(str::to_string)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut tls_dir = None;
         let docker = if let Some(path) = url.strip_prefix("unix://") {
-            Docker::connect_with_socket(path, TIMEOUT_SECS, API_DEFAULT_VERSION)
+            Docker::connect_with_socket(path, TIMEOUT_SECS, API_DEFAULT_VERSION).map_err(|e| {
+                anyhow!("the docker daemon at {url} is unreachable ({e}); is dockerd running?")
+            })?
         } else if url.starts_with("tcp://") || url.starts_with("https://") {
-            let cert_dir = std::env::var("DOCKER_CERT_PATH").ok();
-            if url.ends_with(":2376") || url.starts_with("https://") || cert_dir.is_some() {
-                let dir = std::path::PathBuf::from(cert_dir.unwrap_or_else(|| {
-                    format!("{}/.docker", std::env::var("HOME").unwrap_or_default())
-                }));
-                Docker::connect_with_ssl(
-                    &url,
-                    &dir.join("key.pem"),
-                    &dir.join("cert.pem"),
-                    &dir.join("ca.pem"),
-                    TIMEOUT_SECS,
-                    API_DEFAULT_VERSION,
-                )
-            } else {
-                Docker::connect_with_http(&url, TIMEOUT_SECS, API_DEFAULT_VERSION)
+            match tls_cert_dir(
+                &url,
+                env("DOCKER_CERT_PATH").as_deref(),
+                env("DOCKER_TLS_VERIFY").as_deref(),
+                env("HOME").as_deref(),
+            ) {
+                Some(dir) => {
+                    let [ca, cert, key] = check_cert_files(&url, &dir)?;
+                    let d = Docker::connect_with_ssl(
+                        &url,
+                        &key,
+                        &cert,
+                        &ca,
+                        TIMEOUT_SECS,
+                        API_DEFAULT_VERSION,
+                    )
+                    .map_err(|e| {
+                        anyhow!(
+                            "engine {url}: cannot use the TLS certificates in {} ({})",
+                            dir.display(),
+                            error_chain(e)
+                        )
+                    })?;
+                    tls_dir = Some(dir);
+                    d
+                }
+                None => Docker::connect_with_http(&url, TIMEOUT_SECS, API_DEFAULT_VERSION)
+                    .map_err(|e| anyhow!("engine {url}: {}", error_chain(e)))?,
             }
         } else {
             bail!("engine {url:?}: expected unix:///PATH or tcp://HOST:PORT");
+        };
+        Ok(Engine {
+            docker,
+            url,
+            tls_dir,
+        })
+    }
+
+    /// The error for a request that did not get an answer from the daemon.
+    fn unreachable(&self, e: bollard::errors::Error) -> anyhow::Error {
+        match &self.tls_dir {
+            Some(dir) => {
+                let chain = error_chain(e);
+                anyhow!(
+                    "cannot talk to the docker daemon at {} over TLS ({chain}); {}",
+                    self.url,
+                    tls_advice(&chain, dir)
+                )
+            }
+            None => anyhow!(
+                "the docker daemon at {} is unreachable ({}); is dockerd running?",
+                self.url,
+                error_chain(e)
+            ),
         }
-        .map_err(|e| {
-            anyhow!("the docker daemon at {url} is unreachable ({e}); is dockerd running?")
-        })?;
-        Ok(Engine { docker, url })
     }
 
     /// Swarm facts from `GET /info`; an error that says the daemon is unreachable.
     pub async fn swarm_facts(&self) -> Result<SwarmFacts> {
-        let info = self.docker.info().await.map_err(|e| {
-            anyhow!(
-                "the docker daemon at {} is unreachable ({e}); is dockerd running?",
-                self.url
-            )
-        })?;
+        let info = self.docker.info().await.map_err(|e| self.unreachable(e))?;
         let sw = info.swarm.unwrap_or_default();
         let state = match sw.local_node_state {
             Some(LocalNodeState::ACTIVE) => "active",
@@ -230,12 +377,21 @@ impl Engine {
         key: &str,
         value: Option<&str>,
     ) -> Result<()> {
+        if node_id.is_empty() {
+            bail!(
+                "an engine given with --engine is not part of a swarm; join it to the swarm managed by {} first",
+                self.url
+            );
+        }
         for attempt in 0..5 {
-            let node = self
-                .docker
-                .inspect_node(node_id)
-                .await
-                .with_context(|| format!("inspecting node {node_id}"))?;
+            let node = match self.docker.inspect_node(node_id).await {
+                Ok(n) => n,
+                Err(e) if is_not_found(&e) => bail!(
+                    "node {node_id} is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
+                    self.url
+                ),
+                Err(e) => return Err(e).with_context(|| format!("inspecting node {node_id}")),
+            };
             let mut spec = node.spec.unwrap_or_default();
             let labels = spec.labels.get_or_insert_with(HashMap::new);
             let changed = match value {
@@ -306,36 +462,18 @@ impl Engine {
 
     /// Services labelled with the stack namespace.
     pub async fn stack_services(&self, stack: &str) -> Result<Vec<LiveService>> {
+        // `status` adds ServiceStatus: for a global service, DesiredTasks is what Swarm
+        // wants running (one task per eligible node).
         let opts = ListServicesOptionsBuilder::default()
             .filters(&stack_filter(stack))
+            .status(true)
             .build();
         let list = self
             .docker
             .list_services(Some(opts))
             .await
             .with_context(|| format!("listing services of stack {stack}"))?;
-        Ok(list
-            .into_iter()
-            .map(|s| {
-                let spec = s.spec.unwrap_or_default();
-                let mode = spec.mode.unwrap_or_default();
-                let replicas = mode
-                    .replicated
-                    .and_then(|r| r.replicas)
-                    .or_else(|| mode.replicated_job.and_then(|j| j.total_completions))
-                    .map(|n| n.max(0) as u64);
-                let us = s.update_status;
-                LiveService {
-                    id: s.id.unwrap_or_default(),
-                    name: spec.name.unwrap_or_default(),
-                    spec_hash: spec.labels.and_then(|l| l.get(SPEC_LABEL).cloned()),
-                    version: s.version.and_then(|v| v.index).unwrap_or(0),
-                    replicas,
-                    update_state: us.as_ref().and_then(|u| u.state.map(|st| st.to_string())),
-                    update_message: us.and_then(|u| u.message),
-                }
-            })
-            .collect())
+        Ok(list.into_iter().map(live_service).collect())
     }
 
     /// One service by name, if it exists.
@@ -582,6 +720,100 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_chosen_like_the_docker_cli() {
+        let p = |s: &str| Some(std::path::PathBuf::from(s));
+        // port 2376 means TLS; certificates from ~/.docker unless DOCKER_CERT_PATH is set
+        assert_eq!(
+            tls_cert_dir("tcp://10.0.0.2:2376", None, None, Some("/home/u")),
+            p("/home/u/.docker")
+        );
+        assert_eq!(
+            tls_cert_dir("tcp://10.0.0.2:2376/", Some("/certs"), None, None),
+            p("/certs")
+        );
+        assert_eq!(
+            tls_cert_dir("https://node2:9999", None, None, None),
+            p("/root/.docker")
+        );
+        // plain port: TLS only when asked for
+        assert_eq!(tls_cert_dir("tcp://10.0.0.2:2375", None, None, None), None);
+        assert_eq!(
+            tls_cert_dir("tcp://10.0.0.2:2375", Some("/c"), None, None),
+            p("/c")
+        );
+        assert_eq!(
+            tls_cert_dir("tcp://10.0.0.2:2375", None, Some("1"), Some("/h")),
+            p("/h/.docker")
+        );
+        // a port merely containing 2376 is not 2376; unix sockets never use TLS
+        assert_eq!(tls_cert_dir("tcp://h:23760", None, None, None), None);
+        assert_eq!(
+            tls_cert_dir("unix:///var/run/docker.sock", Some("/c"), None, None),
+            None
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_client_certificates_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let e = check_cert_files("tcp://n2:2376", d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("engine tcp://n2:2376 uses TLS"), "{e}");
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            assert!(e.contains(f), "{e}");
+        }
+        let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+        std::fs::write(d.path().join("ca.pem"), pem).unwrap();
+        std::fs::write(d.path().join("cert.pem"), pem).unwrap();
+        std::fs::write(d.path().join("key.pem"), "not a key").unwrap();
+        let e = check_cert_files("tcp://n2:2376", d.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("key.pem is not a PEM file"), "{e}");
+        assert!(!e.contains("ca.pem:"), "{e}");
+        std::fs::write(d.path().join("key.pem"), pem).unwrap();
+        let files = check_cert_files("tcp://n2:2376", d.path()).unwrap();
+        assert_eq!(files[0], d.path().join("ca.pem"));
+    }
+
+    #[test]
+    fn tls_failures_say_which_side_is_refused() {
+        let d = std::path::Path::new("/c");
+        let a = tls_advice("connection error: received fatal alert: BadCertificate", d);
+        assert!(
+            a.contains("rejected the client certificate /c/cert.pem"),
+            "{a}"
+        );
+        let a = tls_advice("invalid peer certificate: UnknownIssuer", d);
+        assert!(
+            a.contains("daemon's certificate is not accepted") && a.contains("/c/ca.pem"),
+            "{a}"
+        );
+        let a = tls_advice("tcp connect error: Connection refused", d);
+        assert!(a.contains("listens there"), "{a}");
+    }
+
+    /// A global service's desired task count comes from ServiceStatus.DesiredTasks.
+    #[test]
+    fn global_service_desired_tasks() {
+        let svc: bollard::models::Service = serde_json::from_value(serde_json::json!({
+            "ID": "x",
+            "Spec": {"Name": "s_app", "Mode": {"Global": {}}},
+            "ServiceStatus": {"RunningTasks": 1, "DesiredTasks": 2},
+        }))
+        .unwrap();
+        assert_eq!(live_service(svc).replicas, Some(2));
+        let svc: bollard::models::Service = serde_json::from_value(serde_json::json!({
+            "ID": "y",
+            "Spec": {"Name": "s_app", "Mode": {"Replicated": {"Replicas": 3}}},
+            "ServiceStatus": {"RunningTasks": 1, "DesiredTasks": 3},
+        }))
+        .unwrap();
+        assert_eq!(live_service(svc).replicas, Some(3));
+    }
 
     /// Specs built as JSON survive the trip through bollard's model (nothing dropped).
     #[test]

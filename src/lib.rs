@@ -11,6 +11,7 @@ pub mod hash;
 pub mod loader;
 pub mod oci;
 pub mod recipe;
+pub mod sign;
 pub mod stack;
 pub mod state;
 pub mod store;

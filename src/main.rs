@@ -9,6 +9,8 @@ fn main() {
         Command::Build(a) => reemo_bundle::commands::build(a),
         Command::Inspect(a) => reemo_bundle::commands::inspect(a),
         Command::Verify(a) => reemo_bundle::commands::verify(a),
+        Command::Keygen(a) => reemo_bundle::commands::keygen(a),
+        Command::Sign(a) => reemo_bundle::commands::sign(a),
         Command::Loader(c) => reemo_bundle::loader::cli::run(c),
     };
     match result {

@@ -101,8 +101,13 @@ fn sigkill_at_every_step_is_recovered_by_the_next_command() {
             .any(|g| g["result"] == "failed"),
         "{gens}"
     );
+    // (back to v1 after the committed v2 is a downgrade: allowed explicitly)
     let target = if current_version == "1.0.0" { &v2 } else { &v1 };
-    let o = loader_json(loader(&state).arg("activate").arg(target));
+    let o = loader_json(
+        loader(&state)
+            .args(["activate", "--allow-downgrade"])
+            .arg(target),
+    );
     assert_eq!(o["result"], "activated");
     relay_probe(&relay, port, &state).expect("serves after a normal activation");
 }

@@ -25,6 +25,9 @@ pub struct BuildOptions<'a> {
     pub source_date_epoch: u64,
     /// Progress sink (stderr in the CLI).
     pub progress: &'a (dyn Fn(&str) + Sync),
+    /// Sign the bundle file with this key (`bundle.json.sig`). The store keeps the unsigned
+    /// bundle; the signed copy is written to the output folder.
+    pub sign_key: Option<&'a crate::sign::SecretKey>,
 }
 
 /// What a build did.
@@ -36,6 +39,8 @@ pub struct BuildOutcome {
     pub manifest: BundleManifest,
     /// sha256 hex of the bundle file.
     pub sha256: String,
+    /// Key id of the signature the bundle file carries, if it was signed.
+    pub signed_by: Option<String>,
     /// Recipes that were built now (empty for a fully cached rebuild).
     pub built: Vec<String>,
     /// Recipes that came from the store.

@@ -12,7 +12,8 @@ use super::{read_json, BuildOptions, BuildOutcome, Graph};
 use crate::bundle::manifest::{
     BlobRef, BundleManifest, FileEntry, ImageEntry, InputEntry, ServiceEntry, BUNDLE_FORMAT,
 };
-use crate::bundle::writer::{write_bundle, BundleItem, Source};
+use crate::bundle::reader::BundleFile;
+use crate::bundle::writer::{write_bundle, write_with_signature, BundleItem, Source};
 use crate::hash::{sha256_file, sha256_hex};
 use crate::oci::{self, Content, Descriptor, LayerFile, LayoutImage};
 use crate::recipe::{
@@ -124,12 +125,30 @@ pub(crate) fn realise(
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating output folder {}", opts.out_dir.display()))?;
     let dest = opts.out_dir.join(&file_name);
-    place(&obj.join("bundle"), &dest)?;
-    let sha256 = std::fs::read_to_string(obj.join("bundle.sha256"))
-        .context("reading the stored bundle hash")?;
+    let (sha256, signed_by) = match opts.sign_key {
+        None => {
+            place(&obj.join("bundle"), &dest)?;
+            let sha256 = std::fs::read_to_string(obj.join("bundle.sha256"))
+                .context("reading the stored bundle hash")?;
+            (sha256.trim().to_string(), None)
+        }
+        Some(key) => {
+            // Signed from the bytes of the stored bundle after verifying it again: a
+            // signature must never vouch for anything that does not verify.
+            let stored_path = obj.join("bundle");
+            let stored = BundleFile::open(&stored_path)
+                .map_err(|e| anyhow::anyhow!("stored bundle {}: {e}", stored_path.display()))?;
+            let sig = key.sign_manifest(stored.manifest_bytes());
+            let sha256 = write_with_signature(&stored, &dest, Some(&sig))
+                .with_context(|| format!("writing the signed bundle {}", dest.display()))?;
+            (opts.progress)(&format!("signed with key id {}", key.key_id()));
+            (sha256, Some(key.key_id()))
+        }
+    };
     Ok(BuildOutcome {
         bundle_path: dest,
-        sha256: sha256.trim().to_string(),
+        sha256,
+        signed_by,
         manifest,
         built,
         cached,

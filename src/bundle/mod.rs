@@ -2,4 +2,5 @@
 
 pub mod manifest;
 pub mod reader;
+pub mod version;
 pub mod writer;

@@ -14,6 +14,8 @@ use super::manifest::{BundleManifest, BUNDLE_FORMAT, MANIFEST_NAME, SIGNATURE_NA
 
 /// Largest `bundle.json` accepted (a manifest is a few KiB; this bounds a hostile one).
 const MAX_MANIFEST_SIZE: u64 = 16 << 20;
+/// Largest `bundle.json.sig` accepted (one is about 250 bytes).
+const MAX_SIGNATURE_SIZE: u64 = 4096;
 
 /// Why a bundle file was rejected; every variant names the entry at fault.
 #[derive(Debug, Error)]
@@ -107,6 +109,12 @@ pub enum VerifyError {
         /// Reader error.
         reason: String,
     },
+    /// The signature entry is larger than any signature.
+    #[error("entry \"bundle.json.sig\": {size} bytes is too large for a signature (at most {MAX_SIGNATURE_SIZE})")]
+    SignatureTooLarge {
+        /// Its size.
+        size: u64,
+    },
     /// A file listed in `bundle.json` is absent.
     #[error("entry {path:?}: listed in bundle.json but missing from the bundle")]
     Missing {
@@ -132,6 +140,22 @@ pub struct BundleFile {
     manifest_bytes: Vec<u8>,
     signature: Option<Vec<u8>>,
     entries: BTreeMap<String, EntryLoc>,
+    layout: Layout,
+}
+
+/// Where the head entries end in the bundle file (for re-packing with another signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// End of the `bundle.json` entry (its headers start at 0; data padded to 512).
+    pub manifest_end: u64,
+    /// End of the `bundle.json.sig` entry, if there is one (it starts at `manifest_end`).
+    pub signature_end: Option<u64>,
+    /// mtime of the `bundle.json` header (SOURCE_DATE_EPOCH of the build).
+    pub mtime: u64,
+}
+
+fn padded_end(offset: u64, size: u64) -> u64 {
+    offset + size.div_ceil(512) * 512
 }
 
 /// Check that an entry name is a plain relative path inside the root.
@@ -201,6 +225,11 @@ impl BundleFile {
         let mut last: Option<String> = None;
         let mut manifest: Option<(BundleManifest, Vec<u8>)> = None;
         let mut signature = None;
+        let mut layout = Layout {
+            manifest_end: 0,
+            signature_end: None,
+            mtime: 0,
+        };
         let mut entries = BTreeMap::new();
         let iter = archive.entries().map_err(|e| malformed(&last, e))?;
         let mut buf = vec![0u8; 1 << 20];
@@ -268,6 +297,8 @@ impl BundleFile {
                         ));
                     }
                     manifest = Some((m, bytes));
+                    layout.manifest_end = padded_end(offset, size);
+                    layout.mtime = entry.header().mtime().map_err(|e| malformed(&last, e))?;
                 }
                 (None, other) => {
                     return Err(VerifyError::ManifestNotFirst {
@@ -275,12 +306,21 @@ impl BundleFile {
                     })
                 }
                 (Some(_), SIGNATURE_NAME) if signature.is_none() && entries.is_empty() => {
-                    let mut bytes = Vec::new();
-                    (&mut entry)
-                        .take(4096)
+                    if size > MAX_SIGNATURE_SIZE {
+                        return Err(VerifyError::SignatureTooLarge { size });
+                    }
+                    let mut bytes = Vec::with_capacity(size as usize);
+                    entry
                         .read_to_end(&mut bytes)
                         .map_err(|e| truncated(e, &name))?;
+                    if bytes.len() as u64 != size {
+                        return Err(VerifyError::Truncated {
+                            path: name,
+                            reason: "short read".into(),
+                        });
+                    }
                     signature = Some(bytes);
+                    layout.signature_end = Some(padded_end(offset, size));
                 }
                 (Some((m, _)), _) => {
                     let Some(expect) = m.file(&name) else {
@@ -345,6 +385,7 @@ impl BundleFile {
             manifest_bytes,
             signature,
             entries,
+            layout,
         })
     }
 
@@ -366,6 +407,11 @@ impl BundleFile {
     /// The detached signature, if the bundle carries one.
     pub fn signature(&self) -> Option<&[u8]> {
         self.signature.as_deref()
+    }
+
+    /// Where the head entries end.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// Path of the bundle file.

@@ -1,8 +1,10 @@
-//! `activate` and `rollback`: verify, import, load, plan against the current generation,
-//! and run the transaction (see `apply`). Results go back to the command layer as data.
+//! `activate` and `rollback`: verify (hashes, signature against the host's trusted keys, no
+//! downgrade without `--allow-downgrade`), import, load, plan against the current
+//! generation, and run the transaction (see `apply`). Results go back to the command layer
+//! as data.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,9 @@ use serde::Serialize;
 use super::apply::{self, observe, Timing, Transaction};
 use super::{fault, images};
 use crate::bundle::reader::BundleFile;
+use crate::bundle::version::{self, Candidate, Installed};
 use crate::engine::Engine;
+use crate::sign::{self, Verdict};
 use crate::state::{now, GenResult, Generation, StateDir};
 use crate::swarm::desired::{self, Contents, DesiredStack};
 use crate::swarm::plan::{self, Plan};
@@ -28,6 +32,11 @@ pub struct ActivateOptions {
     pub timing: Timing,
     /// No progress on stderr.
     pub quiet: bool,
+    /// Trusted public key files given on the command line, on top of
+    /// `<state-dir>/trusted-keys/*.pub`.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Accept a lower version than the current generation's.
+    pub allow_downgrade: bool,
 }
 
 /// What an activation or rollback did.
@@ -53,6 +62,11 @@ pub struct Outcome {
     pub unchanged: Vec<String>,
     /// Message of a recovered interrupted activation, if any.
     pub recovered: Option<String>,
+    /// Key id of the bundle's signature, when it is signed (activate only).
+    pub signed_by: Option<String>,
+    /// Remarks for the operator: signature, rebuild of the same version, allowed
+    /// downgrade.
+    pub notes: Vec<String>,
 }
 
 /// Engines and state shared by the host commands.
@@ -106,6 +120,41 @@ fn outcome(result: &str, d: &DesiredStack, generation: Option<u64>, p: &Plan) ->
         steps: p.steps.clone(),
         unchanged: p.unchanged.clone(),
         recovered: None,
+        signed_by: None,
+        notes: Vec::new(),
+    }
+}
+
+/// The verify step's trust check, shared by `load` and `activate`: the host's trusted keys
+/// (`<state-dir>/trusted-keys/*.pub` and `extra`) against the bundle's signature, before
+/// anything is changed. Refusals name the bundle file and the key id; with no trusted key
+/// configured an unsigned bundle is accepted with one warning line on stderr.
+pub fn check_trust(bundle: &BundleFile, state_dir: &Path, extra: &[PathBuf]) -> Result<Verdict> {
+    let file = bundle.path().display();
+    let keys = sign::load_trusted(state_dir, extra)?;
+    let verdict = sign::evaluate(bundle.manifest_bytes(), bundle.signature(), &keys)
+        .map_err(|e| anyhow::anyhow!("bundle {file} refused: {e}; nothing was changed"))?;
+    let dir = state_dir.join(sign::TRUSTED_KEYS_DIR);
+    match &verdict {
+        Verdict::Unsigned => eprintln!(
+            "warning: bundle {file} is unsigned, accepted because no trusted key is configured ({}/*.pub or --trusted-key)",
+            dir.display()
+        ),
+        Verdict::SignedUnchecked { key_id } => eprintln!(
+            "warning: bundle {file} is signed by key id {key_id}, but no trusted key is configured ({}/*.pub or --trusted-key) to say whose key that is",
+            dir.display()
+        ),
+        Verdict::Trusted { .. } => {}
+    }
+    Ok(verdict)
+}
+
+fn signed_by(v: &Verdict) -> Option<String> {
+    match v {
+        Verdict::Trusted { key_id, .. } | Verdict::SignedUnchecked { key_id } => {
+            Some(key_id.clone())
+        }
+        Verdict::Unsigned => None,
     }
 }
 
@@ -157,6 +206,8 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     }
     let bundle =
         BundleFile::open(file).with_context(|| format!("verifying bundle {}", file.display()))?;
+    let verdict = check_trust(&bundle, &host.state_dir, &opts.trusted_keys)?;
+    let mut notes = vec![format!("signature: {verdict}")];
     fault("verify");
     let manifest = bundle.manifest().clone();
     let stack_text = bundle.read_entry(&manifest.stack_file)?;
@@ -177,6 +228,28 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     if state.root().exists() {
         check_stack(&state, &manifest.stack)?;
     }
+    let current = if state.root().exists() {
+        state.current_generation()?
+    } else {
+        None
+    };
+    // The downgrade guard, before anything of this bundle is stored or loaded.
+    let transition = version::check_transition(
+        current.as_ref().map(|g| Installed {
+            generation: g.number,
+            name: &g.desired.bundle.name,
+            version: &g.desired.bundle.version,
+            identity: &g.desired.bundle.identity,
+        }),
+        Candidate {
+            name: &manifest.name,
+            version: &manifest.version,
+            identity: &manifest.identity,
+        },
+        opts.allow_downgrade,
+    )
+    .map_err(|e| anyhow::anyhow!("bundle {}: {e}; nothing was changed", file.display()))?;
+    notes.extend(transition.note());
     // Images stream into the engines while the rest is prepared (under the lock, so that a
     // refused second activation loads nothing).
     let bundle = Arc::new(bundle);
@@ -214,11 +287,6 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
             generated: &generated,
         },
     )?;
-    let current = if state.root().exists() {
-        state.current_generation()?
-    } else {
-        None
-    };
     let desired = if opts.only.is_empty() {
         new
     } else {
@@ -226,10 +294,14 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     let observed = observe(engine, &desired.stack).await?;
     let p = plan::plan(&desired, &observed, opts.only.is_empty());
+    let finish = |mut o: Outcome| {
+        o.recovered = recovered.clone();
+        o.signed_by = signed_by(&verdict);
+        o.notes = notes.clone();
+        o
+    };
     if opts.dry_run {
-        let mut o = outcome("planned", &desired, None, &p);
-        o.recovered = recovered;
-        return Ok(o);
+        return Ok(finish(outcome("planned", &desired, None, &p)));
     }
 
     if state.import(&manifest.identity, &store_files(&bundle)?)? && !opts.quiet {
@@ -249,9 +321,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     if p.is_empty() {
         if let Some(cur) = &current {
             if cur.desired == desired && cur.result == GenResult::Succeeded {
-                let mut o = outcome("unchanged", &desired, Some(cur.number), &p);
-                o.recovered = recovered;
-                return Ok(o);
+                return Ok(finish(outcome("unchanged", &desired, Some(cur.number), &p)));
             }
         }
     }
@@ -277,9 +347,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     }
     .run()
     .await?;
-    let mut o = outcome("activated", &desired, Some(number), &p);
-    o.recovered = recovered;
-    Ok(o)
+    Ok(finish(outcome("activated", &desired, Some(number), &p)))
 }
 
 /// `rollback [--to N]`.

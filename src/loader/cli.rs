@@ -46,6 +46,16 @@ impl HostArgs {
     }
 }
 
+/// Which signing keys this host trusts.
+#[derive(Debug, Clone, Args)]
+pub struct TrustArgs {
+    /// Trust this public key file (from `keygen`) on top of `<state-dir>/trusted-keys/*.pub`;
+    /// repeatable. With at least one trusted key, only bundles signed by one of them are
+    /// accepted; with none, unsigned bundles are accepted with a warning.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
 /// Convergence timing options.
 #[derive(Debug, Clone, Args)]
 pub struct TimingArgs {
@@ -84,6 +94,9 @@ pub enum LoaderCommand {
         /// Engines and state.
         #[command(flatten)]
         host: HostArgs,
+        /// Trusted keys.
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -99,6 +112,13 @@ pub enum LoaderCommand {
         /// Update only these services (others stay as in the current generation).
         #[arg(long, value_name = "SERVICE")]
         only: Vec<String>,
+        /// Accept a bundle whose version is lower than the current generation's (same
+        /// bundle name). `rollback` needs no such flag.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Trusted keys.
+        #[command(flatten)]
+        trust: TrustArgs,
         /// Timing.
         #[command(flatten)]
         timing: TimingArgs,
@@ -221,6 +241,9 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
             for u in &o.unchanged {
                 println!("  unchanged: {u}");
             }
+            for n in &o.notes {
+                println!("  note: {n}");
+            }
         }
         "unchanged" => println!(
             "stack {} already runs generation {} ({} {}); nothing to do",
@@ -229,15 +252,20 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
             o.bundle,
             o.version
         ),
-        _ => println!(
-            "stack {} now runs generation {} ({} {}, {}): {} step(s)",
-            o.stack,
-            o.generation.unwrap_or(0),
-            o.bundle,
-            o.version,
-            &o.identity[..o.identity.len().min(12)],
-            o.plan.len()
-        ),
+        _ => {
+            println!(
+                "stack {} now runs generation {} ({} {}, {}): {} step(s)",
+                o.stack,
+                o.generation.unwrap_or(0),
+                o.bundle,
+                o.version,
+                &o.identity[..o.identity.len().min(12)],
+                o.plan.len()
+            );
+            for n in &o.notes {
+                println!("  note: {n}");
+            }
+        }
     }
     Ok(())
 }
@@ -246,10 +274,16 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
 pub fn run(cmd: LoaderCommand) -> Result<i32> {
     let rt = runtime()?;
     match cmd {
-        LoaderCommand::Load { file, host, json } => {
-            let host = host.host()?;
+        LoaderCommand::Load {
+            file,
+            host,
+            trust,
+            json,
+        } => {
             let bundle = crate::bundle::reader::BundleFile::open(&file)
                 .with_context(|| format!("verifying bundle {}", file.display()))?;
+            activate::check_trust(&bundle, &host.state_dir, &trust.trusted_keys)?;
+            let host = host.host()?;
             let reports = rt.block_on(async {
                 for e in &host.engines {
                     e.swarm_facts().await?;
@@ -280,6 +314,8 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             file,
             dry_run,
             only,
+            allow_downgrade,
+            trust,
             timing,
             host,
             json,
@@ -290,6 +326,8 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
                 only,
                 timing: timing.timing(activate::ACTIVATE_MONITOR),
                 quiet: json,
+                trusted_keys: trust.trusted_keys,
+                allow_downgrade,
             };
             let o = rt.block_on(activate::activate(&host, &file, &opts))?;
             print_outcome(&o, json)?;

@@ -80,6 +80,17 @@ pub struct ImagePresence {
     pub present: bool,
 }
 
+/// A manager node in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerNode {
+    /// Node id.
+    pub id: String,
+    /// `reachable`, `unreachable`, `unknown`.
+    pub reachability: String,
+    /// Whether it is the raft leader.
+    pub leader: bool,
+}
+
 /// `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -101,6 +112,8 @@ pub struct Status {
     pub images: Vec<ImagePresence>,
     /// Swarm: managers.
     pub managers: i64,
+    /// Swarm: the manager nodes, with reachability and leadership.
+    pub manager_nodes: Vec<ManagerNode>,
     /// Swarm: nodes.
     pub nodes: i64,
     /// Manager failures the quorum tolerates.
@@ -124,6 +137,27 @@ pub async fn status(host: &Host, timing: Timing) -> Result<Status> {
         }
     }
     let mut warnings = quorum_warnings(facts.managers);
+    let manager_nodes: Vec<ManagerNode> = engine
+        .managers()
+        .await?
+        .into_iter()
+        .map(|(id, reachability, leader)| ManagerNode {
+            id,
+            reachability,
+            leader,
+        })
+        .collect();
+    let unreachable = manager_nodes
+        .iter()
+        .filter(|m| m.reachability != "reachable")
+        .count() as i64;
+    if unreachable > 0 {
+        warnings.push(format!(
+            "{unreachable} of {} manager(s) not reachable: the quorum tolerates {} more failure(s)",
+            facts.managers,
+            (tolerated_failures(facts.managers) - unreachable).max(0)
+        ));
+    }
     let current = if state.root().exists() {
         state.current_generation()?
     } else {
@@ -139,6 +173,7 @@ pub async fn status(host: &Host, timing: Timing) -> Result<Status> {
         services: vec![],
         images: vec![],
         managers: facts.managers,
+        manager_nodes,
         nodes: facts.nodes,
         tolerated_failures: tolerated_failures(facts.managers),
         warnings: vec![],
