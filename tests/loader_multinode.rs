@@ -262,6 +262,21 @@ fn two_node_swarm_init_load_placement_status_and_relay() {
         (s.lines().filter(|l| *l == "Ready").count() == 2).then_some(())
     });
     assert!(ready.is_some(), "node2 did not become Ready");
+    // a real worker as the first engine: told to run on a manager, nothing changed
+    let o = loader(&state)
+        .arg("activate")
+        .arg(&b1)
+        .args(engine_args(&[n2]))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("worker") && err.contains("manager"), "{err}");
+    assert_eq!(
+        n1.docker_ok(&["service", "ls", "-q"]),
+        "",
+        "nothing deployed"
+    );
     lap("swarm init + join", &mut t);
 
     // --- placement: activating through node1 only loads node1 only; node2 gets no task ---
