@@ -168,6 +168,14 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
         "{out}"
     );
 
+    // signing the build output in place (a hard link into the store) leaves the store's
+    // unsigned bundle alone
+    ok(cmd(&["sign", "--key"]).arg(&key).arg(&again));
+    assert_eq!(common::sha256_of(&again), signed_sha);
+    let (u3, _) = build(&def, &store, &d.path().join("u2"), None);
+    assert_eq!(u3, again);
+    assert_eq!(common::sha256_of(&u3), unsigned_sha);
+
     // verify and inspect report the signer
     let out = ok(cmd(&["verify"]).arg(&signed));
     assert!(out.starts_with("ok: tiny 1.0.0"), "{out}");
