@@ -369,6 +369,25 @@ impl Engine {
             .collect())
     }
 
+    /// Check, on this manager, that `node_id` (the node behind engine `engine_url`) is a
+    /// node of its swarm.
+    pub async fn require_node(&self, node_id: &str, engine_url: &str) -> Result<()> {
+        if node_id.is_empty() {
+            bail!(
+                "engine {engine_url} is not part of a swarm; join it to the swarm managed by {} first",
+                self.url
+            );
+        }
+        match self.docker.inspect_node(node_id).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => bail!(
+                "engine {engine_url} (node {node_id}) is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
+                self.url
+            ),
+            Err(e) => Err(e).with_context(|| format!("inspecting node {node_id}")),
+        }
+    }
+
     /// Set (`Some`) or remove (`None`) a label on a node. Node specs are small and carry no
     /// healthcheck, so this one is read, changed and written back (retried when stale).
     pub async fn set_node_label(

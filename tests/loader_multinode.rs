@@ -243,9 +243,17 @@ fn two_node_swarm_init_load_placement_status_and_relay() {
     );
     let gens = loader_json(loader(&state).arg("generations"));
     assert_eq!(gens, serde_json::json!([]), "no generation recorded");
-    // (the images it loaded on the way are removed again for the placement check below)
     for n in [n1, n2] {
-        n.docker_ok(&["image", "rm", &v1.1]);
+        assert!(
+            !n.docker()
+                .args(["image", "inspect", &v1.1])
+                .output()
+                .unwrap()
+                .status
+                .success(),
+            "the refused activation loaded an image on {}",
+            n.ip
+        );
     }
 
     let token = n1.docker_ok(&["swarm", "join-token", "-q", "worker"]);

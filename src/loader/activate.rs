@@ -197,13 +197,22 @@ fn check_stack(state: &StateDir, stack: &str) -> Result<()> {
     Ok(())
 }
 
+/// The first engine must be a swarm manager and every other one a node of its swarm;
+/// checked before anything is loaded anywhere.
+async fn require_swarm(host: &Host) -> Result<()> {
+    let manager = host.manager();
+    manager.require_manager().await?;
+    for e in &host.engines[1..] {
+        let node = e.swarm_facts().await?.node_id;
+        manager.require_node(&node, &e.url).await?;
+    }
+    Ok(())
+}
+
 /// `activate FILE`.
 pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Result<Outcome> {
     let engine = host.manager();
-    engine.require_manager().await?;
-    for e in &host.engines[1..] {
-        e.swarm_facts().await?;
-    }
+    require_swarm(host).await?;
     let bundle =
         BundleFile::open(file).with_context(|| format!("verifying bundle {}", file.display()))?;
     let verdict = check_trust(&bundle, &host.state_dir, &opts.trusted_keys)?;
@@ -359,7 +368,7 @@ pub async fn rollback(
     quiet: bool,
 ) -> Result<Outcome> {
     let engine = host.manager();
-    engine.require_manager().await?;
+    require_swarm(host).await?;
     let state = StateDir::open(&host.state_dir)?;
     let _lock = state.lock()?;
     let recovered = apply::recover(&state, engine, timing, quiet).await?;
