@@ -116,10 +116,25 @@ async fn apply_step(
             let full =
                 spec::fill_ids(&s.spec, &cfg, &sec).with_context(|| format!("service {name}"))?;
             let exists = engine.service(stack, name).await?.is_some();
-            if exists {
-                engine.update_service(&full).await?;
-            } else {
-                engine.create_service(&full).await?;
+            let mut recreated = 0;
+            loop {
+                let r = if exists {
+                    engine.update_service(&full).await
+                } else {
+                    engine.create_service(&full).await.map(|_| ())
+                };
+                match r {
+                    Err(e) if recreated < 3 => match missing_network(&e) {
+                        Some(net) => {
+                            recreate_network(engine, desired, &net, deadline)
+                                .await
+                                .with_context(|| format!("service {name}: {e:#}"))?;
+                            recreated += 1;
+                        }
+                        None => return Err(e),
+                    },
+                    r => break r?,
+                }
             }
         }
         Step::RemoveService { service } => engine.remove_service(service).await?,
@@ -133,6 +148,53 @@ async fn apply_step(
         Step::RemoveNetwork { name } => engine.remove_network(name).await?,
     }
     Ok(())
+}
+
+/// The network named by a "network NAME not found" error from the engine.
+fn missing_network(e: &anyhow::Error) -> Option<String> {
+    let text = format!("{e:#}");
+    let at = text.rfind("network ")?;
+    let rest = &text[at + "network ".len()..];
+    let name = rest.split_whitespace().next()?;
+    rest[name.len()..]
+        .trim_start()
+        .starts_with("not found")
+        .then(|| name.trim_matches(|c| c == '"' || c == '\'').to_string())
+}
+
+/// `docker stack rm` removes a stack's networks only once their tasks have stopped, so a
+/// network the plan saw can vanish before a service that needs it is created. Create the
+/// desired network `name` again, waiting (bounded by `deadline`) while the old one is still
+/// being removed. Networks outside the desired state (external ones) are not created.
+async fn recreate_network(
+    engine: &Engine,
+    desired: &DesiredStack,
+    name: &str,
+    deadline: Instant,
+) -> Result<()> {
+    let Some(n) = desired
+        .networks
+        .iter()
+        .find(|n| n.name == name && !n.external)
+    else {
+        bail!("network {name} is missing and is not one this stack creates");
+    };
+    loop {
+        match engine
+            .create_network(&spec::network_request(&desired.stack, n))
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if already_exists(&e) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("network {name} vanished (a `docker stack rm` still running?) and could not be created again")
+                })
+            }
+        }
+    }
 }
 
 /// Describe a failed task: error, exit code, last log lines.
@@ -326,19 +388,25 @@ impl Transaction<'_> {
                     let _ = self.state.put_generation(&g);
                 }
             }
-            self.state.remove_journal()?;
-            let back = match self.previous {
-                Some(p) => format!("the stack is back on generation {p}, which stays current"),
-                None => "the services it created were removed".to_string(),
+            let back = match (&reverted, self.previous) {
+                (Ok(()), Some(p)) => {
+                    format!("the stack is back on generation {p}, which stays current")
+                }
+                (Ok(()), None) => "the services it created were removed".to_string(),
+                (Err(r), Some(p)) => format!(
+                    "reverting to generation {p} failed too ({r:#}); generation {p} stays current and the next activate, rollback or status retries the revert"
+                ),
+                (Err(r), None) => format!(
+                    "removing what it created failed too ({r:#}); the next activate, rollback or status retries"
+                ),
             };
-            let e = e.context(format!(
+            if reverted.is_ok() {
+                self.state.remove_journal()?;
+            }
+            return Err(e.context(format!(
                 "{} of generation {} failed; {back}",
                 self.kind, self.target
-            ));
-            return Err(match reverted {
-                Ok(()) => e,
-                Err(r) => e.context(format!("reverting also failed: {r:#}")),
-            });
+            )));
         }
         let mut g = self.state.generation(self.target)?;
         g.result = GenResult::Succeeded;
@@ -466,4 +534,23 @@ pub async fn recover(
             journal.kind, journal.pid, journal.target
         ),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn missing_network_is_read_from_the_engine_error() {
+        let e = anyhow::anyhow!(
+            "Docker responded with status code 500: network lstackrm_default not found"
+        )
+        .context("creating service lstackrm_app");
+        assert_eq!(
+            super::missing_network(&e).as_deref(),
+            Some("lstackrm_default")
+        );
+        let e = anyhow::anyhow!("network lstackrm_default is in use");
+        assert_eq!(super::missing_network(&e), None);
+        let e = anyhow::anyhow!("No such image: sha256:aa");
+        assert_eq!(super::missing_network(&e), None);
+    }
 }

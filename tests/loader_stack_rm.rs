@@ -1,0 +1,44 @@
+//! `docker stack rm` followed at once by `activate`: Swarm removes the stack's network only
+//! after the old tasks stopped, so the network the plan saw can vanish under the activation.
+//! The activation must wait for the removal to finish and create the network again.
+
+mod common;
+
+use common::*;
+
+const STACK: &str = "lstackrm";
+
+#[test]
+fn activate_right_after_docker_stack_rm() {
+    let fx = StackFixture::new(STACK);
+    let def = write_tiny_appliance(&fx.path("v1"), "1.0.0", "stack-rm");
+    let text = std::fs::read_to_string(&def).unwrap().replace(
+        "stack_name = \"tiny\"",
+        &format!("stack_name = \"{STACK}\""),
+    );
+    std::fs::write(&def, text).unwrap();
+    let bundle = build_def(&def, &fx.path("out"));
+    let o = loader_json(fx.loader().arg("activate").arg(&bundle));
+    assert_eq!(o["result"], "activated");
+
+    // busybox `sleep` ignores SIGTERM: the old task takes its 10 s grace period to stop,
+    // and the network stays (being removed) until then
+    run_ok(docker().args(["stack", "rm", STACK]));
+    let nets = run_ok(docker().args([
+        "network",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &format!("label=com.docker.stack.namespace={STACK}"),
+    ]));
+    assert!(
+        nets.contains("lstackrm_default"),
+        "the network is still there while the old task stops: {nets}"
+    );
+    let o = loader_json(fx.loader().arg("activate").arg(&bundle));
+    assert_eq!(o["result"], "activated", "{o}");
+    let st = loader_json(fx.loader().arg("status"));
+    assert_eq!(st["services"][0]["health"], "healthy", "{st}");
+    assert_eq!(st["services"][0]["running"], 1, "{st}");
+}
