@@ -17,12 +17,18 @@ fn activate_right_after_docker_stack_rm() {
         &format!("stack_name = \"{STACK}\""),
     );
     std::fs::write(&def, text).unwrap();
+    // `sleep` as PID 1 ignores SIGTERM: the old task takes its whole grace period to stop,
+    // and the stack's network stays (being removed) until then
+    let stack_file = fx.path("v1").join("recipes/tiny-stack.yml");
+    let text = std::fs::read_to_string(&stack_file).unwrap().replace(
+        "  app:\n",
+        "  app:\n    command: [\"sleep\", \"3600\"]\n    stop_grace_period: 10s\n",
+    );
+    std::fs::write(&stack_file, text).unwrap();
     let bundle = build_def(&def, &fx.path("out"));
     let o = loader_json(fx.loader().arg("activate").arg(&bundle));
     assert_eq!(o["result"], "activated");
 
-    // busybox `sleep` ignores SIGTERM: the old task takes its 10 s grace period to stop,
-    // and the network stays (being removed) until then
     run_ok(docker().args(["stack", "rm", STACK]));
     let nets = run_ok(docker().args([
         "network",

@@ -118,7 +118,8 @@ entries = [
 
 [config]
 entrypoint = ["/bin/busybox"]
-cmd = ["sleep", "3600"]
+# PID 1 ignores SIGTERM unless it traps it: without the trap every stop takes the grace period
+cmd = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 env = {{ TINY = "1" }}
 
 [config.healthcheck]
@@ -385,9 +386,10 @@ pub fn remove_stack(stack: &str) {
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
-        // a task's container outlives its service for a moment (and holds its host port)
+        // a running task container outlives its service for a moment (and holds its host
+        // port); exited job containers may stay (Swarm leaves them), they hold nothing
         let containers = docker()
-            .args(["ps", "-aq", "--filter"])
+            .args(["ps", "-q", "--filter"])
             .arg(format!("label=com.docker.stack.namespace={stack}"))
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
