@@ -123,6 +123,19 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
+/// A network removal that found nothing to remove: 404, or the 500 "network ID not found"
+/// a manager answers when the network a node still lists is already gone from the swarm
+/// (seen right after `docker stack rm`).
+fn network_gone(e: &bollard::errors::Error) -> bool {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 500,
+            message,
+        } => message.starts_with("network ") && message.ends_with(" not found"),
+        _ => is_not_found(e),
+    }
+}
+
 /// An error with its sources (bollard's own message often hides the cause, e.g. a TLS
 /// alert).
 fn error_chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
@@ -730,7 +743,7 @@ impl Engine {
     pub async fn remove_network(&self, name: &str) -> Result<()> {
         match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) if network_gone(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("removing network {name}")),
         }
     }
@@ -738,6 +751,25 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_network_already_gone_from_the_swarm_counts_as_removed() {
+        use bollard::errors::Error::DockerResponseServerError as E;
+        let e = |status_code, message: &str| E {
+            status_code,
+            message: message.into(),
+        };
+        assert!(super::network_gone(&e(404, "no such network")));
+        assert!(super::network_gone(&e(
+            500,
+            "network k7i00ae3tkhjp085xf1bt009i not found"
+        )));
+        assert!(!super::network_gone(&e(
+            500,
+            "error while removing network: network s_default id x has active endpoints"
+        )));
+        assert!(!super::network_gone(&e(409, "conflict")));
+    }
+
     use super::*;
 
     #[test]
