@@ -224,6 +224,18 @@ pub fn build_relay_variant(
     version: &str,
     edit_config: impl Fn(String) -> String,
 ) -> PathBuf {
+    build_relay_variant_with(dir, stack, port, version, edit_config, |s| s)
+}
+
+/// [`build_relay_variant`], with the stack template also passed through `edit_stack`.
+pub fn build_relay_variant_with(
+    dir: &std::path::Path,
+    stack: &str,
+    port: u16,
+    version: &str,
+    edit_config: impl Fn(String) -> String,
+    edit_stack: impl Fn(String) -> String,
+) -> PathBuf {
     let root = repo_root();
     let recipes = dir.join("recipes");
     std::fs::create_dir_all(recipes.join("files")).unwrap();
@@ -231,7 +243,11 @@ pub fn build_relay_variant(
     let template = std::fs::read_to_string(root.join("recipes/relayws-stack.yml"))
         .unwrap()
         .replace("published: 8080", &format!("published: {port}"));
-    std::fs::write(recipes.join(format!("{stack}-stack.yml")), template).unwrap();
+    std::fs::write(
+        recipes.join(format!("{stack}-stack.yml")),
+        edit_stack(template),
+    )
+    .unwrap();
     let config = std::fs::read_to_string(root.join("recipes/files/relay.toml")).unwrap();
     std::fs::write(recipes.join("files/relay.toml"), edit_config(config)).unwrap();
     std::fs::write(
