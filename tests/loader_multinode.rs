@@ -124,23 +124,6 @@ fn running_tasks(manager: &Node, service: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The relay's end-to-end probe (a WebSocket pair relaying messages) against `ip:port`.
-fn relay_probe_at(relay: &Path, ip: &str, port: u16, state: &Path) -> Result<String, String> {
-    let o = Command::new(relay)
-        .args(["probe", "--url", &format!("http://{ip}:{port}")])
-        .arg("--control-secret-file")
-        .arg(state.join("secrets/relay_control_secret"))
-        .args(["--wait-secs", "20", "--messages", "3"])
-        .output()
-        .expect("running ws-relay-server probe");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    if o.status.success() && out.contains("\"ok\":true") {
-        Ok(out)
-    } else {
-        Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
-    }
-}
-
 fn lap(what: &str, t: &mut Instant) {
     eprintln!("[multinode] {what}: {:.1}s", t.elapsed().as_secs_f64());
     *t = Instant::now();

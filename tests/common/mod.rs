@@ -370,8 +370,18 @@ pub fn relay_probe(
     port: u16,
     state_dir: &std::path::Path,
 ) -> Result<String, String> {
+    relay_probe_at(relay, "127.0.0.1", port, state_dir)
+}
+
+/// [`relay_probe`] against `ip:port`.
+pub fn relay_probe_at(
+    relay: &std::path::Path,
+    ip: &str,
+    port: u16,
+    state_dir: &std::path::Path,
+) -> Result<String, String> {
     let o = Command::new(relay)
-        .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
+        .args(["probe", "--url", &format!("http://{ip}:{port}")])
         .arg("--control-secret-file")
         .arg(state_dir.join("secrets/relay_control_secret"))
         .args(["--wait-secs", "20", "--messages", "3"])
