@@ -92,6 +92,31 @@ fn sigkill_at_every_step_is_recovered_by_the_next_command() {
             .unwrap_or_else(|e| panic!("after:{point}: the relay does not serve: {e}"));
         current_version = version;
     }
+    // A failed activation whose revert fails too: the journal stays, the error says the next
+    // command retries, and the next command (status) reverts it.
+    let target = if current_version == "1.0.0" { &v2 } else { &v1 };
+    let out = loader(&state)
+        .args(["activate", "--allow-downgrade"])
+        .arg(target)
+        .env("REEMO_BUNDLE_FAULT", "fail:step-2,fail:revert")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("fault injection: step-2 fails"), "{err}");
+    assert!(
+        err.contains("failed too") && err.contains("retries the revert"),
+        "{err}"
+    );
+    assert!(state.join("journal.json").exists(), "journal kept: {err}");
+    let st = loader_json(loader(&state).arg("status"));
+    let j = st["journal"].as_str().unwrap_or_default();
+    assert!(j.contains("recovered an interrupted activate"), "{st}");
+    assert!(!state.join("journal.json").exists(), "journal left");
+    assert_eq!(st["version"], current_version.as_str(), "{st}");
+    assert_eq!(st["services"][0]["health"], "healthy", "{st}");
+    relay_probe(&relay, port, &state).expect("serves after the retried revert");
+
     // Interrupted attempts are listed as failed; the stack still activates normally.
     let gens = loader_json(loader(&state).arg("generations"));
     assert!(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::fault;
+use super::{fail_point, fault};
 use crate::engine::{Engine, TaskInfo};
 use crate::state::journal::{Journal, Stage};
 use crate::state::{now, GenResult, StateDir};
@@ -369,7 +369,9 @@ impl Transaction<'_> {
             )
             .await;
             journal.done = i + 1;
-            let r = r.and_then(|()| self.state.put_journal(&journal));
+            let r = r
+                .and_then(|()| fail_point(&format!("step-{}", i + 1)))
+                .and_then(|()| self.state.put_journal(&journal));
             if let Err(e) = r {
                 failure = Some(e);
                 break;
@@ -430,6 +432,7 @@ pub async fn revert(
     timing: Timing,
     quiet: bool,
 ) -> Result<()> {
+    fail_point("revert")?;
     let previous = journal
         .previous
         .map(|n| state.generation(n))
