@@ -377,7 +377,7 @@ fn vendor_docker_archive_is_an_image_base() {
     );
     assert_eq!(cfg["config"]["Labels"]["vendor"], "yes");
     assert_eq!(
-        cfg["config"]["Cmd"][0], "sleep",
-        "the recipe's cmd overrides the base's"
+        cfg["config"]["Cmd"][0], "sh",
+        "the recipe's cmd overrides the base's (vendor)"
     );
 }
