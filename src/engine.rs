@@ -382,6 +382,26 @@ impl Engine {
             .collect())
     }
 
+    /// Ids of the swarm's nodes whose label `key` is `present`.
+    pub async fn nodes_labelled(&self, key: &str) -> Result<Vec<String>> {
+        let nodes = self
+            .docker
+            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+            .await
+            .context("listing swarm nodes")?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| {
+                n.spec
+                    .as_ref()
+                    .and_then(|s| s.labels.as_ref())
+                    .and_then(|l| l.get(key))
+                    .is_some_and(|v| v == "present")
+            })
+            .filter_map(|n| n.id)
+            .collect())
+    }
+
     /// Check, on this manager, that `node_id` (the node behind engine `engine_url`) is a
     /// node of its swarm.
     pub async fn require_node(&self, node_id: &str, engine_url: &str) -> Result<()> {

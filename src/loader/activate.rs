@@ -3,7 +3,7 @@
 //! generation, and run the transaction (see `apply`). Results go back to the command layer
 //! as data.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,6 +209,28 @@ async fn require_swarm(host: &Host) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a plan whose services could never converge on the nodes that hold their images
+/// (see [`crate::swarm::feasible`]): the engines given (they get the images) and the nodes
+/// already labelled as holding them.
+async fn check_feasible(host: &Host, desired: &DesiredStack, p: &Plan) -> Result<()> {
+    let mut given = BTreeSet::new();
+    for e in &host.engines {
+        given.insert(e.swarm_facts().await?.node_id);
+    }
+    let mut holders = BTreeMap::new();
+    for img in &desired.images {
+        let mut nodes = given.clone();
+        nodes.extend(
+            host.manager()
+                .nodes_labelled(&crate::swarm::spec::image_label(&img.id))
+                .await?,
+        );
+        holders.insert(img.id.clone(), nodes.len() as u64);
+    }
+    crate::swarm::feasible::check(desired, p, |id| holders.get(id).copied().unwrap_or(0))
+        .map_err(anyhow::Error::msg)
+}
+
 /// `activate FILE`.
 pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Result<Outcome> {
     let engine = host.manager();
@@ -303,6 +325,9 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     let observed = observe(engine, &desired.stack).await?;
     let p = plan::plan(&desired, &observed, opts.only.is_empty());
+    check_feasible(host, &desired, &p)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; the stack was not changed"))?;
     let finish = |mut o: Outcome| {
         o.recovered = recovered.clone();
         o.signed_by = signed_by(&verdict);

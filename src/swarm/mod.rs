@@ -2,6 +2,7 @@
 //! activation planner, and swarm initialisation options. All pure; `engine` does the I/O.
 
 pub mod desired;
+pub mod feasible;
 pub mod init;
 pub mod plan;
 pub mod spec;
