@@ -364,11 +364,7 @@ impl Engine {
 
     /// `(id, reachability, leader)` of every manager node.
     pub async fn managers(&self) -> Result<Vec<(String, String, bool)>> {
-        let nodes = self
-            .docker
-            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
-            .await
-            .context("listing swarm nodes")?;
+        let nodes = self.list_nodes().await?;
         Ok(nodes
             .into_iter()
             .filter_map(|n| {
@@ -382,13 +378,16 @@ impl Engine {
             .collect())
     }
 
-    /// Ids of the swarm's nodes whose label `key` is `present`.
-    pub async fn nodes_labelled(&self, key: &str) -> Result<Vec<String>> {
-        let nodes = self
-            .docker
+    async fn list_nodes(&self) -> Result<Vec<bollard::models::Node>> {
+        self.docker
             .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
             .await
-            .context("listing swarm nodes")?;
+            .context("listing swarm nodes")
+    }
+
+    /// Ids of the swarm's nodes whose label `key` is `present`.
+    pub async fn nodes_labelled(&self, key: &str) -> Result<Vec<String>> {
+        let nodes = self.list_nodes().await?;
         Ok(nodes
             .into_iter()
             .filter(|n| {

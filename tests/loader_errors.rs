@@ -14,12 +14,7 @@ use common::*;
 const STACK: &str = "lerrors";
 
 fn tiny_bundle(dir: &Path) -> PathBuf {
-    let def = write_tiny_appliance(dir, "1.0.0", "loader-errors");
-    let text = std::fs::read_to_string(&def).unwrap().replace(
-        "stack_name = \"tiny\"",
-        &format!("stack_name = \"{STACK}\""),
-    );
-    std::fs::write(&def, text).unwrap();
+    let def = tiny_appliance_on(dir, "1.0.0", "loader-errors", STACK, None);
     build_def(&def, &dir.join("out"))
 }
 

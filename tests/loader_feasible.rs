@@ -14,16 +14,8 @@ const STACK: &str = "lfeasible";
 /// updated in `order`.
 fn bundle(fx: &StackFixture, name: &str, version: &str, replicas: u32, order: &str) -> PathBuf {
     let dir = fx.path(name);
-    let def = write_tiny_appliance(&dir, version, &format!("feasible-{name}"));
-    let text = std::fs::read_to_string(&def).unwrap().replace(
-        "stack_name = \"tiny\"",
-        &format!("stack_name = \"{STACK}\""),
-    );
-    std::fs::write(&def, text).unwrap();
-    std::fs::write(
-        dir.join("recipes/tiny-stack.yml"),
-        format!(
-            r#"version: "3.8"
+    let yml = format!(
+        r#"version: "3.8"
 services:
   app:
     image: ${{image:tiny-image}}
@@ -43,10 +35,15 @@ configs:
   app_config:
     file: ../configs/app.conf
 "#,
-            port = fx.port
-        ),
-    )
-    .unwrap();
+        port = fx.port
+    );
+    let def = tiny_appliance_on(
+        &dir,
+        version,
+        &format!("feasible-{name}"),
+        STACK,
+        Some(&yml),
+    );
     build_def(&def, &dir.join("out"))
 }
 

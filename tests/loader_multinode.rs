@@ -47,11 +47,8 @@ fn bundle_images(bundle: &Path) -> Vec<(String, String)> {
 /// The tiny appliance with its service in global mode (a task on every node holding the
 /// image), serving `/etc/motd` with busybox httpd on a host-mode port.
 fn build_global_tiny(dir: &Path, version: &str, motd: &str) -> PathBuf {
-    let def = write_tiny_appliance(dir, version, motd);
-    std::fs::write(
-        dir.join("recipes/tiny-stack.yml"),
-        format!(
-            r#"version: "3.8"
+    let yml = format!(
+        r#"version: "3.8"
 services:
   app:
     image: ${{image:tiny-image}}
@@ -72,9 +69,8 @@ configs:
   app_config:
     file: ../configs/app.conf
 "#
-        ),
-    )
-    .unwrap();
+    );
+    let def = tiny_appliance_on(dir, version, motd, "tiny", Some(&yml));
     build_def(&def, &dir.join("out"))
 }
 

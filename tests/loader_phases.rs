@@ -11,16 +11,8 @@ use common::*;
 const STACK: &str = "lphases";
 
 fn phased_bundle(dir: &Path, version: &str, job_command: &str) -> PathBuf {
-    let def = write_tiny_appliance(dir, version, &format!("loader-phases-{version}"));
-    let text = std::fs::read_to_string(&def).unwrap().replace(
-        "stack_name = \"tiny\"",
-        &format!("stack_name = \"{STACK}\""),
-    );
-    std::fs::write(&def, text).unwrap();
-    std::fs::write(
-        dir.join("recipes/tiny-stack.yml"),
-        format!(
-            r#"version: "3.8"
+    let yml = format!(
+        r#"version: "3.8"
 services:
   migrate:
     image: ${{image:tiny-image}}
@@ -40,9 +32,14 @@ configs:
   app_config:
     file: ../configs/app.conf
 "#
-        ),
-    )
-    .unwrap();
+    );
+    let def = tiny_appliance_on(
+        dir,
+        version,
+        &format!("loader-phases-{version}"),
+        STACK,
+        Some(&yml),
+    );
     build_def(&def, &dir.join("out"))
 }
 

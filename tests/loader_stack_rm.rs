@@ -11,12 +11,7 @@ const STACK: &str = "lstackrm";
 #[test]
 fn activate_right_after_docker_stack_rm() {
     let fx = StackFixture::new(STACK);
-    let def = write_tiny_appliance(&fx.path("v1"), "1.0.0", "stack-rm");
-    let text = std::fs::read_to_string(&def).unwrap().replace(
-        "stack_name = \"tiny\"",
-        &format!("stack_name = \"{STACK}\""),
-    );
-    std::fs::write(&def, text).unwrap();
+    let def = tiny_appliance_on(&fx.path("v1"), "1.0.0", "stack-rm", STACK, None);
     // `sleep` as PID 1 ignores SIGTERM: the old task takes its whole grace period to stop,
     // and the stack's network stays (being removed) until then
     let stack_file = fx.path("v1").join("recipes/tiny-stack.yml");

@@ -12,21 +12,12 @@ use std::process::Command;
 
 use common::*;
 
-/// Build the tiny appliance as stack `stack`; returns the bundle path. Its `sleep` ignores
-/// SIGTERM, so a short stop grace period keeps each update to a few seconds.
+/// Build the tiny appliance as stack `stack`; returns the bundle path.
 fn tiny(dir: &Path, stack: &str, version: &str, motd: &str) -> PathBuf {
-    let def = write_tiny_appliance(dir, version, motd);
-    let text = std::fs::read_to_string(&def).unwrap().replace(
-        "stack_name = \"tiny\"",
-        &format!("stack_name = \"{stack}\""),
-    );
-    std::fs::write(&def, text).unwrap();
-    let yml = dir.join("recipes/tiny-stack.yml");
-    let text = std::fs::read_to_string(&yml).unwrap();
-    assert!(text.contains("\n  app:\n"), "{text}");
-    let text = text.replace("\n  app:\n", "\n  app:\n    stop_grace_period: 1s\n");
-    std::fs::write(&yml, text).unwrap();
-    build_def(&def, &dir.join("out"))
+    build_def(
+        &tiny_appliance_on(dir, version, motd, stack, None),
+        &dir.join("out"),
+    )
 }
 
 /// Run a command that must fail with exit code 1; returns its stderr.

@@ -164,6 +164,27 @@ configs:
     def
 }
 
+/// [`write_tiny_appliance`] deployed as stack `stack`, with `stack_yml` (a compose template
+/// using `${image:tiny-image}` and config `app_config`) as its stack file when given.
+pub fn tiny_appliance_on(
+    dir: &std::path::Path,
+    version: &str,
+    motd: &str,
+    stack: &str,
+    stack_yml: Option<&str>,
+) -> PathBuf {
+    let def = write_tiny_appliance(dir, version, motd);
+    let text = std::fs::read_to_string(&def).unwrap().replace(
+        "stack_name = \"tiny\"",
+        &format!("stack_name = \"{stack}\""),
+    );
+    std::fs::write(&def, text).unwrap();
+    if let Some(yml) = stack_yml {
+        std::fs::write(dir.join("recipes/tiny-stack.yml"), yml).unwrap();
+    }
+    def
+}
+
 /// Build the default appliance (bundles/relayws.toml) into the shared store and
 /// `target/test-out`, once per checkout (later calls are cache hits). Returns the bundle path.
 pub fn default_bundle() -> PathBuf {
