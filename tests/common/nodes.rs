@@ -491,49 +491,45 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A CA (`<name>-ca.pem`, `<name>-ca-key.pem`) in `dir`.
 fn make_ca(dir: &Path, name: &str) {
-    openssl(
+    new_key_req(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN=reemo test CA {name}"),
-            "-keyout",
-            &format!("{name}-ca-key.pem"),
-            "-out",
-            &format!("{name}-ca.pem"),
-        ],
+        &["-x509", "-days", "2"],
+        &format!("/CN=reemo test CA {name}"),
+        &format!("{name}-ca-key.pem"),
+        &format!("{name}-ca.pem"),
     );
+}
+
+/// `openssl req -new` with a fresh P-256 key (unencrypted) written to `key`, output `out`.
+fn new_key_req(dir: &Path, extra: &[&str], subject: &str, key: &str, out: &str) {
+    let mut args = vec![
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        subject,
+        "-keyout",
+        key,
+        "-out",
+        out,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
 }
 
 /// A certificate `<out>-cert.pem` / `<out>-key.pem` signed by CA `ca`, with extensions.
 fn make_cert(dir: &Path, ca: &str, out: &str, cn: &str, ext: &str, serial: u32) {
     std::fs::write(dir.join(format!("{out}.ext")), ext).unwrap();
-    openssl(
+    new_key_req(
         dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-keyout",
-            &format!("{out}-key.pem"),
-            "-out",
-            &format!("{out}.csr"),
-        ],
+        &[],
+        &format!("/CN={cn}"),
+        &format!("{out}-key.pem"),
+        &format!("{out}.csr"),
     );
     openssl(
         dir,
