@@ -57,6 +57,17 @@ pub struct SwarmFacts {
     pub server_version: String,
 }
 
+/// A manager node of the swarm.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManagerNode {
+    /// Node id.
+    pub id: String,
+    /// `reachable`, `unreachable`, `unknown`.
+    pub reachability: String,
+    /// Whether it is the raft leader.
+    pub leader: bool,
+}
+
 /// A service of the stack as it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveService {
@@ -362,18 +373,18 @@ impl Engine {
         Ok(f)
     }
 
-    /// `(id, reachability, leader)` of every manager node.
-    pub async fn managers(&self) -> Result<Vec<(String, String, bool)>> {
+    /// Every manager node.
+    pub async fn managers(&self) -> Result<Vec<ManagerNode>> {
         let nodes = self.list_nodes().await?;
         Ok(nodes
             .into_iter()
             .filter_map(|n| {
                 let m = n.manager_status?;
-                Some((
-                    n.id.unwrap_or_default(),
-                    m.reachability.map(|r| r.to_string()).unwrap_or_default(),
-                    m.leader.unwrap_or(false),
-                ))
+                Some(ManagerNode {
+                    id: n.id.unwrap_or_default(),
+                    reachability: m.reachability.map(|r| r.to_string()).unwrap_or_default(),
+                    leader: m.leader.unwrap_or(false),
+                })
             })
             .collect())
     }
@@ -404,16 +415,22 @@ impl Engine {
     /// Check, on this manager, that `node_id` (the node behind engine `engine_url`) is a
     /// node of its swarm.
     pub async fn require_node(&self, node_id: &str, engine_url: &str) -> Result<()> {
+        let what = format!("engine {engine_url}");
+        self.member(node_id, &what).await.map(|_| ())
+    }
+
+    /// Node `node_id` of this manager's swarm; `what` names it in errors.
+    async fn member(&self, node_id: &str, what: &str) -> Result<bollard::models::Node> {
         if node_id.is_empty() {
             bail!(
-                "engine {engine_url} is not part of a swarm; join it to the swarm managed by {} first",
+                "{what} is not part of a swarm; join it to the swarm managed by {} first",
                 self.url
             );
         }
         match self.docker.inspect_node(node_id).await {
-            Ok(_) => Ok(()),
+            Ok(n) => Ok(n),
             Err(e) if is_not_found(&e) => bail!(
-                "engine {engine_url} (node {node_id}) is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
+                "{what} (node {node_id}) is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
                 self.url
             ),
             Err(e) => Err(e).with_context(|| format!("inspecting node {node_id}")),
@@ -428,21 +445,8 @@ impl Engine {
         key: &str,
         value: Option<&str>,
     ) -> Result<()> {
-        if node_id.is_empty() {
-            bail!(
-                "an engine given with --engine is not part of a swarm; join it to the swarm managed by {} first",
-                self.url
-            );
-        }
         for attempt in 0..5 {
-            let node = match self.docker.inspect_node(node_id).await {
-                Ok(n) => n,
-                Err(e) if is_not_found(&e) => bail!(
-                    "node {node_id} is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
-                    self.url
-                ),
-                Err(e) => return Err(e).with_context(|| format!("inspecting node {node_id}")),
-            };
+            let node = self.member(node_id, &format!("node {node_id:?}")).await?;
             let mut spec = node.spec.unwrap_or_default();
             let labels = spec.labels.get_or_insert_with(HashMap::new);
             let changed = match value {
@@ -770,6 +774,8 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_network_already_gone_from_the_swarm_counts_as_removed() {
         use bollard::errors::Error::DockerResponseServerError as E;
@@ -777,19 +783,17 @@ mod tests {
             status_code,
             message: message.into(),
         };
-        assert!(super::network_gone(&e(404, "no such network")));
-        assert!(super::network_gone(&e(
+        assert!(network_gone(&e(404, "no such network")));
+        assert!(network_gone(&e(
             500,
             "network k7i00ae3tkhjp085xf1bt009i not found"
         )));
-        assert!(!super::network_gone(&e(
+        assert!(!network_gone(&e(
             500,
             "error while removing network: network s_default id x has active endpoints"
         )));
-        assert!(!super::network_gone(&e(409, "conflict")));
+        assert!(!network_gone(&e(409, "conflict")));
     }
-
-    use super::*;
 
     #[test]
     fn tls_is_chosen_like_the_docker_cli() {

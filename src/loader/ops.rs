@@ -80,17 +80,6 @@ pub struct ImagePresence {
     pub present: bool,
 }
 
-/// A manager node in `status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManagerNode {
-    /// Node id.
-    pub id: String,
-    /// `reachable`, `unreachable`, `unknown`.
-    pub reachability: String,
-    /// Whether it is the raft leader.
-    pub leader: bool,
-}
-
 /// `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -113,7 +102,7 @@ pub struct Status {
     /// Swarm: managers.
     pub managers: i64,
     /// Swarm: the manager nodes, with reachability and leadership.
-    pub manager_nodes: Vec<ManagerNode>,
+    pub manager_nodes: Vec<crate::engine::ManagerNode>,
     /// Swarm: nodes.
     pub nodes: i64,
     /// Manager failures the quorum tolerates.
@@ -137,16 +126,7 @@ pub async fn status(host: &Host, timing: Timing) -> Result<Status> {
         }
     }
     let mut warnings = quorum_warnings(facts.managers);
-    let manager_nodes: Vec<ManagerNode> = engine
-        .managers()
-        .await?
-        .into_iter()
-        .map(|(id, reachability, leader)| ManagerNode {
-            id,
-            reachability,
-            leader,
-        })
-        .collect();
+    let manager_nodes = engine.managers().await?;
     let unreachable = manager_nodes
         .iter()
         .filter(|m| m.reachability != "reachable")
