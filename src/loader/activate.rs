@@ -160,9 +160,9 @@ fn signed_by(v: &Verdict) -> Option<String> {
 
 /// Make sure a generation's images are on every engine, and label each engine's node as
 /// holding them (the services' placement constraints require that label).
-async fn require_images(host: &Host, d: &DesiredStack) -> Result<()> {
-    for e in &host.engines {
-        let node = e.swarm_facts().await?.node_id;
+/// `nodes`: each engine's node id, as [`require_swarm`] returned them.
+async fn require_images(host: &Host, nodes: &[String], d: &DesiredStack) -> Result<()> {
+    for (e, node) in host.engines.iter().zip(nodes) {
         for img in &d.images {
             if !e.has_image(&img.id).await? {
                 bail!(
@@ -174,7 +174,7 @@ async fn require_images(host: &Host, d: &DesiredStack) -> Result<()> {
             }
             host.manager()
                 .set_node_label(
-                    &node,
+                    node,
                     &crate::swarm::spec::image_label(&img.id),
                     Some("present"),
                 )
@@ -198,34 +198,37 @@ fn check_stack(state: &StateDir, stack: &str) -> Result<()> {
 }
 
 /// The first engine must be a swarm manager and every other one a node of its swarm;
-/// checked before anything is loaded anywhere.
-async fn require_swarm(host: &Host) -> Result<()> {
+/// checked before anything is loaded anywhere. Returns each engine's node id.
+async fn require_swarm(host: &Host) -> Result<Vec<String>> {
     let manager = host.manager();
-    manager.require_manager().await?;
+    let mut nodes = vec![manager.require_manager().await?.node_id];
     for e in &host.engines[1..] {
         let node = e.swarm_facts().await?.node_id;
         manager.require_node(&node, &e.url).await?;
+        nodes.push(node);
     }
-    Ok(())
+    Ok(nodes)
 }
 
 /// Refuse a plan whose services could never converge on the nodes that hold their images
 /// (see [`crate::swarm::feasible`]): the engines given (they get the images) and the nodes
 /// already labelled as holding them.
-async fn check_feasible(host: &Host, desired: &DesiredStack, p: &Plan) -> Result<()> {
-    let mut given = BTreeSet::new();
-    for e in &host.engines {
-        given.insert(e.swarm_facts().await?.node_id);
-    }
+async fn check_feasible(
+    host: &Host,
+    nodes: &[String],
+    desired: &DesiredStack,
+    p: &Plan,
+) -> Result<()> {
+    let given: BTreeSet<&str> = nodes.iter().map(String::as_str).collect();
     let mut holders = BTreeMap::new();
     for img in &desired.images {
-        let mut nodes = given.clone();
-        nodes.extend(
-            host.manager()
-                .nodes_labelled(&crate::swarm::spec::image_label(&img.id))
-                .await?,
-        );
-        holders.insert(img.id.clone(), nodes.len() as u64);
+        let labelled = host
+            .manager()
+            .nodes_labelled(&crate::swarm::spec::image_label(&img.id))
+            .await?;
+        let mut holding = given.clone();
+        holding.extend(labelled.iter().map(String::as_str));
+        holders.insert(img.id.clone(), holding.len() as u64);
     }
     crate::swarm::feasible::check(desired, p, |id| holders.get(id).copied().unwrap_or(0))
         .map_err(anyhow::Error::msg)
@@ -234,7 +237,7 @@ async fn check_feasible(host: &Host, desired: &DesiredStack, p: &Plan) -> Result
 /// `activate FILE`.
 pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Result<Outcome> {
     let engine = host.manager();
-    require_swarm(host).await?;
+    let nodes = require_swarm(host).await?;
     let bundle =
         BundleFile::open(file).with_context(|| format!("verifying bundle {}", file.display()))?;
     let verdict = check_trust(&bundle, &host.state_dir, &opts.trusted_keys)?;
@@ -325,7 +328,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     let observed = observe(engine, &desired.stack).await?;
     let p = plan::plan(&desired, &observed, opts.only.is_empty());
-    check_feasible(host, &desired, &p)
+    check_feasible(host, &nodes, &desired, &p)
         .await
         .map_err(|e| anyhow::anyhow!("{e}; the stack was not changed"))?;
     let finish = |mut o: Outcome| {
@@ -349,7 +352,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     if let Some(loading) = loading {
         loading.await.context("image loading task")??;
     }
-    require_images(host, &desired).await?;
+    require_images(host, &nodes, &desired).await?;
     fault("load");
 
     if p.is_empty() {
@@ -393,7 +396,7 @@ pub async fn rollback(
     quiet: bool,
 ) -> Result<Outcome> {
     let engine = host.manager();
-    require_swarm(host).await?;
+    let nodes = require_swarm(host).await?;
     let state = StateDir::open(&host.state_dir)?;
     let _lock = state.lock()?;
     let recovered = apply::recover(&state, engine, timing, quiet).await?;
@@ -434,7 +437,7 @@ pub async fn rollback(
     if dry_run {
         return Ok(o);
     }
-    require_images(host, &desired).await?;
+    require_images(host, &nodes, &desired).await?;
     if target.number == current && p.is_empty() {
         o.result = "unchanged".into();
         return Ok(o);

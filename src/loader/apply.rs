@@ -11,7 +11,9 @@ use super::{fail_point, fault};
 use crate::engine::{Engine, TaskInfo};
 use crate::state::journal::{Journal, Stage};
 use crate::state::{now, GenResult, StateDir};
-use crate::swarm::desired::{DesiredObject, DesiredService, DesiredStack, ObjectSource};
+use crate::swarm::desired::{
+    DesiredNetwork, DesiredObject, DesiredService, DesiredStack, ObjectSource,
+};
 use crate::swarm::plan::{self, Observed, Step};
 use crate::swarm::spec;
 
@@ -72,11 +74,7 @@ async fn apply_step(
     };
     match step {
         Step::CreateNetwork { name } => {
-            let n = desired
-                .networks
-                .iter()
-                .find(|n| &n.name == name)
-                .with_context(|| format!("network {name} is not in the desired state"))?;
+            let n = desired_network(desired, name)?;
             if let Err(e) = engine
                 .create_network(&spec::network_request(stack, n))
                 .await
@@ -162,6 +160,14 @@ fn missing_network(e: &anyhow::Error) -> Option<String> {
         .then(|| name.trim_matches(|c| c == '"' || c == '\'').to_string())
 }
 
+fn desired_network<'a>(desired: &'a DesiredStack, name: &str) -> Result<&'a DesiredNetwork> {
+    desired
+        .networks
+        .iter()
+        .find(|n| n.name == name)
+        .with_context(|| format!("network {name} is not in the desired state"))
+}
+
 /// `docker stack rm` removes a stack's networks only once their tasks have stopped, so a
 /// network the plan saw can vanish before a service that needs it is created. Create the
 /// desired network `name` again, waiting (bounded by `deadline`) while the old one is still
@@ -172,13 +178,10 @@ async fn recreate_network(
     name: &str,
     deadline: Instant,
 ) -> Result<()> {
-    let Some(n) = desired
-        .networks
-        .iter()
-        .find(|n| n.name == name && !n.external)
-    else {
-        bail!("network {name} is missing and is not one this stack creates");
-    };
+    let n = desired_network(desired, name)?;
+    if n.external {
+        bail!("network {name} is missing and is external: this stack does not create it");
+    }
     loop {
         match engine
             .create_network(&spec::network_request(&desired.stack, n))
