@@ -38,12 +38,28 @@ fn probe_once(relay: &Path, port: u16, secret: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Poll the relay until the probe succeeds; returns when it did.
+/// Every wait of this bench gives up (and fails) after this long.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Panic when `since + LIMIT` has passed, killing `child` (by PID) first if given.
+fn check_limit(since: Instant, what: &str, child: Option<&mut std::process::Child>) {
+    if since.elapsed() > LIMIT {
+        if let Some(c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        panic!("{what}: no result within {LIMIT:?}");
+    }
+}
+
+/// Poll the relay until the probe succeeds; returns when it did (bounded by [`LIMIT`]).
 fn wait_serving(relay: &Path, port: u16, secret: &Path) -> Instant {
+    let since = Instant::now();
     loop {
         if probe_once(relay, port, secret) {
             return Instant::now();
         }
+        check_limit(since, "waiting for the relay to serve", None);
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -99,6 +115,7 @@ fn main() {
                 assert!(status.success(), "rollback failed");
                 break;
             }
+            check_limit(t, "rollback", Some(&mut child));
             let ok = probe_once(&relay, port, &secret);
             if !ok {
                 seen_down = true;
@@ -188,6 +205,10 @@ fn main() {
                 .unwrap();
             let secret = st.join("secrets/relay_control_secret");
             while !secret.exists() {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("activate ended ({status}) before writing its secrets");
+                }
+                check_limit(t, "activate writing its secrets", Some(&mut child));
                 std::thread::sleep(Duration::from_millis(5));
             }
             let served = wait_serving(&relay, 8080, &secret);

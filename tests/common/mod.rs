@@ -367,7 +367,10 @@ impl StackFixture {
 
 impl Drop for StackFixture {
     fn drop(&mut self) {
-        remove_stack(self.stack);
+        // no panic here: dropping during a test's panic would abort the process
+        if !try_remove_stack(self.stack) {
+            eprintln!("stack {} is still there after 60 s", self.stack);
+        }
     }
 }
 
@@ -419,34 +422,36 @@ pub fn relay_probe_at(
 /// Loader tests: remove a stack and wait until its services, configs, secrets and network
 /// are gone (so that the next test run starts clean).
 pub fn remove_stack(stack: &str) {
+    assert!(
+        try_remove_stack(stack),
+        "stack {stack} is still there after 60 s of `docker stack rm`"
+    );
+}
+
+/// [`remove_stack`]; false when the stack is still there after 60 s.
+pub fn try_remove_stack(stack: &str) -> bool {
+    // `<kind> ls -q` of the objects carrying the stack's namespace label
+    let ls = |kind: &[&str]| {
+        docker()
+            .args(kind)
+            .args(["-q", "--filter"])
+            .arg(format!("label=com.docker.stack.namespace={stack}"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
     let _ = docker().args(["stack", "rm", stack]).output();
     for _ in 0..120 {
-        let left = docker()
-            .args(["network", "ls", "-q", "--filter"])
-            .arg(format!("label=com.docker.stack.namespace={stack}"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        let services = docker()
-            .args(["service", "ls", "-q", "--filter"])
-            .arg(format!("label=com.docker.stack.namespace={stack}"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
         // a running task container outlives its service for a moment (and holds its host
         // port); exited job containers may stay (Swarm leaves them), they hold nothing
-        let containers = docker()
-            .args(["ps", "-q", "--filter"])
-            .arg(format!("label=com.docker.stack.namespace={stack}"))
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if left.is_empty() && services.is_empty() && containers.is_empty() {
-            return;
+        let left = [ls(&["network", "ls"]), ls(&["service", "ls"]), ls(&["ps"])];
+        if left.iter().all(String::is_empty) {
+            return true;
         }
         let _ = docker().args(["stack", "rm", stack]).output();
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+    false
 }
 
 /// Loader tests: JSON output of a successful loader command.
