@@ -7,47 +7,15 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(common::bin());
-    c.args(args);
-    c
-}
-
-fn ok(c: &mut Command) -> String {
-    common::run_ok(c)
-}
-
-fn failing(c: &mut Command) -> String {
-    let o: Output = c.output().unwrap();
-    assert!(
-        !o.status.success(),
-        "{c:?} succeeded:\n{}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    assert_eq!(o.status.code(), Some(1), "{c:?}");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn keygen(path: &Path) -> String {
-    let out = ok(cmd(&["keygen", "--out"]).arg(path));
-    let id = out
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("key id "))
-        .unwrap_or_else(|| panic!("keygen output: {out}"));
-    id.to_string()
-}
 
 /// Build the tiny appliance; returns the bundle path and the `--json` result.
 fn build(def: &Path, store: &Path, out: &Path, key: Option<&Path>) -> (PathBuf, serde_json::Value) {
-    let mut c = cmd(&["build", "--json", "--store"]);
+    let mut c = common::bin_cmd(&["build", "--json", "--store"]);
     c.arg(store).arg("--out").arg(out).arg(def);
     if let Some(k) = key {
         c.arg("--sign-key").arg(k);
     }
-    let v: serde_json::Value = serde_json::from_str(&ok(&mut c)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&common::run_ok(&mut c)).unwrap();
     (PathBuf::from(v["bundle"].as_str().unwrap()), v)
 }
 
@@ -55,7 +23,7 @@ fn build(def: &Path, store: &Path, out: &Path, key: Option<&Path>) -> (PathBuf, 
 fn keygen_writes_a_key_pair_and_never_overwrites() {
     let d = tempfile::tempdir().unwrap();
     let k = d.path().join("site-key");
-    let id = keygen(&k);
+    let id = common::keygen(&k);
     assert_eq!(id.len(), 16, "{id}");
     let mode = std::fs::metadata(&k).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -72,7 +40,7 @@ fn keygen_writes_a_key_pair_and_never_overwrites() {
     assert!(public.contains(&format!("\nkey-id: {id}\n")), "{public}");
     assert!(!public.contains("secret"), "{public}");
 
-    let err = failing(cmd(&["keygen", "--out"]).arg(&k));
+    let err = common::fails(common::bin_cmd(&["keygen", "--out"]).arg(&k));
     assert!(
         err.contains("already exists; refusing to overwrite a key"),
         "{err}"
@@ -90,8 +58,8 @@ fn keygen_writes_a_key_pair_and_never_overwrites() {
         private.replace("algorithm: ed25519", "algorithm: rsa"),
     )
     .unwrap();
-    let err = failing(
-        cmd(&["build", "nonexistent.toml", "--sign-key"])
+    let err = common::fails(
+        common::bin_cmd(&["build", "nonexistent.toml", "--sign-key"])
             .arg(&bad)
             .arg("--store")
             .arg(d.path().join("store")),
@@ -110,9 +78,9 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
     let d = tempfile::tempdir().unwrap();
     let def = common::write_tiny_appliance(d.path(), "1.0.0", "signed");
     let key = d.path().join("k");
-    let id = keygen(&key);
+    let id = common::keygen(&key);
     let other = d.path().join("other");
-    let other_id = keygen(&other);
+    let other_id = common::keygen(&other);
     let store = d.path().join("store");
 
     let (unsigned, u) = build(&def, &store, &d.path().join("u"), None);
@@ -148,11 +116,13 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
     assert_eq!(common::sha256_of(&s3), signed_sha);
     // `sign` of the unsigned bundle gives the same file as `build --sign-key`
     let copy = d.path().join("copy.bundle");
-    let out = ok(cmd(&["sign", "--key"])
-        .arg(&key)
-        .arg(&unsigned)
-        .arg("--out")
-        .arg(&copy));
+    let out = common::run_ok(
+        common::bin_cmd(&["sign", "--key"])
+            .arg(&key)
+            .arg(&unsigned)
+            .arg("--out")
+            .arg(&copy),
+    );
     assert!(out.contains(&format!("signed by key id {id}")), "{out}");
     assert_eq!(common::sha256_of(&copy), signed_sha);
     assert_eq!(
@@ -161,8 +131,8 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
         "--out leaves FILE"
     );
     // in place, with another key: replaces the signature, atomically
-    ok(cmd(&["sign", "--key"]).arg(&other).arg(&copy));
-    let out = ok(cmd(&["verify"]).arg(&copy));
+    common::run_ok(common::bin_cmd(&["sign", "--key"]).arg(&other).arg(&copy));
+    let out = common::run_ok(common::bin_cmd(&["verify"]).arg(&copy));
     assert!(
         out.contains(&format!("signature: signed by key id {other_id};")),
         "{out}"
@@ -170,14 +140,14 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
 
     // signing the build output in place (a hard link into the store) leaves the store's
     // unsigned bundle alone
-    ok(cmd(&["sign", "--key"]).arg(&key).arg(&again));
+    common::run_ok(common::bin_cmd(&["sign", "--key"]).arg(&key).arg(&again));
     assert_eq!(common::sha256_of(&again), signed_sha);
     let (u3, _) = build(&def, &store, &d.path().join("u3"), None);
     assert_ne!(u3, again);
     assert_eq!(common::sha256_of(&u3), unsigned_sha);
 
     // verify and inspect report the signer
-    let out = ok(cmd(&["verify"]).arg(&signed));
+    let out = common::run_ok(common::bin_cmd(&["verify"]).arg(&signed));
     assert!(out.starts_with("ok: tiny 1.0.0"), "{out}");
     assert!(
         out.contains(&format!(
@@ -185,18 +155,22 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
         )),
         "{out}"
     );
-    let out = ok(cmd(&["verify"]).arg(&unsigned));
+    let out = common::run_ok(common::bin_cmd(&["verify"]).arg(&unsigned));
     assert!(out.contains("signature: unsigned"), "{out}");
-    let out = ok(cmd(&["inspect"]).arg(&signed));
+    let out = common::run_ok(common::bin_cmd(&["inspect"]).arg(&signed));
     assert!(
         out.contains(&format!("signature: signed by key id {id}")),
         "{out}"
     );
-    let out = ok(cmd(&["inspect"]).arg(&unsigned));
+    let out = common::run_ok(common::bin_cmd(&["inspect"]).arg(&unsigned));
     assert!(out.contains("signature: unsigned"), "{out}");
     // --trusted-key: trusted signer accepted; other signer, or unsigned, refused
     let public = d.path().join("k.pub");
-    let out = ok(cmd(&["verify", "--trusted-key"]).arg(&public).arg(&signed));
+    let out = common::run_ok(
+        common::bin_cmd(&["verify", "--trusted-key"])
+            .arg(&public)
+            .arg(&signed),
+    );
     assert!(
         out.contains(&format!(
             "signature: signed by key id {id}, trusted ({})",
@@ -205,8 +179,8 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
         "{out}"
     );
     let other_pub = d.path().join("other.pub");
-    let err = failing(
-        cmd(&["verify", "--trusted-key"])
+    let err = common::fails(
+        common::bin_cmd(&["verify", "--trusted-key"])
             .arg(&other_pub)
             .arg(&signed),
     );
@@ -214,8 +188,8 @@ fn signed_build_is_reproducible_and_reports_its_signer() {
         err.contains(&format!("bundle {}: it is signed by key id {id}, which is not a trusted key here ({other_id} from {})", signed.display(), other_pub.display())),
         "{err}"
     );
-    let err = failing(
-        cmd(&["verify", "--trusted-key"])
+    let err = common::fails(
+        common::bin_cmd(&["verify", "--trusted-key"])
             .arg(&public)
             .arg(&unsigned),
     );
@@ -242,7 +216,7 @@ fn a_flipped_byte_in_the_signature_or_the_manifest_is_detected() {
     let d = tempfile::tempdir().unwrap();
     let def = common::write_tiny_appliance(d.path(), "1.0.0", "tamper");
     let key = d.path().join("k");
-    let id = keygen(&key);
+    let id = common::keygen(&key);
     let (signed, _) = build(
         &def,
         &d.path().join("store"),
@@ -272,16 +246,24 @@ fn a_flipped_byte_in_the_signature_or_the_manifest_is_detected() {
             "bundle {}: its signature by key id {id} does not verify: bundle.json or bundle.json.sig was altered after signing",
             p.display()
         );
-        let err = failing(cmd(&["verify"]).arg(&p));
+        let err = common::fails(common::bin_cmd(&["verify"]).arg(&p));
         assert!(err.contains(&want), "{what}: {err}");
-        let err = failing(cmd(&["verify", "--trusted-key"]).arg(&public).arg(&p));
+        let err = common::fails(
+            common::bin_cmd(&["verify", "--trusted-key"])
+                .arg(&public)
+                .arg(&p),
+        );
         assert!(err.contains(&want), "{what} (trusted key): {err}");
-        let out = ok(cmd(&["inspect"]).arg(&p));
+        let out = common::run_ok(common::bin_cmd(&["inspect"]).arg(&p));
         assert!(
             out.contains("signature: INVALID: its signature by key id"),
             "{what}: {out}"
         );
     }
     // the untouched file still verifies
-    ok(cmd(&["verify", "--trusted-key"]).arg(&public).arg(&signed));
+    common::run_ok(
+        common::bin_cmd(&["verify", "--trusted-key"])
+            .arg(&public)
+            .arg(&signed),
+    );
 }

@@ -18,22 +18,6 @@ fn tiny_bundle(dir: &Path) -> PathBuf {
     build_def(&def, &dir.join("out"))
 }
 
-fn failing(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(
-        o.status.code(),
-        Some(1),
-        "{cmd:?} should fail with exit 1: {err}"
-    );
-    assert_eq!(
-        err.matches("error:").count(),
-        1,
-        "the error is printed once: {err}"
-    );
-    err
-}
-
 fn stack_services() -> String {
     run_ok(docker().args([
         "service",
@@ -95,7 +79,7 @@ fn clear_errors_and_nothing_changed() {
     let state = tmp.path().join("state");
 
     // daemon unreachable
-    let err = failing(
+    let err = fails(
         loader(&state)
             .arg("activate")
             .arg(&bundle)
@@ -113,7 +97,7 @@ fn clear_errors_and_nothing_changed() {
         serde_json::json!({"ServerVersion": "20.10.24",
             "Swarm": {"LocalNodeState": "inactive", "ControlAvailable": false}}),
     );
-    let err = failing(
+    let err = fails(
         loader(&state)
             .arg("activate")
             .arg(&bundle)
@@ -123,7 +107,7 @@ fn clear_errors_and_nothing_changed() {
         err.contains("not part of an active swarm") && err.contains("swarm init"),
         "{err}"
     );
-    let err = failing(loader(&state).arg("status").args(["--engine", &inactive]));
+    let err = fails(loader(&state).arg("status").args(["--engine", &inactive]));
     assert!(err.contains("swarm init"), "{err}");
 
     // a worker node
@@ -132,7 +116,7 @@ fn clear_errors_and_nothing_changed() {
         serde_json::json!({"ServerVersion": "20.10.24",
             "Swarm": {"LocalNodeState": "active", "ControlAvailable": false, "NodeID": "w1"}}),
     );
-    let err = failing(
+    let err = fails(
         loader(&state)
             .arg("activate")
             .arg(&bundle)
@@ -142,12 +126,12 @@ fn clear_errors_and_nothing_changed() {
     assert!(!state.exists());
 
     // swarm init refuses to re-initialise the active swarm
-    let err = failing(loader(&state).args(["swarm", "init", "--advertise-addr", "127.0.0.1"]));
+    let err = fails(loader(&state).args(["swarm", "init", "--advertise-addr", "127.0.0.1"]));
     assert!(
         err.contains("already part of a swarm") && err.contains("cannot change"),
         "{err}"
     );
-    let err = failing(loader(&state).args(["swarm", "init", "--default-addr-pool", "10.9.0.0/26"]));
+    let err = fails(loader(&state).args(["swarm", "init", "--default-addr-pool", "10.9.0.0/26"]));
     assert!(err.contains("smaller than /24"), "{err}");
 
     // a corrupted bundle: one byte flipped in the middle
@@ -156,7 +140,7 @@ fn clear_errors_and_nothing_changed() {
     let mid = data.len() / 2;
     data[mid] ^= 0xff;
     std::fs::write(&bad, data).unwrap();
-    let err = failing(loader(&state).arg("activate").arg(&bad));
+    let err = fails(loader(&state).arg("activate").arg(&bad));
     assert!(
         err.contains("verifying bundle") && err.contains("entry"),
         "{err}"
@@ -184,12 +168,12 @@ fn clear_errors_and_nothing_changed() {
         0
     );
     (&lock).write_all(b"4242\n").unwrap();
-    let err = failing(loader(&state).arg("activate").arg(&bundle));
+    let err = fails(loader(&state).arg("activate").arg(&bundle));
     assert!(
         err.contains("another reemo-bundle command (pid 4242)"),
         "{err}"
     );
-    let err = failing(loader(&state).arg("rollback"));
+    let err = fails(loader(&state).arg("rollback"));
     assert!(err.contains("another reemo-bundle command"), "{err}");
     drop(lock);
     assert!(stack_services().trim().is_empty(), "a service was created");
@@ -207,7 +191,7 @@ fn clear_errors_and_nothing_changed() {
         let chunk = vec![0u8; 4096];
         while filler.write_all(&chunk).is_ok() {}
         let _ = filler.sync_all();
-        let err = failing(loader(&full.join("state")).arg("activate").arg(&bundle));
+        let err = fails(loader(&full.join("state")).arg("activate").arg(&bundle));
         assert!(err.contains("No space left on device"), "{err}");
         assert!(stack_services().trim().is_empty(), "a service was created");
     });

@@ -48,14 +48,7 @@ configs:
 }
 
 fn refused(state: &Path, bundle: &Path, extra: &[&str]) -> String {
-    let o = loader(state)
-        .arg("activate")
-        .arg(bundle)
-        .args(extra)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{err}");
+    let err = fails(loader(state).arg("activate").arg(bundle).args(extra));
     assert!(err.contains("the stack was not changed"), "{err}");
     err
 }

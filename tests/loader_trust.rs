@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 
@@ -18,26 +17,6 @@ fn tiny(dir: &Path, stack: &str, version: &str, motd: &str) -> PathBuf {
         &tiny_appliance_on(dir, version, motd, stack, None),
         &dir.join("out"),
     )
-}
-
-/// Run a command that must fail with exit code 1; returns its stderr.
-fn failing(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(1), "{cmd:?} should fail: {err}");
-    assert_eq!(err.matches("error:").count(), 1, "printed once: {err}");
-    err
-}
-
-fn bin_cmd(args: &[&str]) -> Command {
-    let mut c = Command::new(bin());
-    c.args(args);
-    c
-}
-
-fn keygen(path: &Path) -> String {
-    let out = run_ok(bin_cmd(&["keygen", "--out"]).arg(path));
-    out.lines().next().unwrap()["key id ".len()..].to_string()
 }
 
 fn manifest(bundle: &Path) -> serde_json::Value {
@@ -162,7 +141,7 @@ fn trusted_keys_refuse_unsigned_foreign_and_tampered_bundles() {
         assert_eq!(stack_objects(STACK), "", "{what}: stack objects");
     };
     let refused = |bundle: &Path, args: &[&str], want: &str| {
-        let err = failing(loader(&state).args(args).arg(bundle));
+        let err = fails(loader(&state).args(args).arg(bundle));
         assert!(
             err.contains(&format!("bundle {} refused: {want}", bundle.display())),
             "{args:?} {}: {err}",
@@ -213,7 +192,7 @@ fn trusted_keys_refuse_unsigned_foreign_and_tampered_bundles() {
     assert_eq!(service_image(&format!("{STACK}_app")), id_v1);
 
     // with a generation running, an unsigned v2 changes nothing either
-    let err = failing(loader(&state).arg("activate").arg(&v2));
+    let err = fails(loader(&state).arg("activate").arg(&v2));
     assert!(
         err.contains(&format!("bundle {} refused: it is unsigned", v2.display())),
         "{err}"
@@ -272,7 +251,7 @@ fn downgrade_is_refused_unless_allowed_and_rollback_is_not_blocked() {
     // v1 after v2: refused, dry run included, and nothing changes
     let want = "tiny 1.0.0 is older than tiny 2.0.0 of the current generation 1: refusing to downgrade without --allow-downgrade";
     for args in [&["activate"][..], &["activate", "--dry-run"]] {
-        let err = failing(loader(&state).args(args).arg(&v1));
+        let err = fails(loader(&state).args(args).arg(&v1));
         assert!(
             err.contains(&format!("bundle {}: {want}", v1.display())),
             "{err}"

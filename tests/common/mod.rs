@@ -454,6 +454,40 @@ pub fn try_remove_stack(stack: &str) -> bool {
     false
 }
 
+/// Run a command that must fail with exit code 1, its error printed once; returns stderr.
+pub fn fails(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{cmd:?} should fail with exit 1: {err}"
+    );
+    assert_eq!(
+        err.matches("error:").count(),
+        1,
+        "the error is printed once: {err}"
+    );
+    err
+}
+
+/// `reemo-bundle ARGS…`.
+pub fn bin_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(args);
+    c
+}
+
+/// `reemo-bundle keygen --out PATH`; returns the key id it prints.
+pub fn keygen(path: &std::path::Path) -> String {
+    let out = run_ok(bin_cmd(&["keygen", "--out"]).arg(path));
+    out.lines()
+        .next()
+        .and_then(|l| l.strip_prefix("key id "))
+        .unwrap_or_else(|| panic!("keygen output: {out}"))
+        .to_string()
+}
+
 /// Loader tests: JSON output of a successful loader command.
 pub fn loader_json(cmd: &mut Command) -> serde_json::Value {
     let out = run_ok(cmd.arg("--json"));
