@@ -118,16 +118,7 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
 /// `reemo-bundle verify`.
 pub fn verify(args: VerifyArgs) -> Result<i32> {
     let b = open(&args.file)?;
-    let trusted = args
-        .trusted_keys
-        .iter()
-        .map(|p| {
-            Ok(sign::TrustedKey {
-                key: sign::PublicKey::read(p)?,
-                source: p.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let trusted = sign::read_trusted(&args.trusted_keys)?;
     let verdict = sign::evaluate(b.manifest_bytes(), b.signature(), &trusted)
         .map_err(|e| anyhow::anyhow!("bundle {}: {e}", args.file.display()))?;
     let m = b.manifest();

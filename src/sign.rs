@@ -461,11 +461,19 @@ pub fn load_trusted(state_dir: &Path, extra: &[PathBuf]) -> Result<Vec<TrustedKe
     }
     files.sort();
     files.extend(extra.iter().cloned());
+    read_trusted(&files).context("loading the host's trusted keys")
+}
+
+/// Public key files as trusted keys (a key given twice counts once); errors name the file.
+pub fn read_trusted(files: &[PathBuf]) -> Result<Vec<TrustedKey>> {
     let mut keys: Vec<TrustedKey> = Vec::new();
     for p in files {
-        let key = PublicKey::read(&p).context("loading the host's trusted keys")?;
+        let key = PublicKey::read(p)?;
         if !keys.iter().any(|k| k.key == key) {
-            keys.push(TrustedKey { key, source: p });
+            keys.push(TrustedKey {
+                key,
+                source: p.clone(),
+            });
         }
     }
     Ok(keys)
