@@ -383,10 +383,7 @@ pub fn write_key_pair(out: &Path, key: &SecretKey) -> Result<PathBuf> {
             );
         }
     }
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = crate::store::parent_dir(out);
     // Both files are written completely under temporary names first, then linked into
     // place (link fails if the name exists, so a racing writer is not clobbered either).
     let tmp_private = write_temp(dir, key.to_text().as_bytes(), 0o600)?;

@@ -47,9 +47,7 @@ pub fn write_bundle(
     items: &[BundleItem],
     mtime: u64,
 ) -> Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = temp_beside(dest)?;
     let manifest_bytes = manifest_bytes(manifest);
     {
         let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
@@ -72,15 +70,33 @@ pub fn write_bundle(
         let mut w = b.into_inner().context("finishing the bundle tar")?;
         w.flush().context("flushing the bundle")?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .context("setting bundle permissions")?;
-    }
-    tmp.as_file().sync_all().context("syncing the bundle")?;
+    sync_bundle(&tmp)?;
+    publish(tmp, dest)
+}
+
+/// A temporary file in `dest`'s folder, to be [`publish`]ed as `dest`.
+fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
+    let dir = crate::store::parent_dir(dest);
+    tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
+/// Give a written bundle its mode (0644) and fsync it.
+fn sync_bundle(tmp: &tempfile::NamedTempFile) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .context("setting bundle permissions")?;
+    tmp.as_file().sync_all().context("syncing the bundle")
+}
+
+/// Rename a [`sync_bundle`]d temporary file to `dest` and fsync the folder.
+fn publish(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
     tmp.persist(dest)
         .with_context(|| format!("renaming the bundle into {}", dest.display()))?;
+    if let Ok(d) = std::fs::File::open(crate::store::parent_dir(dest)) {
+        let _ = d.sync_all();
+    }
     Ok(())
 }
 
@@ -104,12 +120,7 @@ pub fn write_with_signature(
 ) -> Result<String> {
     let src_path = bundle.path();
     let layout = bundle.layout();
-    let dir = match dest.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = temp_beside(dest)?;
     let mut src =
         std::fs::File::open(src_path).with_context(|| format!("opening {}", src_path.display()))?;
     let mut hasher = Sha256::new();
@@ -148,13 +159,7 @@ pub fn write_with_signature(
         std::io::copy(&mut src, &mut out).with_context(copy_err)?;
         out.inner.flush().context("flushing the bundle")?;
     }
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .context("setting bundle permissions")?;
-    }
-    tmp.as_file().sync_all().context("syncing the bundle")?;
+    sync_bundle(&tmp)?;
     // Nothing becomes visible before the copy verifies as a whole, with the entry we wrote.
     let check = BundleFile::open(tmp.path())
         .with_context(|| format!("verifying the re-packed copy of {}", src_path.display()))?;
@@ -163,11 +168,7 @@ pub fn write_with_signature(
         "{} changed while it was being re-packed",
         src_path.display()
     );
-    tmp.persist(dest)
-        .with_context(|| format!("renaming the bundle into {}", dest.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
+    publish(tmp, dest)?;
     Ok(hex::encode(hasher.finalize()))
 }
 
