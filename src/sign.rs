@@ -55,7 +55,7 @@ pub struct FormatError {
 }
 
 /// Key id of a public key: first 8 bytes of its sha256, in hex.
-pub fn key_id(public: &VerifyingKey) -> String {
+fn key_id(public: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(public.as_bytes())[..8])
 }
 
@@ -201,7 +201,7 @@ fn read_text(path: &Path, what: &str) -> Result<String> {
 
 /// The parsed `bundle.json.sig` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignatureEntry {
+struct SignatureEntry {
     /// Key id it names (checked against `public`).
     pub key_id: String,
     /// Public key it carries.
@@ -236,7 +236,7 @@ impl SignatureEntry {
     }
 
     /// Whether `key` signed exactly these `bundle.json` bytes.
-    pub fn verifies_with(&self, key: &PublicKey, manifest: &[u8]) -> bool {
+    fn verifies_with(&self, key: &PublicKey, manifest: &[u8]) -> bool {
         key.verifies(manifest, &self.signature)
     }
 }
@@ -422,7 +422,7 @@ fn write_temp(dir: &Path, data: &[u8], mode: u32) -> Result<tempfile::TempPath> 
 }
 
 /// `PATH.pub` for a private key path.
-pub fn pub_path(private: &Path) -> PathBuf {
+fn pub_path(private: &Path) -> PathBuf {
     let mut s = private.as_os_str().to_owned();
     s.push(".pub");
     PathBuf::from(s)

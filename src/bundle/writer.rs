@@ -29,7 +29,7 @@ pub struct BundleItem {
     pub source: Source,
 }
 
-pub(crate) fn header(size: u64, executable: bool, mtime: u64) -> tar::Header {
+fn header(size: u64, executable: bool, mtime: u64) -> tar::Header {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_size(size);
