@@ -77,18 +77,20 @@ fn current(state: &Path) -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-fn remove_images(bundles: &[&PathBuf]) {
-    for b in bundles {
-        let _ = docker().args(["image", "rm", &image_id(b)]).output();
+/// Remove the stack (the fixture), then the bundles' images.
+fn remove_images(fx: StackFixture, bundles: &[&PathBuf]) {
+    let ids: Vec<String> = bundles.iter().map(|b| image_id(b)).collect();
+    drop(fx);
+    for id in ids {
+        let _ = docker().args(["image", "rm", &id]).output();
     }
 }
 
 #[test]
 fn trusted_keys_refuse_unsigned_foreign_and_tampered_bundles() {
     const STACK: &str = "ltrust";
-    require_swarm_manager();
-    remove_stack(STACK);
-    let tmp = tempfile::tempdir().unwrap();
+    let fx = StackFixture::new(STACK);
+    let tmp = &fx.tmp;
     let unsigned = tiny(&tmp.path().join("v1"), STACK, "1.0.0", "loader-trust-1");
     let v2 = tiny(&tmp.path().join("v2"), STACK, "2.0.0", "loader-trust-2");
     let id_v1 = image_id(&unsigned);
@@ -202,8 +204,7 @@ fn trusted_keys_refuse_unsigned_foreign_and_tampered_bundles() {
     assert!(!has_image(&id_v2), "v2's image was loaded");
     assert_eq!(service_image(&format!("{STACK}_app")), id_v1);
 
-    remove_stack(STACK);
-    remove_images(&[&unsigned, &v2]);
+    remove_images(fx, &[&unsigned, &v2]);
 }
 
 fn pub_of(key: &Path) -> PathBuf {
@@ -213,9 +214,8 @@ fn pub_of(key: &Path) -> PathBuf {
 #[test]
 fn downgrade_is_refused_unless_allowed_and_rollback_is_not_blocked() {
     const STACK: &str = "ldowngrade";
-    require_swarm_manager();
-    remove_stack(STACK);
-    let tmp = tempfile::tempdir().unwrap();
+    let fx = StackFixture::new(STACK);
+    let tmp = &fx.tmp;
     let state = tmp.path().join("state");
     let v1 = tiny(&tmp.path().join("v1"), STACK, "1.0.0", "loader-downgrade-1");
     let v1b = tiny(
@@ -306,6 +306,5 @@ fn downgrade_is_refused_unless_allowed_and_rollback_is_not_blocked() {
     assert_eq!(st["version"], "1.0.0");
     assert_eq!(st["services"][0]["health"], "healthy", "{st}");
 
-    remove_stack(STACK);
-    remove_images(&[&v1, &v1b, &v2]);
+    remove_images(fx, &[&v1, &v1b, &v2]);
 }
