@@ -160,22 +160,9 @@ impl PartialEq for Version {
 
 impl Eq for Version {}
 
-/// The bundle a generation runs, as the guard sees it.
+/// A bundle as the guard sees it: the one being activated, or the one a generation runs.
 #[derive(Debug, Clone, Copy)]
-pub struct Installed<'a> {
-    /// Generation number.
-    pub generation: u64,
-    /// Bundle name.
-    pub name: &'a str,
-    /// Bundle version.
-    pub version: &'a str,
-    /// Bundle identity.
-    pub identity: &'a str,
-}
-
-/// The bundle being activated.
-#[derive(Debug, Clone, Copy)]
-pub struct Candidate<'a> {
+pub struct BundleRef<'a> {
     /// Bundle name.
     pub name: &'a str,
     /// Bundle version.
@@ -275,13 +262,14 @@ pub enum GuardError {
     },
 }
 
-/// The downgrade guard: compare the candidate with what the current generation runs.
+/// The downgrade guard: compare the candidate `new` with what the current generation
+/// (`current`: its number and bundle) runs.
 pub fn check_transition(
-    current: Option<Installed>,
-    new: Candidate,
+    current: Option<(u64, BundleRef)>,
+    new: BundleRef,
     allow_downgrade: bool,
 ) -> Result<Transition, GuardError> {
-    let Some(cur) = current else {
+    let Some((generation, cur)) = current else {
         return Ok(Transition::First);
     };
     if cur.name != new.name {
@@ -292,23 +280,18 @@ pub fn check_transition(
     if cur.identity == new.identity {
         return Ok(Transition::Same);
     }
-    let parsed = Version::parse(new.version)
-        .map_err(|error| GuardError::Malformed {
+    let parse = || -> Result<(Version, Version), GuardError> {
+        let n = Version::parse(new.version).map_err(|error| GuardError::Malformed {
             field: format!("bundle.json field \"version\" of {}", new.name),
             error,
-        })
-        .and_then(|n| {
-            Version::parse(cur.version)
-                .map_err(|error| GuardError::Malformed {
-                    field: format!(
-                        "the bundle version of the current generation {}",
-                        cur.generation
-                    ),
-                    error,
-                })
-                .map(|c| (c, n))
-        });
-    let (c, n) = match parsed {
+        })?;
+        let c = Version::parse(cur.version).map_err(|error| GuardError::Malformed {
+            field: format!("the bundle version of the current generation {generation}"),
+            error,
+        })?;
+        Ok((c, n))
+    };
+    let (c, n) = match parse() {
         Ok(v) => v,
         Err(e) if allow_downgrade => {
             return Ok(Transition::Unchecked {
@@ -335,7 +318,7 @@ pub fn check_transition(
             name: new.name.into(),
             from: cur.version.into(),
             to: new.version.into(),
-            generation: cur.generation,
+            generation,
         }),
     }
 }
@@ -419,17 +402,12 @@ mod tests {
         }
     }
 
-    fn cur<'a>(version: &'a str, identity: &'a str) -> Option<Installed<'a>> {
-        Some(Installed {
-            generation: 4,
-            name: "relayws",
-            version,
-            identity,
-        })
+    fn cur<'a>(version: &'a str, identity: &'a str) -> Option<(u64, BundleRef<'a>)> {
+        Some((4, new(version, identity)))
     }
 
-    fn new<'a>(version: &'a str, identity: &'a str) -> Candidate<'a> {
-        Candidate {
+    fn new<'a>(version: &'a str, identity: &'a str) -> BundleRef<'a> {
+        BundleRef {
             name: "relayws",
             version,
             identity,
@@ -484,7 +462,7 @@ mod tests {
         );
         let other = check_transition(
             cur("9.0.0", "a"),
-            Candidate {
+            BundleRef {
                 name: "infra",
                 version: "1.0.0",
                 identity: "b",

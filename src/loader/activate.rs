@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::apply::{self, observe, Timing, Transaction};
 use super::{fault, images};
 use crate::bundle::reader::BundleFile;
-use crate::bundle::version::{self, Candidate, Installed};
+use crate::bundle::version::{self, BundleRef};
 use crate::engine::Engine;
 use crate::sign::{self, Verdict};
 use crate::state::{now, GenResult, Generation, StateDir};
@@ -269,13 +269,18 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     // The downgrade guard, before anything of this bundle is stored or loaded.
     let transition = version::check_transition(
-        current.as_ref().map(|g| Installed {
-            generation: g.number,
-            name: &g.desired.bundle.name,
-            version: &g.desired.bundle.version,
-            identity: &g.desired.bundle.identity,
+        current.as_ref().map(|g| {
+            let b = &g.desired.bundle;
+            (
+                g.number,
+                BundleRef {
+                    name: &b.name,
+                    version: &b.version,
+                    identity: &b.identity,
+                },
+            )
         }),
-        Candidate {
+        BundleRef {
             name: &manifest.name,
             version: &manifest.version,
             identity: &manifest.identity,
