@@ -43,18 +43,6 @@ configs:
     build_def(&def, &dir.join("out"))
 }
 
-fn service_image(name: &str) -> String {
-    run_ok(docker().args([
-        "service",
-        "inspect",
-        "--format",
-        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-        name,
-    ]))
-    .trim()
-    .to_string()
-}
-
 #[test]
 fn phases_jobs_and_only() {
     let fx = StackFixture::new(STACK);

@@ -52,18 +52,6 @@ fn stack_objects(stack: &str) -> String {
     all.trim().to_string()
 }
 
-fn service_image(service: &str) -> String {
-    run_ok(docker().args([
-        "service",
-        "inspect",
-        service,
-        "--format",
-        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-    ]))
-    .trim()
-    .to_string()
-}
-
 fn generations(state: &Path) -> Vec<serde_json::Value> {
     loader_json(loader(state).arg("generations"))
         .as_array()

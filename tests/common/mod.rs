@@ -454,6 +454,19 @@ pub fn try_remove_stack(stack: &str) -> bool {
     false
 }
 
+/// The image a service's spec runs (`sha256:…` for the loader's services).
+pub fn service_image(service: &str) -> String {
+    run_ok(docker().args([
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        service,
+    ]))
+    .trim()
+    .to_string()
+}
+
 /// Run a command that must fail with exit code 1, its error printed once; returns stderr.
 pub fn fails(cmd: &mut Command) -> String {
     let o = cmd.output().unwrap();

@@ -317,17 +317,7 @@ fn mounts_under(root: &Path) -> Vec<String> {
 }
 
 fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    for _ in 0..10_000 {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
+    poll_every(timeout, Duration::from_millis(100), || done().then_some(())).is_some()
 }
 
 /// Remove everything a cluster made. Never panics; reports what it could not do.
@@ -846,7 +836,16 @@ pub fn http_get(ip: &str, port: u16, path: &str) -> Result<String, String> {
 }
 
 /// Poll `f` every 250 ms until it returns `Some`, at most `timeout`; `None` on timeout.
-pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(timeout: Duration, f: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(timeout, Duration::from_millis(250), f)
+}
+
+/// [`poll`] with a given pause between tries.
+fn poll_every<T>(
+    timeout: Duration,
+    pause: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     for _ in 0..100_000 {
         if let Some(v) = f() {
@@ -855,7 +854,7 @@ pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T>
         if Instant::now() >= deadline {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(pause);
     }
     None
 }
