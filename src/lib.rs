@@ -1,12 +1,13 @@
 //! reemo-bundle library: recipe → store → oci/bundle → loader → swarm.
 //!
-//! The command line (`main.rs`, `cli.rs`) only parses and dispatches into these modules.
+//! The command line (`main.rs`, `cli`) parses, dispatches into these modules and prints;
+//! the library itself reports progress through `events`.
 
 pub mod build;
 pub mod bundle;
 pub mod cli;
-pub mod commands;
 pub mod engine;
+pub mod events;
 pub mod hash;
 pub mod loader;
 pub mod oci;

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::bundle::manifest::ImageEntry;
 use crate::bundle::reader::BundleFile;
 use crate::engine::Engine;
+use crate::events::{Event, Events};
 
 /// What loading did on one engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,9 +149,9 @@ fn mb(n: u64) -> String {
 /// engine, skipping those it holds; checks the IDs afterwards.
 pub async fn load_into(
     bundle: Arc<BundleFile>,
-    engine: &Engine,
+    engine: Arc<dyn Engine>,
     ids: Option<&BTreeSet<String>>,
-    quiet: bool,
+    events: Arc<dyn Events>,
 ) -> Result<LoadReport> {
     let mut missing = Vec::new();
     let mut skipped = 0;
@@ -165,7 +166,7 @@ pub async fn load_into(
         }
     }
     let mut report = LoadReport {
-        engine: engine.url.clone(),
+        engine: engine.url().to_string(),
         loaded: missing.len(),
         skipped,
         bytes: 0,
@@ -174,15 +175,13 @@ pub async fn load_into(
         return Ok(report);
     }
     let total = archive_size(&missing.iter().collect::<Vec<_>>());
-    if !quiet {
-        eprintln!(
-            "loading {} image(s), {} into {} ({} already present)",
-            missing.len(),
-            mb(total),
-            engine.url,
-            skipped
-        );
-    }
+    events.emit(Event::info(format!(
+        "loading {} image(s), {} into {} ({} already present)",
+        missing.len(),
+        mb(total),
+        engine.url(),
+        skipped
+    )));
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
     let sent = Arc::new(AtomicU64::new(0));
     let writer_sent = sent.clone();
@@ -200,22 +199,22 @@ pub async fn load_into(
         }
         r
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
+    let stream: crate::engine::ArchiveStream =
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
     let started = Instant::now();
     let progress_sent = sent.clone();
-    let url = engine.url.clone();
+    let url = engine.url().to_string();
+    let ticker_events = events.clone();
     let ticker = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(2)).await;
-            if !quiet {
-                eprintln!(
-                    "  {url}: {} / {}",
-                    mb(progress_sent.load(Ordering::Relaxed)),
-                    mb(total)
-                );
-            }
+            ticker_events.emit(Event::Transfer {
+                engine: url.clone(),
+                sent: progress_sent.load(Ordering::Relaxed),
+                total,
+            });
         }
     });
     let res = engine.load_archive(stream).await;
@@ -228,34 +227,32 @@ pub async fn load_into(
         if !engine.has_image(&img.config_digest).await? {
             bail!(
                 "engine {} did not end up with image {} ({}) after loading; the daemon computed a different ID",
-                engine.url,
+                engine.url(),
                 img.reference(),
                 img.config_digest
             );
         }
     }
-    if !quiet {
-        eprintln!(
-            "loaded {} image(s), {} into {} in {:.1}s",
-            missing.len(),
-            mb(report.bytes),
-            engine.url,
-            started.elapsed().as_secs_f64()
-        );
-    }
+    events.emit(Event::info(format!(
+        "loaded {} image(s), {} into {} in {:.1}s",
+        missing.len(),
+        mb(report.bytes),
+        engine.url(),
+        started.elapsed().as_secs_f64()
+    )));
     Ok(report)
 }
 
 /// Load into every engine in parallel.
 pub async fn load_all(
     bundle: Arc<BundleFile>,
-    engines: &[Engine],
+    engines: &[Arc<dyn Engine>],
     ids: Option<&BTreeSet<String>>,
-    quiet: bool,
+    events: Arc<dyn Events>,
 ) -> Result<Vec<LoadReport>> {
     let futs = engines
         .iter()
-        .map(|e| load_into(bundle.clone(), e, ids, quiet));
+        .map(|e| load_into(bundle.clone(), e.clone(), ids, events.clone()));
     let results = futures_util::future::join_all(futs).await;
     results.into_iter().collect()
 }

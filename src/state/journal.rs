@@ -9,23 +9,30 @@ use serde::{Deserialize, Serialize};
 use super::{atomic_write, StateDir};
 use crate::swarm::plan::Step;
 
-/// Where an activation stands.
+/// What kind of transaction a journal records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Stage {
-    /// Steps are being applied (`done` of them finished; the next may be half-done).
-    Applying,
-    /// `current` has been switched: the activation succeeded, only bookkeeping is left.
-    Committed,
-    /// The attempt failed and is being reverted.
-    Reverting,
+pub enum Kind {
+    /// `activate`: a new generation.
+    Activate,
+    /// `rollback`: an older generation again.
+    Rollback,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::Activate => "activate",
+            Kind::Rollback => "rollback",
+        })
+    }
 }
 
 /// The journal of one activation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     /// `activate` or `rollback`.
-    pub kind: String,
+    pub kind: Kind,
     /// Process that wrote it.
     pub pid: u32,
     /// Unix time started.
@@ -38,10 +45,9 @@ pub struct Journal {
     pub previous: Option<u64>,
     /// Planned steps.
     pub steps: Vec<Step>,
-    /// Steps finished.
+    /// Steps finished (the next one may be half-done). Whether the attempt committed is
+    /// told by `current`, which is switched before the journal is removed.
     pub done: usize,
-    /// Stage.
-    pub stage: Stage,
 }
 
 impl StateDir {
@@ -87,7 +93,7 @@ mod tests {
         let s = StateDir::open(d.path()).unwrap();
         assert!(s.journal().unwrap().is_none());
         let j = Journal {
-            kind: "activate".into(),
+            kind: Kind::Activate,
             pid: 1,
             started: 2,
             target: 3,
@@ -95,11 +101,21 @@ mod tests {
             previous: Some(2),
             steps: vec![Step::CreateConfig { name: "c".into() }],
             done: 0,
-            stage: Stage::Applying,
         };
         s.put_journal(&j).unwrap();
         assert_eq!(s.journal().unwrap(), Some(j));
         s.remove_journal().unwrap();
         assert!(s.journal().unwrap().is_none());
+    }
+
+    /// Journals written before `stage` was dropped still parse.
+    #[test]
+    fn a_journal_with_the_old_stage_field_parses() {
+        let j: Journal = serde_json::from_str(
+            r#"{"kind":"rollback","pid":1,"started":2,"target":3,"new_generation":false,
+                "previous":2,"steps":[],"done":0,"stage":"applying"}"#,
+        )
+        .unwrap();
+        assert_eq!(j.kind, Kind::Rollback);
     }
 }

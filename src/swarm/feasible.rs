@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::desired::DesiredStack;
+use super::model::DesiredStack;
 use super::plan::{Plan, Step};
 
 /// What bounds a service's tasks per node.

@@ -1,8 +1,15 @@
-//! Swarm side of the loader: desired state of a stack, Engine-API specs built from it, the
-//! activation planner, and swarm initialisation options. All pure; `engine` does the I/O.
+//! Swarm side of the loader, all pure: the desired state of a stack (`model`, built by
+//! `desired`), Engine-API specs built from it (`spec`), what runs (`observed`) and the
+//! decisions over both — the activation planner (`plan`), convergence (`health`),
+//! placement feasibility (`feasible`) — plus swarm initialisation options. `crate::engine`
+//! does the I/O.
 
 pub mod desired;
 pub mod feasible;
+pub mod health;
 pub mod init;
+pub mod labels;
+pub mod model;
+pub mod observed;
 pub mod plan;
 pub mod spec;

@@ -6,20 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::desired::DesiredStack;
-
-/// What runs now, as far as planning needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Observed {
-    /// Services of the stack: full name → spec-hash label.
-    pub services: BTreeMap<String, Option<String>>,
-    /// Config names of the stack.
-    pub configs: BTreeSet<String>,
-    /// Secret names of the stack.
-    pub secrets: BTreeSet<String>,
-    /// Network names of the stack.
-    pub networks: BTreeSet<String>,
-}
+use super::model::{BundleInfo, DesiredStack};
+pub use super::observed::Observed;
 
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,7 +212,7 @@ pub fn plan(desired: &DesiredStack, observed: &Observed, remove_others: bool) ->
 pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Observed) -> Plan {
     let mut target = previous.cloned().unwrap_or_else(|| DesiredStack {
         stack: String::new(),
-        bundle: super::desired::BundleInfo {
+        bundle: BundleInfo {
             name: String::new(),
             version: String::new(),
             identity: String::new(),

@@ -6,8 +6,9 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::desired::{sha256_hex, DesiredNetwork};
-use crate::engine::{SPEC_LABEL, STACK_LABEL};
+use super::labels::{image_label, SPEC_LABEL, STACK_LABEL};
+use super::model::DesiredNetwork;
+use crate::hash::sha256_hex;
 use crate::stack::{self, Mode, Service};
 
 /// What [`service_spec`] needs.
@@ -345,36 +346,10 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
     Ok(Value::Object(spec))
 }
 
-/// Node label that says a node holds an image (`com.reemo-bundle.image.<hex12>`).
-pub fn image_label(image_id: &str) -> String {
-    let hex = image_id.trim_start_matches("sha256:");
-    format!("com.reemo-bundle.image.{}", &hex[..hex.len().min(12)])
-}
-
-/// Canonical bytes of a JSON value: keys sorted at every level.
-pub fn canonical(v: &Value) -> Vec<u8> {
-    fn sort(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let sorted: BTreeMap<&String, Value> =
-                    m.iter().map(|(k, v)| (k, sort(v))).collect();
-                let mut out = Map::new();
-                for (k, v) in sorted {
-                    out.insert(k.clone(), v);
-                }
-                Value::Object(out)
-            }
-            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
-            other => other.clone(),
-        }
-    }
-    serde_json::to_vec(&sort(v)).unwrap_or_default()
-}
-
 /// Hash the spec and stamp the hash on the service and its tasks' containers, so that the
 /// planner and the convergence watcher can tell which spec is live without reading specs.
 pub fn seal(mut spec: Value) -> (Value, String) {
-    let hash = sha256_hex(&canonical(&spec))[..16].to_string();
+    let hash = sha256_hex(crate::hash::canonical_json(&spec).as_bytes())[..16].to_string();
     if let Some(l) = spec.pointer_mut("/Labels").and_then(Value::as_object_mut) {
         l.insert(SPEC_LABEL.into(), json!(hash));
     }
@@ -424,14 +399,6 @@ pub fn network_request(stack: &str, n: &DesiredNetwork) -> Value {
         "Scope": "swarm",
         "Labels": {STACK_LABEL: stack},
     })
-}
-
-/// Labels of configs and secrets of the stack.
-pub fn object_labels(stack: &str, sha256: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (STACK_LABEL.to_string(), stack.to_string()),
-        ("com.reemo-bundle.sha256".to_string(), sha256.to_string()),
-    ])
 }
 
 #[cfg(test)]

@@ -1,19 +1,24 @@
-//! Loader subcommands (load, activate, status, generations, rollback, gc, swarm): argument
-//! structs and dispatch into the loader modules. Results go to stdout (`--json` for
-//! machines), progress to stderr.
+//! Host-side subcommands (load, activate, status, generations, rollback, recover, gc,
+//! swarm): argument structs, dispatch into the loader, and printing. Results go to stdout
+//! (`--json`: one object with `"format": 1`), progress and warnings to stderr (JSON lines
+//! with `--json`).
 //!
 //! Exit codes: 0 success (also "nothing to do"), 1 error — for `activate`/`rollback` that
 //! includes "failed and reverted: the previous generation stays current", 2 usage error.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
-use super::activate::{self, ActivateOptions, Host};
-use super::ops;
+use super::output::{events, print_json};
+use crate::engine::docker::DockerEngine;
 use crate::engine::Engine;
+use crate::events::{Event, Events};
+use crate::loader::activate::{self, ActivateOptions, Outcome, OutcomeResult};
+use crate::loader::{gc, images, status, Host, Timing, ACTIVATE_MONITOR, ROLLBACK_MONITOR};
 use crate::swarm::init::InitOptions;
 
 /// Engines and state directory, shared by the host commands.
@@ -30,18 +35,22 @@ pub struct HostArgs {
 }
 
 impl HostArgs {
-    fn host(&self) -> Result<Host> {
+    fn host(&self, events: Arc<dyn Events>) -> Result<Host> {
+        let connect = |u: Option<&str>| -> Result<Arc<dyn Engine>> {
+            Ok(Arc::new(DockerEngine::connect(u)?))
+        };
         let engines = if self.engines.is_empty() {
-            vec![Engine::connect(None)?]
+            vec![connect(None)?]
         } else {
             self.engines
                 .iter()
-                .map(|u| Engine::connect(Some(u)))
+                .map(|u| connect(Some(u)))
                 .collect::<Result<_>>()?
         };
         Ok(Host {
             engines,
             state_dir: self.state_dir.clone(),
+            events,
         })
     }
 }
@@ -70,10 +79,10 @@ pub struct TimingArgs {
 }
 
 impl TimingArgs {
-    fn timing(&self, default_monitor: Duration) -> super::apply::Timing {
-        super::apply::Timing {
+    fn timing(&self, default_monitor: Duration) -> Timing {
+        Timing {
             timeout: self.timeout,
-            monitor: self.monitor.unwrap_or(default_monitor),
+            ..Timing::with_monitor(self.monitor.unwrap_or(default_monitor))
         }
     }
 }
@@ -86,7 +95,7 @@ fn parse_dur(s: &str) -> Result<Duration, String> {
 
 /// Host-side commands.
 #[derive(Debug, Subcommand)]
-pub enum LoaderCommand {
+pub enum HostCommand {
     /// Stream a bundle's images into one or more engines (skips images they hold).
     Load {
         /// Bundle file.
@@ -129,8 +138,9 @@ pub enum LoaderCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show the current generation, services, images per engine, swarm quorum, and any
-    /// unfinished activation (which it finishes or reverts).
+    /// Show the current generation, services (judged as `activate` judges them), images
+    /// per engine, swarm quorum, and any unfinished activation with the command that
+    /// finishes it. Changes nothing.
     Status {
         /// Engines and state.
         #[command(flatten)]
@@ -157,6 +167,20 @@ pub enum LoaderCommand {
         #[arg(long)]
         dry_run: bool,
         /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish or revert what an interrupted activate or rollback left (a crash, a kill, a
+    /// power loss): finish it if it had switched `current`, else revert the stack to the
+    /// previous generation. activate, rollback and gc do this first on their own.
+    Recover {
+        /// Timing of the revert.
         #[command(flatten)]
         timing: TimingArgs,
         /// Engines and state.
@@ -213,24 +237,19 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
-}
-
-fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
+fn print_outcome(o: &Outcome, json: bool) -> Result<()> {
     if json {
-        return print_json(o);
+        return print_json("outcome", o);
     }
-    // (a recovered interrupted activation was already reported on stderr)
-    match o.result.as_str() {
-        "planned" => {
+    let id12 = crate::swarm::observed::short(&o.identity);
+    match o.result {
+        OutcomeResult::Planned => {
+            if let Some(u) = &o.unfinished {
+                println!("first: {u}");
+            }
             println!(
-                "plan for {} {} ({}) on stack {}:",
-                o.bundle,
-                o.version,
-                &o.identity[..o.identity.len().min(12)],
-                o.stack
+                "plan for {} {} ({id12}) on stack {}:",
+                o.bundle, o.version, o.stack
             );
             if o.plan.is_empty() {
                 println!("  nothing to do");
@@ -245,21 +264,20 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
                 println!("  note: {n}");
             }
         }
-        "unchanged" => println!(
+        OutcomeResult::Unchanged => println!(
             "stack {} already runs generation {} ({} {}); nothing to do",
             o.stack,
             o.generation.unwrap_or(0),
             o.bundle,
             o.version
         ),
-        _ => {
+        OutcomeResult::Activated | OutcomeResult::RolledBack => {
             println!(
-                "stack {} now runs generation {} ({} {}, {}): {} step(s)",
+                "stack {} now runs generation {} ({} {}, {id12}): {} step(s)",
                 o.stack,
                 o.generation.unwrap_or(0),
                 o.bundle,
                 o.version,
-                &o.identity[..o.identity.len().min(12)],
                 o.plan.len()
             );
             for n in &o.notes {
@@ -270,26 +288,97 @@ fn print_outcome(o: &activate::Outcome, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn print_status(s: &status::Status) {
+    if let Some(j) = &s.journal {
+        println!("unfinished: {j}");
+    }
+    match s.generation {
+        Some(n) => println!(
+            "stack {}: generation {n}, {} {} ({})",
+            s.stack.as_deref().unwrap_or_default(),
+            s.bundle.as_deref().unwrap_or_default(),
+            s.version.as_deref().unwrap_or_default(),
+            crate::swarm::observed::short(s.identity.as_deref().unwrap_or_default())
+        ),
+        None => println!("no generation is current"),
+    }
+    for (k, v) in &s.pinned {
+        println!("  pinned {k} = {v}");
+    }
+    for sv in &s.services {
+        println!(
+            "  service {}: {}/{} {}{}{}",
+            sv.name,
+            sv.running,
+            sv.desired,
+            sv.health,
+            if sv.job { " (job)" } else { "" },
+            sv.detail
+                .as_deref()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        );
+    }
+    for i in &s.images {
+        println!(
+            "  image {} on {}: {}",
+            i.image,
+            i.engine,
+            if i.present { "present" } else { "MISSING" }
+        );
+    }
+    println!(
+        "swarm: {} manager(s), {} node(s); the quorum tolerates {} manager failure(s)",
+        s.managers, s.nodes, s.tolerated_failures
+    );
+    for w in &s.warnings {
+        println!("warning: {w}");
+    }
+}
+
+fn print_generations(g: &[status::GenerationLine]) {
+    println!(
+        "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} result",
+        "gen", "", "bundle", "version", "identity", "created"
+    );
+    for l in g {
+        println!(
+            "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} {}{}",
+            l.number,
+            if l.current { "*" } else { "" },
+            l.bundle,
+            l.version,
+            crate::swarm::observed::short(&l.identity),
+            l.created,
+            l.result,
+            l.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
 /// Run one host-side command; returns the process exit code.
-pub fn run(cmd: LoaderCommand) -> Result<i32> {
+pub fn run(cmd: HostCommand) -> Result<i32> {
     let rt = runtime()?;
     match cmd {
-        LoaderCommand::Load {
+        HostCommand::Load {
             file,
             host,
             trust,
             json,
         } => {
+            let ev = events(json);
             let bundle = crate::bundle::reader::BundleFile::open(&file)
                 .with_context(|| format!("verifying bundle {}", file.display()))?;
-            activate::check_trust(&bundle, &host.state_dir, &trust.trusted_keys)?;
-            let host = host.host()?;
+            activate::check_trust(&bundle, &host.state_dir, &trust.trusted_keys, ev.as_ref())?;
+            let host = host.host(ev.clone())?;
             let reports = rt.block_on(async {
                 for e in &host.engines {
                     e.swarm_facts().await?;
                 }
-                super::images::load_all(std::sync::Arc::new(bundle), &host.engines, None, false)
-                    .await
+                images::load_all(Arc::new(bundle), &host.engines, None, ev).await
             })?;
             if json {
                 let v: Vec<_> = reports
@@ -299,7 +388,7 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
                             "skipped": r.skipped, "bytes": r.bytes})
                     })
                     .collect();
-                print_json(&v)?;
+                print_json("engines", &v)?;
             } else {
                 for r in reports {
                     println!(
@@ -310,7 +399,7 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        LoaderCommand::Activate {
+        HostCommand::Activate {
             file,
             dry_run,
             only,
@@ -320,12 +409,11 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             host,
             json,
         } => {
-            let host = host.host()?;
+            let host = host.host(events(json))?;
             let opts = ActivateOptions {
                 dry_run,
                 only,
-                timing: timing.timing(activate::ACTIVATE_MONITOR),
-                quiet: json,
+                timing: timing.timing(ACTIVATE_MONITOR),
                 trusted_keys: trust.trusted_keys,
                 allow_downgrade,
             };
@@ -333,104 +421,57 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             print_outcome(&o, json)?;
             Ok(0)
         }
-        LoaderCommand::Rollback {
+        HostCommand::Rollback {
             to,
             dry_run,
             timing,
             host,
             json,
         } => {
-            let host = host.host()?;
+            let host = host.host(events(json))?;
             let o = rt.block_on(activate::rollback(
                 &host,
                 to,
                 dry_run,
-                timing.timing(activate::ROLLBACK_MONITOR),
-                json,
+                timing.timing(ROLLBACK_MONITOR),
             ))?;
             print_outcome(&o, json)?;
             Ok(0)
         }
-        LoaderCommand::Status { host, json } => {
-            let host = host.host()?;
-            let s = rt.block_on(ops::status(&host, activate::default_timing()))?;
+        HostCommand::Recover { timing, host, json } => {
+            let host = host.host(events(json))?;
+            let r = rt.block_on(activate::recover(&host, timing.timing(ROLLBACK_MONITOR)))?;
             if json {
-                print_json(&s)?;
-                return Ok(0);
-            }
-            if let Some(j) = &s.journal {
-                println!("journal: {j}");
-            }
-            match s.generation {
-                Some(n) => println!(
-                    "stack {}: generation {n}, {} {} ({})",
-                    s.stack.as_deref().unwrap_or_default(),
-                    s.bundle.as_deref().unwrap_or_default(),
-                    s.version.as_deref().unwrap_or_default(),
-                    &s.identity.as_deref().unwrap_or_default()[..12]
-                ),
-                None => println!("no generation is current"),
-            }
-            for (k, v) in &s.pinned {
-                println!("  pinned {k} = {v}");
-            }
-            for sv in &s.services {
-                println!(
-                    "  service {}: {}/{} {}{}",
-                    sv.name,
-                    sv.running,
-                    sv.desired,
-                    sv.health,
-                    if sv.job { " (job)" } else { "" }
-                );
-            }
-            for i in &s.images {
-                println!(
-                    "  image {} on {}: {}",
-                    i.image,
-                    i.engine,
-                    if i.present { "present" } else { "MISSING" }
-                );
-            }
-            println!(
-                "swarm: {} manager(s), {} node(s); the quorum tolerates {} manager failure(s)",
-                s.managers, s.nodes, s.tolerated_failures
-            );
-            for w in &s.warnings {
-                println!("warning: {w}");
+                print_json("recover", &serde_json::json!({ "recovered": r }))?;
+            } else {
+                println!("{}", r.as_deref().unwrap_or("nothing to recover"));
             }
             Ok(0)
         }
-        LoaderCommand::Generations { state_dir, json } => {
-            let g = ops::generations(&state_dir)?;
+        HostCommand::Status { host, json } => {
+            let host = host.host(events(json))?;
+            let s = rt.block_on(status::status(&host))?;
             if json {
-                print_json(&g)?;
-                return Ok(0);
-            }
-            println!(
-                "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} result",
-                "gen", "", "bundle", "version", "identity", "created"
-            );
-            for l in g {
-                println!(
-                    "{:<4} {:<3} {:<16} {:<10} {:<12} {:<12} {}{}",
-                    l.number,
-                    if l.current { "*" } else { "" },
-                    l.bundle,
-                    l.version,
-                    &l.identity[..l.identity.len().min(12)],
-                    l.created,
-                    l.result,
-                    l.error.map(|e| format!(": {e}")).unwrap_or_default()
-                );
+                print_json("status", &s)?;
+            } else {
+                print_status(&s);
             }
             Ok(0)
         }
-        LoaderCommand::Gc { keep, host, json } => {
-            let host = host.host()?;
-            let r = rt.block_on(ops::gc(&host, keep, activate::default_timing()))?;
+        HostCommand::Generations { state_dir, json } => {
+            let g = status::generations(&state_dir)?;
             if json {
-                print_json(&r)?;
+                print_json("generations", &g)?;
+            } else {
+                print_generations(&g);
+            }
+            Ok(0)
+        }
+        HostCommand::Gc { keep, host, json } => {
+            let host = host.host(events(json))?;
+            let r = rt.block_on(gc::gc(&host, keep, Timing::with_monitor(ROLLBACK_MONITOR)))?;
+            if json {
+                print_json("gc", &r)?;
             } else {
                 println!(
                     "removed generations {:?}, {} image(s), {} config(s), {} secret(s), {} store entr(ies)",
@@ -446,21 +487,21 @@ pub fn run(cmd: LoaderCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        LoaderCommand::Swarm(SwarmCommand::Init {
+        HostCommand::Swarm(SwarmCommand::Init {
             advertise_addr,
             default_addr_pool,
             data_path_port,
             host,
         }) => {
-            let host = host.host()?;
+            let host = host.host(events(false))?;
             let opts = InitOptions {
                 advertise: advertise_addr,
                 pools: default_addr_pool,
                 data_path_port,
             };
-            let (id, warnings) = rt.block_on(ops::swarm_init(&host, &opts))?;
+            let (id, warnings) = rt.block_on(gc::swarm_init(&host, &opts))?;
             for w in warnings {
-                eprintln!("warning: {w}");
+                host.emit(Event::warning(w));
             }
             println!("swarm initialised: node {id} is its manager");
             Ok(0)

@@ -3,10 +3,10 @@
 
 use anyhow::{Context, Result};
 
+use super::{BuildArgs, InspectArgs, KeygenArgs, SignArgs, VerifyArgs};
 use crate::build::{build as run_build, BuildOptions};
 use crate::bundle::reader::BundleFile;
 use crate::bundle::writer::write_with_signature;
-use crate::cli::{BuildArgs, InspectArgs, KeygenArgs, SignArgs, VerifyArgs};
 use crate::sign::{self, SecretKey};
 use crate::store::{default_store_dir, Store};
 
@@ -47,9 +47,9 @@ pub fn build(args: BuildArgs) -> Result<i32> {
         eprintln!("[build] built: {}", outcome.built.join(", "));
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({
+        super::output::print_json(
+            "build",
+            &serde_json::json!({
                 "bundle": outcome.bundle_path,
                 "sha256": sha,
                 "size": size,
@@ -58,8 +58,8 @@ pub fn build(args: BuildArgs) -> Result<i32> {
                 "built": outcome.built,
                 "cached": outcome.cached,
                 "ms": started.elapsed().as_millis() as u64,
-            })
-        );
+            }),
+        )?;
     } else {
         println!("{}", outcome.bundle_path.display());
         println!("  sha256 {sha}  size {size}");

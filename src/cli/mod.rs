@@ -1,7 +1,15 @@
-//! Command line definition (clap derive). Doc comments here are the user manual.
+//! The command line: definition (clap derive; doc comments here are the user manual),
+//! dispatch, and everything printed. `build` holds the build-side commands, `host` the
+//! host-side ones, `output` the `--json` and event-sink conventions. No other module
+//! parses arguments or prints.
+
+pub mod build;
+pub mod host;
+pub mod output;
 
 use std::path::PathBuf;
 
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 /// Reproducible, content-addressed appliance bundles for Docker Swarm, installed without a
@@ -35,7 +43,7 @@ pub enum Command {
     Sign(SignArgs),
     /// Host-side commands.
     #[command(flatten)]
-    Loader(crate::loader::cli::LoaderCommand),
+    Loader(host::HostCommand),
 }
 
 /// Arguments of `build`.
@@ -99,4 +107,26 @@ pub struct SignArgs {
     /// Write the signed bundle here instead of replacing FILE (atomically) in place.
     #[arg(long, value_name = "PATH")]
     pub out: Option<PathBuf>,
+}
+
+/// Run a parsed command line; the process exit code.
+pub fn run(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Build(a) => build::build(a),
+        Command::Inspect(a) => build::inspect(a),
+        Command::Verify(a) => build::verify(a),
+        Command::Keygen(a) => build::keygen(a),
+        Command::Sign(a) => build::sign(a),
+        Command::Loader(c) => host::run(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

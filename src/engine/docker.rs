@@ -1,118 +1,41 @@
-//! Docker Engine access: the only module that talks to a daemon (bollard stays inside it).
-//! Everything above it works on the plain data types defined here; service, config and
-//! secret specs arrive as Engine-API JSON built from desired state (see `swarm::spec`) and
-//! are never read back, modified and re-sent.
+//! The engine seam over the Docker Engine API: the only module that uses bollard. Answers
+//! are turned into the plain data of `crate::swarm::observed` and errors into
+//! [`EngineError`] kinds, here and nowhere else.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use async_trait::async_trait;
 use bollard::models::{
     ConfigSpec, LocalNodeState, NetworkCreateRequest, SecretSpec, ServiceSpec, SwarmInitRequest,
-    TaskState,
 };
 use bollard::query_parameters::{
-    ImportImageOptionsBuilder, InspectServiceOptionsBuilder, ListConfigsOptionsBuilder,
-    ListNetworksOptionsBuilder, ListSecretsOptionsBuilder, ListServicesOptionsBuilder,
-    ListTasksOptionsBuilder, LogsOptionsBuilder, RemoveImageOptionsBuilder,
-    UpdateServiceOptionsBuilder,
+    ImportImageOptionsBuilder, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder,
+    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    LogsOptionsBuilder, RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
-use bytes::Bytes;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
-/// Label that marks objects of a stack (what `docker stack` filters on).
-pub const STACK_LABEL: &str = "com.docker.stack.namespace";
-/// Label holding the hash of the desired spec a service or task was built from.
-pub const SPEC_LABEL: &str = "com.reemo-bundle.spec";
+use super::{ArchiveStream, Engine, EngineError, EngineResult};
+use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL};
+use crate::swarm::observed::{
+    Id, LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo, TaskState,
+    UpdateState,
+};
 
 /// Request timeout in seconds (image loads and long polls are streamed within it).
 const TIMEOUT_SECS: u64 = 600;
 
 /// A connection to one Docker engine.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub struct DockerEngine {
     docker: Docker,
     /// Address as given (`unix:///var/run/docker.sock`, `tcp://host:2376`).
-    pub url: String,
+    url: String,
     /// Directory of the TLS client certificates, for `tcp://` engines that use TLS.
     tls_dir: Option<std::path::PathBuf>,
-}
-
-/// Swarm facts of the engine's node, from `GET /info`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SwarmFacts {
-    /// `inactive`, `pending`, `active`, `error`, `locked`.
-    pub state: String,
-    /// Whether this node is a manager (control plane available).
-    pub manager: bool,
-    /// This node's id.
-    pub node_id: String,
-    /// Managers in the swarm.
-    pub managers: i64,
-    /// Nodes in the swarm.
-    pub nodes: i64,
-    /// Daemon version.
-    pub server_version: String,
-}
-
-/// A manager node of the swarm.
-#[derive(Debug, Clone, Serialize)]
-pub struct ManagerNode {
-    /// Node id.
-    pub id: String,
-    /// `reachable`, `unreachable`, `unknown`.
-    pub reachability: String,
-    /// Whether it is the raft leader.
-    pub leader: bool,
-}
-
-/// A service of the stack as it runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LiveService {
-    /// Service id.
-    pub id: String,
-    /// Full name `<stack>_<name>`.
-    pub name: String,
-    /// Value of [`SPEC_LABEL`], if set.
-    pub spec_hash: Option<String>,
-    /// Object version for updates.
-    pub version: u64,
-    /// Desired tasks: replicas (replicated), completions (job), or for a global service the
-    /// tasks Swarm wants running (one per eligible node); None when unknown.
-    pub replicas: Option<u64>,
-    /// Update status state (`updating`, `completed`, `paused`, `rollback_*`), if any.
-    pub update_state: Option<String>,
-    /// Update status message.
-    pub update_message: Option<String>,
-}
-
-/// One task of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskInfo {
-    /// Task id.
-    pub id: String,
-    /// [`SPEC_LABEL`] of the task's container spec.
-    pub spec_hash: Option<String>,
-    /// Observed state (`running`, `failed`, `complete`, …).
-    pub state: String,
-    /// Desired state.
-    pub desired: String,
-    /// Status message.
-    pub message: String,
-    /// Error, if any.
-    pub err: Option<String>,
-    /// Container exit code, if it exited.
-    pub exit_code: Option<i64>,
-    /// Creation timestamp (RFC 3339 text).
-    pub created: String,
-    /// Node id.
-    pub node_id: String,
-}
-
-fn state_name(s: Option<TaskState>) -> String {
-    s.map(|s| s.to_string()).unwrap_or_default()
 }
 
 fn stack_filter(stack: &str) -> HashMap<String, Vec<String>> {
@@ -120,37 +43,49 @@ fn stack_filter(stack: &str) -> HashMap<String, Vec<String>> {
 }
 
 /// Convert Engine-API JSON into a bollard model.
-fn from_json<T: serde::de::DeserializeOwned>(v: &serde_json::Value, what: &str) -> Result<T> {
-    serde_json::from_value(v.clone()).with_context(|| format!("building {what}"))
+fn from_json<T: serde::de::DeserializeOwned>(v: &serde_json::Value, op: &str) -> EngineResult<T> {
+    serde_json::from_value(v.clone()).map_err(|e| EngineError::Other {
+        op: op.to_string(),
+        message: format!("the request does not fit the Engine API: {e}"),
+    })
 }
 
-fn is_not_found(e: &bollard::errors::Error) -> bool {
-    matches!(
-        e,
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 404,
-            ..
-        }
-    )
-}
-
-/// A network removal that found nothing to remove: 404, or the 500 "network ID not found"
-/// a manager answers when the network a node still lists is already gone from the swarm
-/// (seen right after `docker stack rm`).
-fn network_gone(e: &bollard::errors::Error) -> bool {
-    match e {
-        bollard::errors::Error::DockerResponseServerError {
-            status_code: 500,
-            message,
-        } => message.starts_with("network ") && message.ends_with(" not found"),
-        _ => is_not_found(e),
-    }
+/// The network a daemon message says is missing: "network NAME not found" (404 on create,
+/// or the 500 a manager answers when a network a node still lists is gone from the swarm).
+fn missing_network(message: &str) -> Option<String> {
+    let at = message.rfind("network ")?;
+    let rest = &message[at + "network ".len()..];
+    let name = rest.split_whitespace().next()?;
+    rest[name.len()..]
+        .trim_start()
+        .starts_with("not found")
+        .then(|| name.trim_matches(|c| c == '"' || c == '\'').to_string())
 }
 
 /// An error with its sources (bollard's own message often hides the cause, e.g. a TLS
 /// alert).
 fn error_chain(e: impl std::error::Error + Send + Sync + 'static) -> String {
     format!("{:#}", anyhow::Error::new(e))
+}
+
+/// The one place a daemon answer becomes an [`EngineError`] kind: by HTTP status, and for
+/// the two 500s Swarm gives without a status of their own, by the daemon's own message
+/// (never by text we added, such as object names).
+fn classify(status: u16, message: String, op: &str) -> EngineError {
+    let op = op.to_string();
+    if message.contains("update out of sequence") {
+        return EngineError::OutOfSequence { op, message };
+    }
+    if matches!(status, 404 | 500) {
+        if let Some(network) = missing_network(&message) {
+            return EngineError::NetworkGone { op, network };
+        }
+    }
+    match status {
+        404 => EngineError::NotFound { op, message },
+        409 => EngineError::Conflict { op, message },
+        _ => EngineError::Other { op, message },
+    }
 }
 
 /// Whether a `tcp://`/`https://` engine uses TLS, and with which client certificate
@@ -249,21 +184,65 @@ fn live_service(s: bollard::models::Service) -> LiveService {
         });
     let us = s.update_status;
     LiveService {
-        id: s.id.unwrap_or_default(),
+        id: Id(s.id.unwrap_or_default()),
         name: spec.name.unwrap_or_default(),
         spec_hash: spec.labels.and_then(|l| l.get(SPEC_LABEL).cloned()),
         version: s.version.and_then(|v| v.index).unwrap_or(0),
         replicas,
-        update_state: us.as_ref().and_then(|u| u.state.map(|st| st.to_string())),
+        update_state: us
+            .as_ref()
+            .and_then(|u| u.state.map(|st| UpdateState::parse(&st.to_string()))),
         update_message: us.and_then(|u| u.message),
     }
 }
 
-impl Engine {
+fn task_state(s: Option<bollard::models::TaskState>) -> TaskState {
+    TaskState::parse(&s.map(|s| s.to_string()).unwrap_or_default())
+}
+
+fn task_info(t: bollard::models::Task) -> TaskInfo {
+    let status = t.status.unwrap_or_default();
+    let spec_hash = t
+        .spec
+        .and_then(|s| s.container_spec)
+        .and_then(|c| c.labels)
+        .and_then(|l| l.get(SPEC_LABEL).cloned());
+    TaskInfo {
+        id: Id(t.id.unwrap_or_default()),
+        spec_hash,
+        state: task_state(status.state),
+        desired: task_state(t.desired_state),
+        message: status.message.unwrap_or_default(),
+        err: status.err,
+        exit_code: status.container_status.and_then(|c| c.exit_code),
+        created: t.created_at.map(|d| d.to_string()).unwrap_or_default(),
+        node_id: t.node_id.unwrap_or_default(),
+    }
+}
+
+fn node_info(n: bollard::models::Node) -> NodeInfo {
+    let id = n.id.unwrap_or_default();
+    NodeInfo {
+        manager: n.manager_status.map(|m| ManagerNode {
+            id: id.clone(),
+            reachability: m.reachability.map(|r| r.to_string()).unwrap_or_default(),
+            leader: m.leader.unwrap_or(false),
+        }),
+        labels: n
+            .spec
+            .and_then(|s| s.labels)
+            .unwrap_or_default()
+            .into_iter()
+            .collect(),
+        id,
+    }
+}
+
+impl DockerEngine {
     /// Connect to `url` (`unix://PATH`, `tcp://HOST:PORT`; TLS per [`tls_cert_dir`]), or
     /// to `$DOCKER_HOST` or the local socket when `None`. Checks that the TLS client
     /// certificate files exist but does not contact the daemon yet.
-    pub fn connect(url: Option<&str>) -> Result<Engine> {
+    pub fn connect(url: Option<&str>) -> Result<DockerEngine> {
         let url = url
             .map(str::to_string)
             .or_else(|| std::env::var("DOCKER_HOST").ok())
@@ -307,45 +286,80 @@ impl Engine {
         } else {
             bail!("engine {url:?}: expected unix:///PATH or tcp://HOST:PORT");
         };
-        Ok(Engine {
+        Ok(DockerEngine {
             docker,
             url,
             tls_dir,
         })
     }
 
-    /// The error for a request that did not get an answer from the daemon.
-    fn unreachable(&self, e: bollard::errors::Error) -> anyhow::Error {
-        match &self.tls_dir {
-            Some(dir) => {
+    /// Map a bollard error of operation `op`: daemon answers by kind, everything that is
+    /// not an answer as unreachable, with advice.
+    fn err(&self, e: bollard::errors::Error, op: &str) -> EngineError {
+        use bollard::errors::Error as B;
+        match e {
+            B::DockerResponseServerError {
+                status_code,
+                message,
+            } => classify(status_code, message, op),
+            e @ (B::JsonDataError { .. }
+            | B::JsonSerdeError { .. }
+            | B::DockerStreamError { .. }
+            | B::StrParseError { .. }
+            | B::StrFmtError { .. }
+            | B::URLEncodedError { .. }
+            | B::Base64DecodeError { .. }) => EngineError::Other {
+                op: op.to_string(),
+                message: error_chain(e),
+            },
+            e => {
                 let chain = error_chain(e);
-                anyhow!(
-                    "cannot talk to the docker daemon at {} over TLS ({chain}); {}",
-                    self.url,
-                    tls_advice(&chain, dir)
-                )
+                EngineError::Unreachable(match &self.tls_dir {
+                    Some(dir) => format!(
+                        "{op}: cannot talk to the docker daemon at {} over TLS ({chain}); {}",
+                        self.url,
+                        tls_advice(&chain, dir)
+                    ),
+                    None => format!(
+                        "{op}: the docker daemon at {} is unreachable ({chain}); is dockerd running?",
+                        self.url
+                    ),
+                })
             }
-            None => anyhow!(
-                "the docker daemon at {} is unreachable ({}); is dockerd running?",
-                self.url,
-                error_chain(e)
-            ),
         }
     }
 
-    /// Swarm facts from `GET /info`; an error that says the daemon is unreachable.
-    pub async fn swarm_facts(&self) -> Result<SwarmFacts> {
-        let info = self.docker.info().await.map_err(|e| self.unreachable(e))?;
+    /// `Ok(())` also for `NotFound`: removing what is absent is fine.
+    fn absent_ok(&self, r: Result<(), bollard::errors::Error>, op: &str) -> EngineResult<()> {
+        match r.map_err(|e| self.err(e, op)) {
+            Err(EngineError::NotFound { .. }) => Ok(()),
+            r => r,
+        }
+    }
+}
+
+#[async_trait]
+impl Engine for DockerEngine {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    async fn swarm_facts(&self) -> EngineResult<SwarmFacts> {
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.err(e, "reading the engine's swarm state"))?;
         let sw = info.swarm.unwrap_or_default();
         let state = match sw.local_node_state {
-            Some(LocalNodeState::ACTIVE) => "active",
-            Some(LocalNodeState::PENDING) => "pending",
-            Some(LocalNodeState::ERROR) => "error",
-            Some(LocalNodeState::LOCKED) => "locked",
-            _ => "inactive",
+            Some(LocalNodeState::ACTIVE) => SwarmState::Active,
+            Some(LocalNodeState::PENDING) => SwarmState::Pending,
+            Some(LocalNodeState::ERROR) => SwarmState::Error,
+            Some(LocalNodeState::LOCKED) => SwarmState::Locked,
+            _ => SwarmState::Inactive,
         };
         Ok(SwarmFacts {
-            state: state.to_string(),
+            state,
             manager: sw.control_available.unwrap_or(false),
             node_id: sw.node_id.unwrap_or_default(),
             managers: sw.managers.unwrap_or(0),
@@ -354,99 +368,33 @@ impl Engine {
         })
     }
 
-    /// Fail unless this engine is an active swarm manager, with advice.
-    pub async fn require_manager(&self) -> Result<SwarmFacts> {
-        let f = self.swarm_facts().await?;
-        if f.state != "active" {
-            bail!(
-                "the engine at {} is not part of an active swarm (state {}); run `reemo-bundle swarm init` first",
-                self.url,
-                f.state
-            );
-        }
-        if !f.manager {
-            bail!(
-                "the engine at {} is a swarm worker; run this command on a manager node",
-                self.url
-            );
-        }
-        Ok(f)
-    }
-
-    /// Every manager node.
-    pub async fn managers(&self) -> Result<Vec<ManagerNode>> {
-        let nodes = self.list_nodes().await?;
-        Ok(nodes
-            .into_iter()
-            .filter_map(|n| {
-                let m = n.manager_status?;
-                Some(ManagerNode {
-                    id: n.id.unwrap_or_default(),
-                    reachability: m.reachability.map(|r| r.to_string()).unwrap_or_default(),
-                    leader: m.leader.unwrap_or(false),
-                })
-            })
-            .collect())
-    }
-
-    async fn list_nodes(&self) -> Result<Vec<bollard::models::Node>> {
-        self.docker
+    async fn nodes(&self) -> EngineResult<Vec<NodeInfo>> {
+        let nodes = self
+            .docker
             .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
             .await
-            .context("listing swarm nodes")
+            .map_err(|e| self.err(e, "listing swarm nodes"))?;
+        Ok(nodes.into_iter().map(node_info).collect())
     }
 
-    /// Ids of the swarm's nodes whose label `key` is `present`.
-    pub async fn nodes_labelled(&self, key: &str) -> Result<Vec<String>> {
-        let nodes = self.list_nodes().await?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| {
-                n.spec
-                    .as_ref()
-                    .and_then(|s| s.labels.as_ref())
-                    .and_then(|l| l.get(key))
-                    .is_some_and(|v| v == "present")
-            })
-            .filter_map(|n| n.id)
-            .collect())
+    async fn node(&self, id: &str) -> EngineResult<NodeInfo> {
+        self.docker
+            .inspect_node(id)
+            .await
+            .map(node_info)
+            .map_err(|e| self.err(e, &format!("inspecting node {id}")))
     }
 
-    /// Check, on this manager, that `node_id` (the node behind engine `engine_url`) is a
-    /// node of its swarm.
-    pub async fn require_node(&self, node_id: &str, engine_url: &str) -> Result<()> {
-        let what = format!("engine {engine_url}");
-        self.member(node_id, &what).await.map(|_| ())
-    }
-
-    /// Node `node_id` of this manager's swarm; `what` names it in errors.
-    async fn member(&self, node_id: &str, what: &str) -> Result<bollard::models::Node> {
-        if node_id.is_empty() {
-            bail!(
-                "{what} is not part of a swarm; join it to the swarm managed by {} first",
-                self.url
-            );
-        }
-        match self.docker.inspect_node(node_id).await {
-            Ok(n) => Ok(n),
-            Err(e) if is_not_found(&e) => bail!(
-                "{what} (node {node_id}) is not a node of the swarm managed by {}: every --engine must be a node of that swarm",
-                self.url
-            ),
-            Err(e) => Err(e).with_context(|| format!("inspecting node {node_id}")),
-        }
-    }
-
-    /// Set (`Some`) or remove (`None`) a label on a node. Node specs are small and carry no
-    /// healthcheck, so this one is read, changed and written back (retried when stale).
-    pub async fn set_node_label(
-        &self,
-        node_id: &str,
-        key: &str,
-        value: Option<&str>,
-    ) -> Result<()> {
+    /// Node specs are small and carry no healthcheck, so this one is read, changed and
+    /// written back (retried when stale).
+    async fn set_node_label(&self, id: &str, key: &str, value: Option<&str>) -> EngineResult<()> {
+        let op = format!("labelling node {id}");
         for attempt in 0..5 {
-            let node = self.member(node_id, &format!("node {node_id:?}")).await?;
+            let node = self
+                .docker
+                .inspect_node(id)
+                .await
+                .map_err(|e| self.err(e, &op))?;
             let mut spec = node.spec.unwrap_or_default();
             let labels = spec.labels.get_or_insert_with(HashMap::new);
             let changed = match value {
@@ -460,63 +408,59 @@ impl Engine {
             let opts = bollard::query_parameters::UpdateNodeOptionsBuilder::default()
                 .version(version)
                 .build();
-            match self.docker.update_node(node_id, spec, opts).await {
+            match self.docker.update_node(id, spec, opts).await {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt < 4 && e.to_string().contains("out of sequence") => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e).with_context(|| format!("labelling node {node_id}")),
+                Err(e) => match self.err(e, &op) {
+                    EngineError::OutOfSequence { .. } if attempt < 4 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    e => return Err(e),
+                },
             }
         }
         Ok(())
     }
 
-    /// Initialise a swarm. `req` is Engine-API JSON (`SwarmInitRequest`).
-    pub async fn init_swarm(&self, req: &serde_json::Value) -> Result<String> {
-        let r: SwarmInitRequest = from_json(req, "swarm init request")?;
+    async fn init_swarm(&self, req: &serde_json::Value) -> EngineResult<String> {
+        let op = format!("initialising a swarm on {}", self.url);
+        let r: SwarmInitRequest = from_json(req, &op)?;
         self.docker
             .init_swarm(r)
             .await
-            .with_context(|| format!("initialising a swarm on {}", self.url))
+            .map_err(|e| self.err(e, &op))
     }
 
-    /// Whether the engine holds an image with this ID (`sha256:…`).
-    pub async fn has_image(&self, id: &str) -> Result<bool> {
+    async fn has_image(&self, id: &str) -> EngineResult<bool> {
         match self.docker.inspect_image(id).await {
             Ok(i) => Ok(i.id.as_deref() == Some(id)),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("inspecting image {id} on {}", self.url)),
+            Err(e) => match self.err(e, &format!("inspecting image {id} on {}", self.url)) {
+                EngineError::NotFound { .. } => Ok(false),
+                e => Err(e),
+            },
         }
     }
 
-    /// Stream a docker-archive tar into `POST /images/load`. `chunks` yields the archive.
-    pub async fn load_archive(
-        &self,
-        chunks: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
-    ) -> Result<()> {
+    async fn load_archive(&self, archive: ArchiveStream) -> EngineResult<()> {
         let opts = ImportImageOptionsBuilder::default().quiet(true).build();
-        let mut out = self.docker.import_image_stream(opts, chunks, None);
+        let mut out = self.docker.import_image_stream(opts, archive, None);
         while let Some(item) = out.next().await {
-            item.with_context(|| format!("loading images into {}", self.url))?;
+            item.map_err(|e| self.err(e, &format!("loading images into {}", self.url)))?;
         }
         Ok(())
     }
 
-    /// Remove an image by ID; `Ok(false)` when it is absent or still in use.
-    pub async fn remove_image(&self, id: &str) -> Result<bool> {
+    async fn remove_image(&self, id: &str) -> EngineResult<bool> {
         let opts = RemoveImageOptionsBuilder::default().build();
         match self.docker.remove_image(id, Some(opts), None).await {
             Ok(_) => Ok(true),
-            Err(e) if is_not_found(&e) => Ok(false),
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("removing image {id} from {}", self.url)),
+            Err(e) => match self.err(e, &format!("removing image {id} from {}", self.url)) {
+                EngineError::NotFound { .. } | EngineError::Conflict { .. } => Ok(false),
+                e => Err(e),
+            },
         }
     }
 
-    /// Services labelled with the stack namespace.
-    pub async fn stack_services(&self, stack: &str) -> Result<Vec<LiveService>> {
+    async fn stack_services(&self, stack: &str) -> EngineResult<Vec<LiveService>> {
         // `status` adds ServiceStatus: for a global service, DesiredTasks is what Swarm
         // wants running (one task per eligible node).
         let opts = ListServicesOptionsBuilder::default()
@@ -527,106 +471,51 @@ impl Engine {
             .docker
             .list_services(Some(opts))
             .await
-            .with_context(|| format!("listing services of stack {stack}"))?;
+            .map_err(|e| self.err(e, &format!("listing services of stack {stack}")))?;
         Ok(list.into_iter().map(live_service).collect())
     }
 
-    /// One service by name, if it exists.
-    pub async fn service(&self, stack: &str, name: &str) -> Result<Option<LiveService>> {
-        Ok(self
-            .stack_services(stack)
-            .await?
-            .into_iter()
-            .find(|s| s.name == name))
-    }
-
-    /// Create a service from Engine-API JSON; returns its id.
-    pub async fn create_service(&self, spec: &serde_json::Value) -> Result<String> {
-        let s: ServiceSpec = from_json(spec, "service spec")?;
-        let name = s.name.clone().unwrap_or_default();
+    async fn create_service(&self, spec: &serde_json::Value) -> EngineResult<String> {
+        let s: ServiceSpec = from_json(spec, "creating a service")?;
+        let op = format!("creating service {}", s.name.clone().unwrap_or_default());
         let r = self
             .docker
             .create_service(s, None)
             .await
-            .with_context(|| format!("creating service {name}"))?;
+            .map_err(|e| self.err(e, &op))?;
         Ok(r.id.unwrap_or_default())
     }
 
-    /// Replace a service's spec with `spec` (built from desired state). Re-inspects for the
-    /// current version and retries when the daemon says "update out of sequence".
-    pub async fn update_service(&self, spec: &serde_json::Value) -> Result<()> {
-        let s: ServiceSpec = from_json(spec, "service spec")?;
+    async fn update_service(&self, spec: &serde_json::Value, version: u64) -> EngineResult<()> {
+        let s: ServiceSpec = from_json(spec, "updating a service")?;
         let name = s.name.clone().unwrap_or_default();
-        let mut attempt = 0;
-        loop {
-            let current = self
-                .docker
-                .inspect_service(&name, Some(InspectServiceOptionsBuilder::default().build()))
-                .await
-                .with_context(|| format!("inspecting service {name}"))?;
-            let version = current.version.and_then(|v| v.index).unwrap_or(0);
-            let opts = UpdateServiceOptionsBuilder::default()
-                .version(version as i32)
-                .build();
-            match self
-                .docker
-                .update_service(&name, s.clone(), opts, None)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if attempt < 5 && e.to_string().contains("out of sequence") => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(e) => return Err(e).with_context(|| format!("updating service {name}")),
-            }
-        }
+        let opts = UpdateServiceOptionsBuilder::default()
+            .version(version as i32)
+            .build();
+        self.docker
+            .update_service(&name, s, opts, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.err(e, &format!("updating service {name}")))
     }
 
-    /// Remove a service; absent is fine.
-    pub async fn remove_service(&self, name: &str) -> Result<()> {
-        match self.docker.delete_service(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing service {name}")),
-        }
+    async fn remove_service(&self, name: &str) -> EngineResult<()> {
+        let r = self.docker.delete_service(name).await;
+        self.absent_ok(r, &format!("removing service {name}"))
     }
 
-    /// Tasks of a service (by name).
-    pub async fn tasks(&self, service: &str) -> Result<Vec<TaskInfo>> {
+    async fn tasks(&self, service: &str) -> EngineResult<Vec<TaskInfo>> {
         let filters = HashMap::from([("service".to_string(), vec![service.to_string()])]);
         let opts = ListTasksOptionsBuilder::default().filters(&filters).build();
         let list = self
             .docker
             .list_tasks(Some(opts))
             .await
-            .with_context(|| format!("listing tasks of service {service}"))?;
-        Ok(list
-            .into_iter()
-            .map(|t| {
-                let status = t.status.unwrap_or_default();
-                let spec_hash = t
-                    .spec
-                    .and_then(|s| s.container_spec)
-                    .and_then(|c| c.labels)
-                    .and_then(|l| l.get(SPEC_LABEL).cloned());
-                TaskInfo {
-                    id: t.id.unwrap_or_default(),
-                    spec_hash,
-                    state: state_name(status.state),
-                    desired: state_name(t.desired_state),
-                    message: status.message.unwrap_or_default(),
-                    err: status.err,
-                    exit_code: status.container_status.and_then(|c| c.exit_code),
-                    created: t.created_at.map(|d| d.to_string()).unwrap_or_default(),
-                    node_id: t.node_id.unwrap_or_default(),
-                }
-            })
-            .collect())
+            .map_err(|e| self.err(e, &format!("listing tasks of service {service}")))?;
+        Ok(list.into_iter().map(task_info).collect())
     }
 
-    /// The last `lines` log lines of a task (stdout and stderr), best effort.
-    pub async fn task_logs(&self, task_id: &str, lines: usize) -> String {
+    async fn task_logs(&self, task_id: &str, lines: usize) -> String {
         let opts = LogsOptionsBuilder::default()
             .stdout(true)
             .stderr(true)
@@ -643,8 +532,7 @@ impl Engine {
         out
     }
 
-    /// Configs of the stack: name → id.
-    pub async fn stack_configs(&self, stack: &str) -> Result<BTreeMap<String, String>> {
+    async fn stack_configs(&self, stack: &str) -> EngineResult<BTreeMap<String, String>> {
         let opts = ListConfigsOptionsBuilder::default()
             .filters(&stack_filter(stack))
             .build();
@@ -652,15 +540,14 @@ impl Engine {
             .docker
             .list_configs(Some(opts))
             .await
-            .with_context(|| format!("listing configs of stack {stack}"))?;
+            .map_err(|e| self.err(e, &format!("listing configs of stack {stack}")))?;
         Ok(list
             .into_iter()
             .filter_map(|c| Some((c.spec?.name?, c.id?)))
             .collect())
     }
 
-    /// Secrets of the stack: name → id.
-    pub async fn stack_secrets(&self, stack: &str) -> Result<BTreeMap<String, String>> {
+    async fn stack_secrets(&self, stack: &str) -> EngineResult<BTreeMap<String, String>> {
         let opts = ListSecretsOptionsBuilder::default()
             .filters(&stack_filter(stack))
             .build();
@@ -668,20 +555,19 @@ impl Engine {
             .docker
             .list_secrets(Some(opts))
             .await
-            .with_context(|| format!("listing secrets of stack {stack}"))?;
+            .map_err(|e| self.err(e, &format!("listing secrets of stack {stack}")))?;
         Ok(list
             .into_iter()
             .filter_map(|c| Some((c.spec?.name?, c.id?)))
             .collect())
     }
 
-    /// Create a config; returns its id.
-    pub async fn create_config(
+    async fn create_config(
         &self,
         name: &str,
         data: &[u8],
         labels: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    ) -> EngineResult<String> {
         use base64::Engine as _;
         let spec = ConfigSpec {
             name: Some(name.to_string()),
@@ -693,17 +579,16 @@ impl Engine {
             .docker
             .create_config(spec)
             .await
-            .with_context(|| format!("creating config {name}"))?;
+            .map_err(|e| self.err(e, &format!("creating config {name}")))?;
         Ok(r.id)
     }
 
-    /// Create a secret; returns its id.
-    pub async fn create_secret(
+    async fn create_secret(
         &self,
         name: &str,
         data: &[u8],
         labels: &BTreeMap<String, String>,
-    ) -> Result<String> {
+    ) -> EngineResult<String> {
         use base64::Engine as _;
         let spec = SecretSpec {
             name: Some(name.to_string()),
@@ -716,30 +601,21 @@ impl Engine {
             .docker
             .create_secret(spec)
             .await
-            .with_context(|| format!("creating secret {name}"))?;
+            .map_err(|e| self.err(e, &format!("creating secret {name}")))?;
         Ok(r.id)
     }
 
-    /// Remove a config by name or id; absent is fine, in use is an error.
-    pub async fn remove_config(&self, name: &str) -> Result<()> {
-        match self.docker.delete_config(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing config {name}")),
-        }
+    async fn remove_config(&self, name: &str) -> EngineResult<()> {
+        let r = self.docker.delete_config(name).await;
+        self.absent_ok(r, &format!("removing config {name}"))
     }
 
-    /// Remove a secret by name or id; absent is fine, in use is an error.
-    pub async fn remove_secret(&self, name: &str) -> Result<()> {
-        match self.docker.delete_secret(name).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing secret {name}")),
-        }
+    async fn remove_secret(&self, name: &str) -> EngineResult<()> {
+        let r = self.docker.delete_secret(name).await;
+        self.absent_ok(r, &format!("removing secret {name}"))
     }
 
-    /// Networks of the stack by name.
-    pub async fn stack_networks(&self, stack: &str) -> Result<Vec<String>> {
+    async fn stack_networks(&self, stack: &str) -> EngineResult<Vec<String>> {
         let opts = ListNetworksOptionsBuilder::default()
             .filters(&stack_filter(stack))
             .build();
@@ -747,27 +623,27 @@ impl Engine {
             .docker
             .list_networks(Some(opts))
             .await
-            .with_context(|| format!("listing networks of stack {stack}"))?;
+            .map_err(|e| self.err(e, &format!("listing networks of stack {stack}")))?;
         Ok(list.into_iter().filter_map(|n| n.name).collect())
     }
 
-    /// Create a network from Engine-API JSON (`NetworkCreateRequest`).
-    pub async fn create_network(&self, req: &serde_json::Value) -> Result<()> {
-        let r: NetworkCreateRequest = from_json(req, "network")?;
-        let name = r.name.clone();
+    async fn create_network(&self, req: &serde_json::Value) -> EngineResult<()> {
+        let r: NetworkCreateRequest = from_json(req, "creating a network")?;
+        let op = format!("creating network {}", r.name);
         self.docker
             .create_network(r)
             .await
-            .with_context(|| format!("creating network {name}"))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| self.err(e, &op))
     }
 
-    /// Remove a network; absent is fine.
-    pub async fn remove_network(&self, name: &str) -> Result<()> {
+    async fn remove_network(&self, name: &str) -> EngineResult<()> {
         match self.docker.remove_network(name).await {
             Ok(()) => Ok(()),
-            Err(e) if network_gone(&e) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing network {name}")),
+            Err(e) => match self.err(e, &format!("removing network {name}")) {
+                EngineError::NotFound { .. } | EngineError::NetworkGone { .. } => Ok(()),
+                e => Err(e),
+            },
         }
     }
 }
@@ -777,22 +653,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_network_already_gone_from_the_swarm_counts_as_removed() {
-        use bollard::errors::Error::DockerResponseServerError as E;
-        let e = |status_code, message: &str| E {
-            status_code,
-            message: message.into(),
-        };
-        assert!(network_gone(&e(404, "no such network")));
-        assert!(network_gone(&e(
-            500,
-            "network k7i00ae3tkhjp085xf1bt009i not found"
-        )));
-        assert!(!network_gone(&e(
-            500,
-            "error while removing network: network s_default id x has active endpoints"
-        )));
-        assert!(!network_gone(&e(409, "conflict")));
+    fn daemon_answers_are_classified_by_status_and_daemon_message() {
+        let c = |status, m: &str| classify(status, m.to_string(), "op");
+        assert!(matches!(
+            c(404, "no such network"),
+            EngineError::NotFound { .. }
+        ));
+        assert_eq!(
+            c(500, "network k7i00ae3tkhjp085xf1bt009i not found"),
+            EngineError::NetworkGone {
+                op: "op".into(),
+                network: "k7i00ae3tkhjp085xf1bt009i".into()
+            }
+        );
+        assert_eq!(
+            c(404, "network lstackrm_default not found"),
+            EngineError::NetworkGone {
+                op: "op".into(),
+                network: "lstackrm_default".into()
+            }
+        );
+        assert!(matches!(
+            c(
+                500,
+                "error while removing network: network s_default id x has active endpoints"
+            ),
+            EngineError::Other { .. }
+        ));
+        assert!(matches!(c(409, "conflict"), EngineError::Conflict { .. }));
+        assert!(matches!(
+            c(
+                500,
+                "rpc error: code = Unknown desc = update out of sequence"
+            ),
+            EngineError::OutOfSequence { .. }
+        ));
+        // a 409 in a name or a hash is not a conflict: only the status counts
+        assert!(matches!(
+            c(500, "config s_app_4090a1b2: rpc error: code = Unavailable"),
+            EngineError::Other { .. }
+        ));
+        assert!(matches!(
+            c(400, "No such image: sha256:aa"),
+            EngineError::Other { .. }
+        ));
     }
 
     #[test]

@@ -1,0 +1,464 @@
+//! The one pipeline of `activate` and `rollback`: observe the host once ([`observe`]) →
+//! plan every side effect purely ([`plan_host`]: store import, secrets to generate, images
+//! to load on which engine, node labels, Swarm steps) and check feasibility → apply
+//! ([`apply`]). A dry run stops after planning: it takes no lock, runs no recovery and
+//! writes nothing. The front ends (`activate`) only make the [`Target`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use super::transaction::{self, Transaction};
+use super::{fault, images, Host, Timing};
+use crate::bundle::reader::BundleFile;
+use crate::state::journal::Kind;
+use crate::state::{now, GenResult, Generation, StateDir};
+use crate::swarm::desired::DesiredStack;
+use crate::swarm::labels::image_label;
+use crate::swarm::observed::Observed;
+use crate::swarm::plan::{self, Plan, Step};
+
+/// What an activation or rollback wants the host to become.
+pub struct Target {
+    /// `activate` (a new generation) or `rollback` (an existing one).
+    pub kind: Kind,
+    /// The desired state.
+    pub desired: DesiredStack,
+    /// The existing generation a rollback returns to; `None` for a new generation.
+    pub generation: Option<u64>,
+    /// The bundle the images and store files come from (activate).
+    pub bundle: Option<Arc<BundleFile>>,
+    /// Files of the bundle's store entry (activate): imported unless already there.
+    pub store_files: Vec<(String, Vec<u8>)>,
+    /// Generated secrets new to this host, by key: stored before the transaction.
+    pub new_secrets: BTreeMap<String, Vec<u8>>,
+    /// Remove stack services the desired state does not name (false for `--only`).
+    pub remove_others: bool,
+}
+
+/// The host as one look saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostView {
+    /// Engine addresses, the manager first.
+    pub engines: Vec<String>,
+    /// Each engine's node id (same order).
+    pub nodes: Vec<String>,
+    /// Labels of every node of the swarm, by node id.
+    pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Per engine (same order): the desired images it holds.
+    pub present: Vec<BTreeSet<String>>,
+    /// The stack's objects.
+    pub stack: Observed,
+    /// Whether the state directory's store already holds the bundle's entry.
+    pub imported: bool,
+}
+
+/// Images to load into one engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineLoad {
+    /// Index into the host's engines.
+    #[serde(skip)]
+    pub engine: usize,
+    /// Engine address.
+    pub url: String,
+    /// Image IDs.
+    pub images: Vec<String>,
+}
+
+/// A node label to set: the node holds this image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeLabel {
+    /// Node id.
+    pub node: String,
+    /// Image ID.
+    pub image: String,
+}
+
+/// Every side effect of one activation or rollback, in the order they are applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostPlan {
+    /// Store entry to import (bundle identity).
+    pub import: Option<String>,
+    /// Generated secrets to store, by key.
+    pub generate: Vec<String>,
+    /// Images to load.
+    pub load: Vec<EngineLoad>,
+    /// Node labels to set.
+    pub labels: Vec<NodeLabel>,
+    /// The Swarm steps (the journaled transaction).
+    pub swarm: Plan,
+}
+
+impl HostPlan {
+    /// The plan as text lines: host steps, then the Swarm steps.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if let Some(id) = &self.import {
+            v.push(format!(
+                "import bundle {} into the state directory",
+                crate::swarm::observed::short(id)
+            ));
+        }
+        for k in &self.generate {
+            v.push(format!("generate secret {k}"));
+        }
+        for l in &self.load {
+            v.push(format!("load {} image(s) into {}", l.images.len(), l.url));
+        }
+        for l in &self.labels {
+            v.push(format!(
+                "label node {} as holding image {}",
+                crate::swarm::observed::short(&l.node),
+                crate::swarm::observed::short(l.image.trim_start_matches("sha256:"))
+            ));
+        }
+        v.extend(self.swarm.steps.iter().map(Step::to_string));
+        v
+    }
+
+    /// Whether the host would not change at all.
+    pub fn is_empty(&self) -> bool {
+        self.import.is_none()
+            && self.generate.is_empty()
+            && self.load.is_empty()
+            && self.labels.is_empty()
+            && self.swarm.is_empty()
+    }
+}
+
+/// The first engine must be a swarm manager and every other one a node of its swarm.
+/// Returns each engine's node id.
+pub async fn require_swarm(host: &Host) -> Result<Vec<String>> {
+    let manager = host.manager();
+    let mut nodes = vec![manager.require_manager().await?.node_id];
+    for e in &host.engines[1..] {
+        let node = e.swarm_facts().await?.node_id;
+        manager.require_node(&node, e.url()).await?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// Look at the host once: nodes and their labels, the desired images on every engine,
+/// the stack's objects, the store entry.
+pub async fn observe(
+    host: &Host,
+    nodes: Vec<String>,
+    state: &StateDir,
+    desired: &DesiredStack,
+) -> Result<HostView> {
+    let manager = host.manager();
+    let labels = manager
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| (n.id, n.labels))
+        .collect();
+    let mut present = Vec::new();
+    for e in &host.engines {
+        let mut have = BTreeSet::new();
+        for img in &desired.images {
+            if e.has_image(&img.id).await? {
+                have.insert(img.id.clone());
+            }
+        }
+        present.push(have);
+    }
+    Ok(HostView {
+        engines: host.engines.iter().map(|e| e.url().to_string()).collect(),
+        nodes,
+        labels,
+        present,
+        stack: transaction::observe(manager, &desired.stack).await?,
+        imported: state.store_entries()?.contains(&desired.bundle.identity),
+    })
+}
+
+/// Plan every side effect of reaching `target` from `view`. Refuses a rollback whose
+/// images are gone from an engine (only a bundle file brings them back).
+pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
+    let d = &target.desired;
+    let bundle_images: BTreeSet<&str> = target
+        .bundle
+        .as_ref()
+        .map(|b| {
+            b.manifest()
+                .images
+                .iter()
+                .map(|i| i.config_digest.as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut load = Vec::new();
+    for (i, url) in view.engines.iter().enumerate() {
+        let mut missing = Vec::new();
+        for img in &d.images {
+            if view.present[i].contains(&img.id) {
+                continue;
+            }
+            if !bundle_images.contains(img.id.as_str()) {
+                bail!(
+                    "image {} ({}) is no longer on {url}; activate its bundle file again instead",
+                    img.reference,
+                    img.id
+                );
+            }
+            missing.push(img.id.clone());
+        }
+        if !missing.is_empty() {
+            load.push(EngineLoad {
+                engine: i,
+                url: url.clone(),
+                images: missing,
+            });
+        }
+    }
+    let mut labels = Vec::new();
+    for node in &view.nodes {
+        for img in &d.images {
+            let has = view
+                .labels
+                .get(node)
+                .and_then(|l| l.get(&image_label(&img.id)))
+                .is_some_and(|v| v == "present");
+            if !has {
+                labels.push(NodeLabel {
+                    node: node.clone(),
+                    image: img.id.clone(),
+                });
+            }
+        }
+    }
+    Ok(HostPlan {
+        import: (target.bundle.is_some() && !view.imported).then(|| d.bundle.identity.clone()),
+        generate: target.new_secrets.keys().cloned().collect(),
+        load,
+        labels,
+        swarm: plan::plan(d, &view.stack, target.remove_others),
+    })
+}
+
+/// How many swarm nodes will hold each desired image once the plan is applied: the nodes
+/// of the engines given (they get every image) and nodes already labelled as holding it.
+pub fn holders(desired: &DesiredStack, view: &HostView) -> BTreeMap<String, u64> {
+    desired
+        .images
+        .iter()
+        .map(|img| {
+            let label = image_label(&img.id);
+            let mut nodes: BTreeSet<&str> = view.nodes.iter().map(String::as_str).collect();
+            nodes.extend(
+                view.labels
+                    .iter()
+                    .filter(|(_, l)| l.get(&label).is_some_and(|v| v == "present"))
+                    .map(|(n, _)| n.as_str()),
+            );
+            (img.id.clone(), nodes.len() as u64)
+        })
+        .collect()
+}
+
+/// Refuse a plan whose services could never converge on the nodes that will hold their
+/// images (see [`crate::swarm::feasible`]); activate and rollback alike.
+pub fn check_feasible(desired: &DesiredStack, view: &HostView, p: &HostPlan) -> Result<()> {
+    let h = holders(desired, view);
+    crate::swarm::feasible::check(desired, &p.swarm, |id| h.get(id).copied().unwrap_or(0))
+        .map_err(|e| anyhow::anyhow!("{e}; the stack was not changed"))
+}
+
+/// What applying a plan came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The host already ran the target: nothing was recorded or changed on the swarm.
+    Unchanged(u64),
+    /// The target generation is now current.
+    Current(u64),
+}
+
+/// Apply `p` for `target`: host steps, then the journaled transaction. The caller holds
+/// the state directory's lock and has run recovery.
+pub async fn apply(
+    host: &Host,
+    state: &StateDir,
+    target: &Target,
+    p: &HostPlan,
+    timing: Timing,
+) -> Result<Applied> {
+    let d = &target.desired;
+    if p.import.is_some() {
+        if state.import(&d.bundle.identity, &target.store_files)? {
+            host.emit(crate::events::Event::info(format!(
+                "imported bundle {} into {}",
+                crate::swarm::observed::short(&d.bundle.identity),
+                state.root().display()
+            )));
+        }
+    }
+    fault("import");
+    for (k, data) in &target.new_secrets {
+        state.put_generated_secret(k, data)?;
+    }
+    if !p.load.is_empty() {
+        let bundle = target
+            .bundle
+            .clone()
+            .context("images to load but no bundle to load them from")?;
+        for l in &p.load {
+            let ids: BTreeSet<String> = l.images.iter().cloned().collect();
+            images::load_into(
+                bundle.clone(),
+                host.engines[l.engine].clone(),
+                Some(&ids),
+                host.events.clone(),
+            )
+            .await?;
+        }
+    }
+    for l in &p.labels {
+        host.manager()
+            .set_node_label(&l.node, &image_label(&l.image), Some("present"))
+            .await?;
+    }
+    fault("load");
+
+    let current = state.current_generation()?;
+    if p.swarm.is_empty() {
+        if let Some(cur) = &current {
+            let same = match target.generation {
+                Some(n) => n == cur.number,
+                None => cur.desired == *d && cur.result == GenResult::Succeeded,
+            };
+            if same {
+                return Ok(Applied::Unchanged(cur.number));
+            }
+        }
+    }
+    let (number, new_generation) = match target.generation {
+        Some(n) => (n, false),
+        None => {
+            let number = state.next_number()?;
+            state.put_generation(&Generation {
+                number,
+                created: now(),
+                result: GenResult::Pending,
+                error: None,
+                desired: d.clone(),
+            })?;
+            (number, true)
+        }
+    };
+    Transaction {
+        state,
+        engine: host.manager(),
+        kind: target.kind,
+        target: number,
+        new_generation,
+        desired: d,
+        previous: current.as_ref().map(|g| g.number),
+        steps: p.swarm.steps.clone(),
+        timing,
+        events: host.events.as_ref(),
+    }
+    .run()
+    .await?;
+    Ok(Applied::Current(number))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::testkit;
+
+    fn view_with(
+        nodes: &[&str],
+        labelled: &[(&str, &str)],
+        present: Vec<BTreeSet<String>>,
+    ) -> HostView {
+        let mut labels: BTreeMap<String, BTreeMap<String, String>> = nodes
+            .iter()
+            .map(|n| (n.to_string(), BTreeMap::new()))
+            .collect();
+        for (n, img) in labelled {
+            labels
+                .entry(n.to_string())
+                .or_default()
+                .insert(image_label(img), "present".into());
+        }
+        HostView {
+            engines: nodes.iter().map(|n| format!("fake://{n}")).collect(),
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            labels,
+            present,
+            stack: Observed::default(),
+            imported: false,
+        }
+    }
+
+    fn rollback_target(d: DesiredStack) -> Target {
+        Target {
+            kind: Kind::Rollback,
+            desired: d,
+            generation: Some(1),
+            bundle: None,
+            store_files: vec![],
+            new_secrets: BTreeMap::new(),
+            remove_others: true,
+        }
+    }
+
+    #[test]
+    fn rollback_refuses_an_image_gone_from_an_engine() {
+        let d = testkit::desired("app", &[("web", 1)]);
+        let img = d.images[0].id.clone();
+        let v = view_with(&["n1"], &[], vec![BTreeSet::new()]);
+        let e = plan_host(&rollback_target(d.clone()), &v).unwrap_err();
+        assert!(e.to_string().contains("is no longer on fake://n1"), "{e}");
+        let v = view_with(&["n1"], &[], vec![BTreeSet::from([img])]);
+        let p = plan_host(&rollback_target(d), &v).unwrap();
+        assert!(p.load.is_empty() && p.import.is_none());
+        assert_eq!(
+            p.labels.len(),
+            1,
+            "the node is labelled as holding the image"
+        );
+        assert!(p.lines().iter().any(|l| l.starts_with("label node n1")));
+    }
+
+    #[test]
+    fn labels_already_set_are_not_planned_and_count_as_holders() {
+        let d = testkit::desired("app", &[("web", 1)]);
+        let img = d.images[0].id.clone();
+        let v = view_with(
+            &["n1"],
+            &[("n1", &img), ("n2", &img), ("n3", "sha256:other")],
+            vec![BTreeSet::from([img.clone()])],
+        );
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        assert!(p.labels.is_empty(), "{:?}", p.labels);
+        assert_eq!(holders(&d, &v)[&img], 2, "n1 (given) and n2 (labelled)");
+    }
+
+    #[test]
+    fn rollback_runs_the_feasibility_check() {
+        // two replicas with max one per node need two holders; the generation once ran on
+        // two nodes, one of which has left the swarm since
+        let d = testkit::desired_yaml(
+            "app",
+            "1.0.0",
+            "version: \"3.8\"\nservices:\n  web:\n    image: img\n    deploy:\n      replicas: 2\n      placement:\n        max_replicas_per_node: 1\n",
+        );
+        let img = d.images[0].id.clone();
+        let v = view_with(&["n1"], &[], vec![BTreeSet::from([img.clone()])]);
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        let e = check_feasible(&d, &v, &p).unwrap_err();
+        assert!(e.to_string().contains("app_web"), "{e}");
+        let v = view_with(
+            &["n1"],
+            &[("n2", &img)],
+            vec![BTreeSet::from([img.clone()])],
+        );
+        check_feasible(&d, &v, &plan_host(&rollback_target(d.clone()), &v).unwrap()).unwrap();
+    }
+}

@@ -1,0 +1,225 @@
+//! `status` and `generations`: reports over the state directory and the engines, returned
+//! as data. `status` changes nothing: an unfinished activation is reported with the command
+//! that finishes it, and each service is judged by `swarm::health::assess`, the same
+//! assessment `activate` waits on.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::recover::{decide_for, describe};
+use super::Host;
+use crate::engine::ManagerNode;
+use crate::state::{GenResult, StateDir};
+use crate::swarm::health::{assess, count, Health, Wanted};
+use crate::swarm::init::{quorum_warnings, tolerated_failures};
+use crate::swarm::observed::TaskState;
+
+/// One line of `generations`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationLine {
+    /// Number.
+    pub number: u64,
+    /// Whether it is current.
+    pub current: bool,
+    /// Bundle name.
+    pub bundle: String,
+    /// Bundle version.
+    pub version: String,
+    /// Bundle identity.
+    pub identity: String,
+    /// Unix time.
+    pub created: u64,
+    /// Result.
+    pub result: GenResult,
+    /// Error, if failed.
+    pub error: Option<String>,
+}
+
+/// `generations`.
+pub fn generations(state_dir: &std::path::Path) -> Result<Vec<GenerationLine>> {
+    let state = StateDir::open_existing(state_dir);
+    let current = state.current()?;
+    Ok(state
+        .generations()?
+        .into_iter()
+        .map(|g| GenerationLine {
+            number: g.number,
+            current: Some(g.number) == current,
+            bundle: g.desired.bundle.name.clone(),
+            version: g.desired.bundle.version.clone(),
+            identity: g.desired.bundle.identity.clone(),
+            created: g.created,
+            result: g.result,
+            error: g.error.clone(),
+        })
+        .collect())
+}
+
+/// One service in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    /// Full name.
+    pub name: String,
+    /// Running tasks of the generation's spec (jobs: completed ones).
+    pub running: usize,
+    /// Desired replicas.
+    pub desired: u64,
+    /// The assessment `activate` waits on, in a word.
+    pub health: Health,
+    /// Why it is not healthy, when it is not.
+    pub detail: Option<String>,
+    /// Whether this is a job.
+    pub job: bool,
+}
+
+/// Image presence on one engine.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImagePresence {
+    /// Engine.
+    pub engine: String,
+    /// Image reference.
+    pub image: String,
+    /// Image ID.
+    pub id: String,
+    /// Present.
+    pub present: bool,
+}
+
+/// `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Current generation number.
+    pub generation: Option<u64>,
+    /// Stack.
+    pub stack: Option<String>,
+    /// Bundle name.
+    pub bundle: Option<String>,
+    /// Bundle version.
+    pub version: Option<String>,
+    /// Bundle identity.
+    pub identity: Option<String>,
+    /// Pinned versions.
+    pub pinned: BTreeMap<String, String>,
+    /// Services.
+    pub services: Vec<ServiceStatus>,
+    /// Images per engine.
+    pub images: Vec<ImagePresence>,
+    /// Swarm: managers.
+    pub managers: i64,
+    /// Swarm: the manager nodes, with reachability and leadership.
+    pub manager_nodes: Vec<ManagerNode>,
+    /// Swarm: nodes.
+    pub nodes: i64,
+    /// Manager failures the quorum tolerates.
+    pub tolerated_failures: i64,
+    /// Warnings (quorum, missing images, drift).
+    pub warnings: Vec<String>,
+    /// An unfinished activation, and the command that finishes it.
+    pub journal: Option<String>,
+}
+
+/// `status`: reads only.
+pub async fn status(host: &Host) -> Result<Status> {
+    let engine = host.manager();
+    let facts = engine.require_manager().await?;
+    let state = StateDir::open_existing(&host.state_dir);
+    let journal = if state.root().exists() {
+        describe(&decide_for(&state)?)
+    } else {
+        None
+    };
+    let mut warnings = quorum_warnings(facts.managers);
+    let manager_nodes = engine.managers().await?;
+    let unreachable = manager_nodes
+        .iter()
+        .filter(|m| m.reachability != "reachable")
+        .count() as i64;
+    if unreachable > 0 {
+        warnings.push(format!(
+            "{unreachable} of {} manager(s) not reachable: the quorum tolerates {} more failure(s)",
+            facts.managers,
+            (tolerated_failures(facts.managers) - unreachable).max(0)
+        ));
+    }
+    let current = state.current_generation()?;
+    let mut st = Status {
+        generation: current.as_ref().map(|g| g.number),
+        stack: None,
+        bundle: None,
+        version: None,
+        identity: None,
+        pinned: Default::default(),
+        services: vec![],
+        images: vec![],
+        managers: facts.managers,
+        manager_nodes,
+        nodes: facts.nodes,
+        tolerated_failures: tolerated_failures(facts.managers),
+        warnings: vec![],
+        journal,
+    };
+    if let Some(g) = current {
+        let d = &g.desired;
+        st.stack = Some(d.stack.clone());
+        st.bundle = Some(d.bundle.name.clone());
+        st.version = Some(d.bundle.version.clone());
+        st.identity = Some(d.bundle.identity.clone());
+        st.pinned = d.bundle.pinned.clone();
+        let live = engine.stack_services(&d.stack).await?;
+        for s in &d.services {
+            let l = live.iter().find(|l| l.name == s.full_name);
+            let tasks = if l.is_some() {
+                engine.tasks(&s.full_name).await?
+            } else {
+                vec![]
+            };
+            let a = assess(
+                Wanted {
+                    name: &s.full_name,
+                    spec_hash: &s.spec_hash,
+                    job: s.job,
+                },
+                l,
+                &tasks,
+            );
+            let health = a.health(s.job);
+            let state = if s.job {
+                TaskState::Complete
+            } else {
+                TaskState::Running
+            };
+            if matches!(health, Health::Missing | Health::Drifted) {
+                warnings.push(format!(
+                    "service {} is {health}: re-run `reemo-bundle activate` or `rollback --to {}`",
+                    s.full_name, g.number
+                ));
+            }
+            st.services.push(ServiceStatus {
+                name: s.full_name.clone(),
+                running: count(&tasks, &s.spec_hash, state),
+                desired: l.and_then(|l| l.replicas).unwrap_or(1),
+                health,
+                detail: a.detail(),
+                job: s.job,
+            });
+        }
+        for e in &host.engines {
+            for img in &d.images {
+                let present = e.has_image(&img.id).await?;
+                if !present {
+                    warnings.push(format!("image {} is missing on {}", img.reference, e.url()));
+                }
+                st.images.push(ImagePresence {
+                    engine: e.url().to_string(),
+                    image: img.reference.clone(),
+                    id: img.id.clone(),
+                    present,
+                });
+            }
+        }
+    }
+    st.warnings = warnings;
+    Ok(st)
+}

@@ -1,0 +1,38 @@
+//! The labels a stack's objects carry: what `docker stack` filters on, and what the loader
+//! stamps on services, tasks, configs, secrets and nodes to recognise its own work.
+
+use std::collections::BTreeMap;
+
+/// Label that marks objects of a stack (what `docker stack` filters on).
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// Label holding the hash of the desired spec a service or task was built from.
+pub const SPEC_LABEL: &str = "com.reemo-bundle.spec";
+/// Label of configs and secrets holding the sha256 of their content.
+pub const SHA256_LABEL: &str = "com.reemo-bundle.sha256";
+
+/// Node label that says a node holds an image (`com.reemo-bundle.image.<hex12>`).
+pub fn image_label(image_id: &str) -> String {
+    format!(
+        "com.reemo-bundle.image.{}",
+        super::observed::short(image_id)
+    )
+}
+
+/// Labels of configs and secrets of the stack.
+pub fn object_labels(stack: &str, sha256: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (STACK_LABEL.to_string(), stack.to_string()),
+        (SHA256_LABEL.to_string(), sha256.to_string()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_label_uses_the_short_id() {
+        assert_eq!(
+            super::image_label("sha256:a0452bf7f296aaaaaaaa"),
+            "com.reemo-bundle.image.a0452bf7f296"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! The desired state of a stack as data: everything a generation needs to be re-applied
+//! exactly. Built by `desired`, turned into Engine-API specs by `spec`, diffed by `plan`;
+//! stored verbatim in each generation record.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Which bundle a desired state came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleInfo {
+    /// Appliance name.
+    pub name: String,
+    /// Appliance version.
+    pub version: String,
+    /// Bundle identity (64 hex).
+    pub identity: String,
+    /// Pinned component versions.
+    pub pinned: BTreeMap<String, String>,
+}
+
+/// An image the stack needs on every engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredImage {
+    /// Recipe name.
+    pub name: String,
+    /// `repository:tag`.
+    pub reference: String,
+    /// Image ID `sha256:…`.
+    pub id: String,
+}
+
+/// Where the content of a config or secret comes from on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ObjectSource {
+    /// A file of an imported bundle: `store/<identity>/<path>`.
+    Store {
+        /// Bundle identity.
+        identity: String,
+        /// Entry path inside the bundle.
+        path: String,
+    },
+    /// A host-generated secret: `secrets/<key>` in the state directory.
+    Generated {
+        /// Secret key (compose name).
+        key: String,
+    },
+}
+
+/// A Swarm config or secret, named by content hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredObject {
+    /// Compose name.
+    pub key: String,
+    /// Swarm name `<stack>_<key>_<hash8>`.
+    pub name: String,
+    /// sha256 hex of the content.
+    pub sha256: String,
+    /// Content source.
+    pub source: ObjectSource,
+}
+
+/// A network of the stack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredNetwork {
+    /// Compose name.
+    pub key: String,
+    /// Engine name (`<stack>_<key>` unless named explicitly).
+    pub name: String,
+    /// Driver.
+    pub driver: String,
+    /// Attachable.
+    pub attachable: bool,
+    /// Pre-existing (not created or removed by the loader).
+    pub external: bool,
+}
+
+/// One service, with its complete Engine-API spec (IDs of configs and secrets are filled
+/// in at apply time from their names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredService {
+    /// Short name.
+    pub name: String,
+    /// `<stack>_<name>`.
+    pub full_name: String,
+    /// Phase.
+    pub phase: u32,
+    /// One-shot job.
+    pub job: bool,
+    /// Image ID.
+    pub image_id: String,
+    /// Swarm names of the configs it mounts.
+    pub configs: Vec<String>,
+    /// Swarm names of the secrets it mounts.
+    pub secrets: Vec<String>,
+    /// Hash of `spec` (before the hash label was added).
+    pub spec_hash: String,
+    /// `ServiceSpec` JSON.
+    pub spec: serde_json::Value,
+}
+
+/// The complete desired state of a stack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredStack {
+    /// Stack name.
+    pub stack: String,
+    /// Source bundle.
+    pub bundle: BundleInfo,
+    /// Images.
+    pub images: Vec<DesiredImage>,
+    /// Networks.
+    pub networks: Vec<DesiredNetwork>,
+    /// Configs.
+    pub configs: Vec<DesiredObject>,
+    /// Secrets.
+    pub secrets: Vec<DesiredObject>,
+    /// Services in deployment order.
+    pub services: Vec<DesiredService>,
+}
+
+impl DesiredStack {
+    /// Look up a service by short name.
+    pub fn service(&self, name: &str) -> Option<&DesiredService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// Image IDs used by services.
+    pub fn image_ids(&self) -> BTreeSet<String> {
+        self.services.iter().map(|s| s.image_id.clone()).collect()
+    }
+
+    /// Keep only what the services use (after merging with `--only`).
+    pub(crate) fn prune(&mut self) {
+        let used_images = self.image_ids();
+        self.images.retain(|i| used_images.contains(&i.id));
+        let cfg: BTreeSet<&String> = self.services.iter().flat_map(|s| &s.configs).collect();
+        self.configs.retain(|c| cfg.contains(&c.name));
+        let sec: BTreeSet<&String> = self.services.iter().flat_map(|s| &s.secrets).collect();
+        self.secrets.retain(|c| sec.contains(&c.name));
+        self.configs.sort_by(|a, b| a.name.cmp(&b.name));
+        self.configs.dedup_by(|a, b| a.name == b.name);
+        self.secrets.sort_by(|a, b| a.name.cmp(&b.name));
+        self.secrets.dedup_by(|a, b| a.name == b.name);
+        self.images.sort_by(|a, b| a.id.cmp(&b.id));
+        self.images.dedup_by(|a, b| a.id == b.id);
+    }
+}
