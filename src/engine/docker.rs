@@ -191,7 +191,7 @@ fn live_service(s: bollard::models::Service) -> LiveService {
         replicas,
         update_state: us
             .as_ref()
-            .and_then(|u| u.state.map(|st| UpdateState::parse(&st.to_string()))),
+            .and_then(|u| u.state.map(|st| UpdateState::parse(st.as_ref()))),
         update_message: us.and_then(|u| u.message),
     }
 }

@@ -88,7 +88,12 @@ impl State {
             .find(|i| i.op == op && i.times > 0 && i.object.as_deref().is_none_or(|o| o == object))
         {
             i.times -= 1;
-            return Err(i.error.clone());
+            let e = i.error.clone();
+            // an injected "network gone" makes it so (a `docker stack rm` racing us)
+            if let EngineError::NetworkGone { network, .. } = &e {
+                self.networks.remove(network);
+            }
+            return Err(e);
         }
         Ok(())
     }

@@ -92,3 +92,6 @@ impl Timing {
 
 #[cfg(test)]
 pub(crate) mod testkit;
+
+#[cfg(test)]
+mod tests;

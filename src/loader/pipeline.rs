@@ -287,14 +287,12 @@ pub async fn apply(
     timing: Timing,
 ) -> Result<Applied> {
     let d = &target.desired;
-    if p.import.is_some() {
-        if state.import(&d.bundle.identity, &target.store_files)? {
-            host.emit(crate::events::Event::info(format!(
-                "imported bundle {} into {}",
-                crate::swarm::observed::short(&d.bundle.identity),
-                state.root().display()
-            )));
-        }
+    if p.import.is_some() && state.import(&d.bundle.identity, &target.store_files)? {
+        host.emit(crate::events::Event::info(format!(
+            "imported bundle {} into {}",
+            crate::swarm::observed::short(&d.bundle.identity),
+            state.root().display()
+        )));
     }
     fault("import");
     for (k, data) in &target.new_secrets {

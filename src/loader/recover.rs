@@ -172,7 +172,8 @@ mod tests {
 
     #[test]
     fn recovery_decision_table() {
-        let cases: Vec<(&str, Option<Journal>, Option<u64>, Vec<u64>, Recovery)> = vec![
+        type Case = (&'static str, Option<Journal>, Option<u64>, Vec<u64>, Recovery);
+        let cases: Vec<Case> = vec![
             ("clean", None, Some(2), vec![], Recovery::Nothing),
             (
                 "nothing ever activated",

@@ -57,12 +57,22 @@ pub fn manifest(stack: &str, version: &str) -> BundleManifest {
 
 /// The desired state of `compose` (a compose text whose services use `image: img`).
 pub fn desired_yaml(stack: &str, version: &str, compose: &str) -> DesiredStack {
+    desired_files(stack, version, compose, &BTreeMap::new())
+}
+
+/// As [`desired_yaml`], with config files by bundle path (`stack/NAME` for `./NAME`).
+pub fn desired_files(
+    stack: &str,
+    version: &str,
+    compose: &str,
+    files: &BTreeMap<String, Vec<u8>>,
+) -> DesiredStack {
     let c = crate::stack::parse(compose, "stack/stack.yml").expect("test compose parses");
     desired::build(
         &manifest(stack, version),
         &c,
         &Contents {
-            files: &BTreeMap::new(),
+            files,
             generated: &BTreeMap::new(),
         },
     )

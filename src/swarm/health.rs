@@ -237,7 +237,8 @@ mod tests {
     #[test]
     fn assessment_table() {
         let run = |id| task(id, H, Running, Running);
-        let cases: Vec<(&str, Option<LiveService>, Vec<TaskInfo>, bool, Health)> = vec![
+        type Case = (&'static str, Option<LiveService>, Vec<TaskInfo>, bool, Health);
+        let cases: Vec<Case> = vec![
             ("absent", None, vec![], false, Health::Missing),
             (
                 "other spec live",
