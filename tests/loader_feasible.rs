@@ -80,7 +80,7 @@ fn hopeless_placements_are_refused_before_anything_changes() {
         );
     }
     assert_eq!(service_ids(), "", "a service was created");
-    let gens = loader_json(fx.loader().arg("generations"));
+    let gens = loader_json(fx.loader().arg("generations"))["generations"].clone();
     assert_eq!(gens, serde_json::json!([]), "a generation was recorded");
 
     // start-first on a host-mode port: creating is fine, updating can never start the new

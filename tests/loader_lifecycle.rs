@@ -32,12 +32,36 @@ fn relay_appliance_life_cycle() {
     let relay = extract_relay(&v1, fx.tmp.path());
 
     // v1
+    let engine_view = || {
+        [
+            &["service", "ls", "--format", "{{.Name}} {{.Image}}"][..],
+            &["config", "ls", "--format", "{{.Name}}"],
+            &["secret", "ls", "--format", "{{.Name}}"],
+            &["network", "ls", "--format", "{{.Name}}"],
+            &[
+                "node",
+                "inspect",
+                "self",
+                "--format",
+                "{{json .Spec.Labels}}",
+            ],
+            &["image", "ls", "-q", "--no-trunc"],
+        ]
+        .map(|a| run_ok(docker().args(a)))
+    };
+    let (engine_before, state_before) = (engine_view(), state.exists());
     let dry = run_ok(loader(&state).arg("activate").arg(&v1).arg("--dry-run"));
     assert!(dry.contains("create service lcycle_relay"), "{dry}");
+    assert_eq!(
+        state.exists(),
+        state_before,
+        "--dry-run created the state directory"
+    );
     assert!(
         !state.join("current").exists(),
         "--dry-run changed the state"
     );
+    assert_eq!(engine_view(), engine_before, "--dry-run changed the engine");
     let o = loader_json(loader(&state).arg("activate").arg(&v1));
     assert_eq!(o["result"], "activated");
     assert_eq!(o["generation"], 1);
@@ -81,7 +105,7 @@ fn relay_appliance_life_cycle() {
     assert_eq!(st["version"], "2.0.0");
     assert_eq!(st["services"][0]["health"], "healthy", "{st}");
     relay_probe(&relay, port, &state).expect("v2 still serves after the failed v3");
-    let gens = loader_json(loader(&state).arg("generations"));
+    let gens = loader_json(loader(&state).arg("generations"))["generations"].clone();
     let results: Vec<&str> = gens
         .as_array()
         .unwrap()

@@ -136,7 +136,8 @@ fn phases_jobs_and_only() {
     assert_eq!(service_image("lphases_migrate"), migrate_v1);
 
     remove_stack(STACK);
-    for g in loader_json(loader(&state).arg("generations"))
+    for g in loader_json(loader(&state).arg("generations"))["generations"]
+        .clone()
         .as_array()
         .unwrap()
     {

@@ -53,7 +53,8 @@ fn stack_objects(stack: &str) -> String {
 }
 
 fn generations(state: &Path) -> Vec<serde_json::Value> {
-    loader_json(loader(state).arg("generations"))
+    loader_json(loader(state).arg("generations"))["generations"]
+        .clone()
         .as_array()
         .unwrap()
         .clone()

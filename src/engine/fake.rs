@@ -57,6 +57,8 @@ struct Injected {
     op: String,
     object: Option<String>,
     error: EngineError,
+    /// Calls that succeed before the failures start.
+    skip: usize,
     times: usize,
 }
 
@@ -87,6 +89,10 @@ impl State {
             .iter_mut()
             .find(|i| i.op == op && i.times > 0 && i.object.as_deref().is_none_or(|o| o == object))
         {
+            if i.skip > 0 {
+                i.skip -= 1;
+                return Ok(());
+            }
             i.times -= 1;
             let e = i.error.clone();
             // an injected "network gone" makes it so (a `docker stack rm` racing us)
@@ -102,6 +108,11 @@ impl State {
         self.injected(op, object)?;
         self.mutations.push(format!("{op} {object}"));
         Ok(())
+    }
+
+    /// Log a mutating call whose failure injection was already checked.
+    fn record(&mut self, op: &str, object: &str) {
+        self.mutations.push(format!("{op} {object}"));
     }
 
     /// Replace the service's tasks by new ones of its current spec.
@@ -292,10 +303,23 @@ impl FakeEngine {
     /// Make the next `times` calls of `op` (the trait method's name, e.g. `create_config`)
     /// on `object` (any object when `None`) fail with `error`.
     pub fn fail(&self, op: &str, object: Option<&str>, error: EngineError, times: usize) {
+        self.fail_after(op, object, error, 0, times);
+    }
+
+    /// As [`FakeEngine::fail`], once `skip` calls have succeeded.
+    pub fn fail_after(
+        &self,
+        op: &str,
+        object: Option<&str>,
+        error: EngineError,
+        skip: usize,
+        times: usize,
+    ) {
         self.lock().injected.push(Injected {
             op: op.to_string(),
             object: object.map(str::to_string),
             error,
+            skip,
             times,
         });
     }
@@ -564,7 +588,7 @@ impl Engine for FakeEngine {
                 });
             }
         }
-        st.mutate("create_service", &name)?;
+        st.record("create_service", &name);
         let id = st.next_id("svc");
         st.services.insert(
             name.clone(),
@@ -597,7 +621,7 @@ impl Engine for FakeEngine {
                 message: "update out of sequence".into(),
             });
         }
-        st.mutate("update_service", &name)?;
+        st.record("update_service", &name);
         let svc = st.services.get_mut(&name).expect("checked above");
         svc.spec = spec.clone();
         svc.version += 1;
@@ -665,7 +689,7 @@ impl Engine for FakeEngine {
                 message: format!("config {name} already exists"),
             });
         }
-        st.mutate("create_config", name)?;
+        st.record("create_config", name);
         let id = st.next_id("cfg");
         st.configs.insert(
             name.to_string(),
@@ -691,7 +715,7 @@ impl Engine for FakeEngine {
                 message: format!("secret {name} already exists"),
             });
         }
-        st.mutate("create_secret", name)?;
+        st.record("create_secret", name);
         let id = st.next_id("sec");
         st.secrets.insert(
             name.to_string(),
@@ -758,7 +782,7 @@ impl Engine for FakeEngine {
                 message: format!("network with name {name} already exists"),
             });
         }
-        st.mutate("create_network", &name)?;
+        st.record("create_network", &name);
         st.networks.insert(name, labels_of(&req["Labels"]));
         Ok(())
     }

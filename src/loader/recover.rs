@@ -172,7 +172,13 @@ mod tests {
 
     #[test]
     fn recovery_decision_table() {
-        type Case = (&'static str, Option<Journal>, Option<u64>, Vec<u64>, Recovery);
+        type Case = (
+            &'static str,
+            Option<Journal>,
+            Option<u64>,
+            Vec<u64>,
+            Recovery,
+        );
         let cases: Vec<Case> = vec![
             ("clean", None, Some(2), vec![], Recovery::Nothing),
             (

@@ -623,3 +623,42 @@ async fn stale_versions_are_retried_and_a_vanished_network_is_created_again() {
         fx.engine.mutations()
     );
 }
+
+#[tokio::test]
+async fn a_revert_that_fails_too_keeps_the_journal_and_the_next_command_retries_it() {
+    let fx = Fx::new();
+    activate(&fx.host, &v1()).await.unwrap();
+    let before = fx.specs();
+    // app_api's update works, app_web's fails; re-applying app_api's previous spec
+    // during the revert fails too
+    let injected = |s: &str| EngineError::Other {
+        op: format!("updating {s}"),
+        message: "injected".into(),
+    };
+    fx.engine
+        .fail("update_service", Some("app_web"), injected("app_web"), 1);
+    fx.engine
+        .fail_after("update_service", Some("app_api"), injected("app_api"), 1, 1);
+    let msg = format!("{:#}", activate(&fx.host, &v2()).await.unwrap_err());
+    assert!(
+        msg.contains("failed too") && msg.contains("retries the revert"),
+        "{msg}"
+    );
+    let state = fx.state();
+    assert!(
+        state.journal().unwrap().is_some(),
+        "journal kept for the retry"
+    );
+    assert_eq!(state.current().unwrap(), Some(1));
+    let st = status::status(&fx.host).await.unwrap();
+    assert!(st.journal.unwrap().contains("reemo-bundle recover"));
+    let r = recover::recover(&state, fx.host.manager(), timing(), fx.host.events.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.contains("generation 1 stays current"), "{r}");
+    assert!(state.journal().unwrap().is_none());
+    for (name, spec) in &before {
+        assert_eq!(fx.specs()[name]["Labels"], spec["Labels"], "{name}");
+    }
+}

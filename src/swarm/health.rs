@@ -237,7 +237,13 @@ mod tests {
     #[test]
     fn assessment_table() {
         let run = |id| task(id, H, Running, Running);
-        type Case = (&'static str, Option<LiveService>, Vec<TaskInfo>, bool, Health);
+        type Case = (
+            &'static str,
+            Option<LiveService>,
+            Vec<TaskInfo>,
+            bool,
+            Health,
+        );
         let cases: Vec<Case> = vec![
             ("absent", None, vec![], false, Health::Missing),
             (

@@ -504,5 +504,11 @@ pub fn keygen(path: &std::path::Path) -> String {
 /// Loader tests: JSON output of a successful loader command.
 pub fn loader_json(cmd: &mut Command) -> serde_json::Value {
     let out = run_ok(cmd.arg("--json"));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd:?}: bad JSON ({e}): {out}"))
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{cmd:?}: bad JSON ({e}): {out}"));
+    assert_eq!(
+        v["format"], 1,
+        "{cmd:?}: every --json output has \"format\": 1: {out}"
+    );
+    v
 }
