@@ -1,5 +1,5 @@
 //! Services that could never converge on the nodes holding their images are refused before
-//! anything changes (DESIGN §4 pitfalls), instead of hanging until the timeout: more
+//! anything changes (docs/swarm-notes.md, "Placement pitfalls"), instead of hanging until the timeout: more
 //! host-port replicas than nodes, and a start-first update with no free node.
 
 mod common;

@@ -1,5 +1,5 @@
 //! The loader against several real engines: extra dockerd engines in network namespaces
-//! (tests/common/nodes.rs, DESIGN §6) form a 2-node swarm made with `reemo-bundle swarm
+//! (tests/common/nodes.rs, docs/swarm-notes.md) form a 2-node swarm made with `reemo-bundle swarm
 //! init`; `load` fans out to both in parallel; placement follows the images; `status`
 //! reports the swarm's managers; the relay serves through a node's address; and a
 //! `tcp://…:2376` engine is used with TLS client certificates.

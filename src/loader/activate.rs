@@ -19,7 +19,7 @@ use crate::bundle::version::{self, BundleRef};
 use crate::events::{Event, Events};
 use crate::sign::{self, Verdict};
 use crate::state::journal::Kind;
-use crate::state::{GenResult, StateDir};
+use crate::state::{GenResult, StateDir, StoreFile};
 use crate::swarm::desired::{self, Contents, DesiredStack};
 use crate::swarm::plan::Step;
 
@@ -178,13 +178,20 @@ fn check_stack(state: &StateDir, stack: &str) -> Result<()> {
 }
 
 /// Files imported into the host store: everything but image blobs and binaries.
-fn store_files(bundle: &BundleFile) -> Result<Vec<(String, Vec<u8>)>> {
-    let mut v = vec![("bundle.json".to_string(), bundle.manifest_bytes().to_vec())];
+fn store_files(bundle: &BundleFile) -> Result<Vec<StoreFile>> {
+    let mut v = vec![StoreFile::verified(
+        "bundle.json",
+        bundle.manifest_bytes().to_vec(),
+    )];
     for f in &bundle.manifest().files {
         if f.path.starts_with("oci/") || f.path.starts_with("bin/") {
             continue;
         }
-        v.push((f.path.clone(), bundle.read_entry(&f.path)?));
+        v.push(StoreFile {
+            path: f.path.clone(),
+            data: bundle.read_entry(&f.path)?,
+            sha256: f.sha256.clone(),
+        });
     }
     Ok(v)
 }

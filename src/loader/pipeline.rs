@@ -31,7 +31,7 @@ pub struct Target {
     /// The bundle the images and store files come from (activate).
     pub bundle: Option<Arc<BundleFile>>,
     /// Files of the bundle's store entry (activate): imported unless already there.
-    pub store_files: Vec<(String, Vec<u8>)>,
+    pub store_files: Vec<crate::state::StoreFile>,
     /// Generated secrets new to this host, by key: stored before the transaction.
     pub new_secrets: BTreeMap<String, Vec<u8>>,
     /// Remove stack services the desired state does not name (false for `--only`).

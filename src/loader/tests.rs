@@ -19,7 +19,7 @@ use crate::engine::fake::{FakeEngine, Script};
 use crate::engine::EngineError;
 use crate::events::Recorder;
 use crate::state::journal::{Journal, Kind};
-use crate::state::{now, GenResult, Generation, StateDir};
+use crate::state::{now, GenResult, Generation, StateDir, StoreFile};
 use crate::swarm::desired::DesiredStack;
 use crate::swarm::plan::Step;
 
@@ -545,7 +545,10 @@ async fn engine_errors_are_typed_a_409_in_a_hash_is_not_already_exists() {
     state
         .import(
             &d.bundle.identity,
-            &[("stack/motd.txt".to_string(), b"hello 409\n".to_vec())],
+            &[StoreFile::verified(
+                "stack/motd.txt",
+                b"hello 409\n".to_vec(),
+            )],
         )
         .unwrap();
     let name = d.configs[0].name.clone();
@@ -661,4 +664,23 @@ async fn a_revert_that_fails_too_keeps_the_journal_and_the_next_command_retries_
     for (name, spec) in &before {
         assert_eq!(fx.specs()[name]["Labels"], spec["Labels"], "{name}");
     }
+}
+
+#[test]
+fn import_refuses_bytes_that_differ_from_the_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let mut f = StoreFile::verified("stack/motd.txt", b"hello\n".to_vec());
+    f.data = b"hellO\n".to_vec();
+    let e = state.import("abc", &[f]).unwrap_err().to_string();
+    assert!(
+        e.contains("stack/motd.txt") && e.contains("changed after it was verified"),
+        "{e}"
+    );
+    assert!(
+        state.store_entries().unwrap().is_empty(),
+        "nothing imported"
+    );
+    let ok = StoreFile::verified("stack/motd.txt", b"hello\n".to_vec());
+    assert!(state.import("abc", &[ok]).unwrap());
 }

@@ -23,6 +23,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::swarm::desired::DesiredStack;
 
+/// A file to import into the host store, with the sha256 its manifest records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreFile {
+    /// Path inside the bundle.
+    pub path: String,
+    /// Content.
+    pub data: Vec<u8>,
+    /// Expected lowercase hex sha256.
+    pub sha256: String,
+}
+
+impl StoreFile {
+    /// A file whose expected hash is that of `data` (for content already verified whole,
+    /// such as `bundle.json`, whose own hash the signature and identity cover).
+    pub fn verified(path: &str, data: Vec<u8>) -> StoreFile {
+        StoreFile {
+            path: path.into(),
+            sha256: crate::hash::sha256_hex(&data),
+            data,
+        }
+    }
+}
+
 /// Default state directory.
 pub const DEFAULT_DIR: &str = "/var/lib/reemo-bundle";
 
@@ -270,11 +293,23 @@ impl StateDir {
     }
 
     /// Import files of a verified bundle into `store/<identity>/` (all or nothing: written
-    /// into a temp directory, fsynced, renamed). Files are re-checked against `sha256`.
-    pub fn import(&self, identity: &str, files: &[(String, Vec<u8>)]) -> Result<bool> {
+    /// into a temp directory, fsynced, renamed). Every file is re-checked against the
+    /// sha256 its manifest records, so that bytes read after verification (a bundle file
+    /// changed on its medium meanwhile) never enter the store.
+    pub fn import(&self, identity: &str, files: &[StoreFile]) -> Result<bool> {
         let dest = self.store_path(identity);
         if dest.is_dir() {
             return Ok(false);
+        }
+        for f in files {
+            let got = crate::hash::sha256_hex(&f.data);
+            if got != f.sha256 {
+                bail!(
+                    "importing bundle {identity}: {} has sha256 {got}, but its manifest says {}; the bundle file changed after it was verified, nothing was imported",
+                    f.path,
+                    f.sha256
+                );
+            }
         }
         let tmp = self
             .root
@@ -282,7 +317,7 @@ impl StateDir {
             .join(format!(".{identity}.tmp-{}", std::process::id()));
         let res = (|| -> Result<()> {
             let _ = fs::remove_dir_all(&tmp);
-            for (path, data) in files {
+            for StoreFile { path, data, .. } in files {
                 let p = tmp.join(path);
                 fs::create_dir_all(p.parent().context("entry without parent")?)?;
                 let mut f = File::create(&p).with_context(|| format!("writing {}", p.display()))?;

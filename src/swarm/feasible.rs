@@ -1,5 +1,5 @@
-//! Placement feasibility, checked before an activation changes anything (DESIGN §4
-//! pitfalls). Without a registry a task can only run on a node that holds its image, and a
+//! Placement feasibility, checked before an activation changes anything (docs/swarm-notes.md,
+//! "Placement pitfalls"). Without a registry a task can only run on a node that holds its image, and a
 //! `mode: host` published port or `max_replicas_per_node` caps how many tasks a node can
 //! take. Swarm does not refuse such a service: its tasks stay pending ("no suitable node")
 //! and the activation would only fail at its timeout. Two cases are certain to hang:

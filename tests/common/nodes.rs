@@ -1,4 +1,4 @@
-//! Extra Docker engines in network namespaces (DESIGN §6), for multi-node tests.
+//! Extra Docker engines in network namespaces (docs/swarm-notes.md, "Testing on one machine"), for multi-node tests.
 //!
 //! [`Cluster::start`] creates a Linux bridge on the host (with an address, so the host can
 //! reach the nodes), one network namespace per node joined to it by a veth pair, allows
