@@ -405,7 +405,7 @@ mod tests {
         s.set_current(3).unwrap();
         assert_eq!(s.current().unwrap(), Some(3));
         assert!(s
-            .import("abc", &[("configs/a".into(), b"x".to_vec())])
+            .import("abc", &[StoreFile::verified("configs/a", b"x".to_vec())])
             .unwrap());
         assert!(!s.import("abc", &[]).unwrap());
         assert_eq!(s.store_file("abc", "configs/a").unwrap(), b"x");
