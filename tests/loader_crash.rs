@@ -108,8 +108,7 @@ fn sigkill_at_every_step_is_recovered_by_the_next_command() {
     // Interrupted attempts are listed as failed; the stack still activates normally.
     let gens = loader_json(loader(&state).arg("generations"))["generations"].clone();
     assert!(
-        gens["generations"]
-            .as_array()
+        gens.as_array()
             .unwrap()
             .iter()
             .any(|g| g["result"] == "failed"),
