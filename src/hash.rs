@@ -37,6 +37,11 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
+/// `sha256:<hex>` of bytes (an OCI digest).
+pub fn sha256_digest(data: &[u8]) -> String {
+    format!("sha256:{}", sha256_hex(data))
+}
+
 /// Identity of a value: sha256 of its canonical JSON together with the store format.
 pub fn identity(v: &Value) -> String {
     let wrapped = serde_json::json!({ "store_format": STORE_FORMAT, "v": v });

@@ -3,11 +3,12 @@
 //! The command line (`main.rs`, `cli`) parses, dispatches into these modules and prints;
 //! the library itself reports progress through `events`.
 
-pub mod build;
+pub mod builder;
 pub mod bundle;
 pub mod cli;
 pub mod engine;
 pub mod events;
+pub mod fsutil;
 pub mod hash;
 pub mod loader;
 pub mod oci;

@@ -420,7 +420,11 @@ impl LoadedBundleDef {
     /// Folders searched for recipes.
     pub fn recipe_dirs(&self) -> Vec<PathBuf> {
         let base = self.path.parent().unwrap_or(Path::new("."));
-        self.def.recipes.iter().map(|d| base.join(d)).collect()
+        self.def
+            .recipes
+            .iter()
+            .map(|d| crate::fsutil::normalize(&base.join(d)))
+            .collect()
     }
 }
 

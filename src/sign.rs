@@ -22,9 +22,8 @@
 //! The signature entry carries the public key so that a bundle can be checked for
 //! tampering anywhere; whether it is *trusted* is decided only by the host's own keys.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -383,7 +382,7 @@ pub fn write_key_pair(out: &Path, key: &SecretKey) -> Result<PathBuf> {
             );
         }
     }
-    let dir = crate::store::parent_dir(out);
+    let dir = crate::fsutil::parent_dir(out);
     // Both files are written completely under temporary names first, then linked into
     // place (link fails if the name exists, so a racing writer is not clobbered either).
     let tmp_private = write_temp(dir, key.to_text().as_bytes(), 0o600)?;
@@ -397,23 +396,12 @@ pub fn write_key_pair(out: &Path, key: &SecretKey) -> Result<PathBuf> {
         })
     });
     res?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))?;
+    crate::fsutil::sync_dir(dir)?;
     Ok(public_path)
 }
 
 fn write_temp(dir: &Path, data: &[u8], mode: u32) -> Result<tempfile::TempPath> {
-    let tmp = tempfile::Builder::new()
-        .prefix(".key.tmp-")
-        .make_in(dir, |p| {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(mode)
-                .open(p)
-        })
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = crate::fsutil::temp_in(dir, mode)?;
     let mut f = tmp.as_file();
     f.write_all(data)
         .and_then(|()| f.sync_all())

@@ -3,6 +3,7 @@
 //! same store never see (or leave) a half-written entry. Also a cache of compressed layers
 //! keyed by their uncompressed digest, so a layer is never recompressed.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -91,19 +92,28 @@ impl Store {
             .context("creating a temporary folder in the store")
     }
 
-    /// Publish a fully written folder as entry `id`: fsync a completion marker, then rename.
-    /// If another build published the same identity first, ours is discarded.
+    /// Publish a fully written folder as entry `id`: fsync every file and folder in it, then
+    /// write and fsync a completion marker recording each file's size and mtime, then rename
+    /// it into `objects/` and fsync that. A marked entry is therefore never half-written after
+    /// a power loss. If another build published the same identity first, ours is discarded.
     pub fn publish(&self, id: &str, dir: tempfile::TempDir) -> Result<PathBuf> {
-        let marker = dir.path().join(".complete");
-        let f = File::create(&marker).context("writing store completion marker")?;
-        f.sync_all().context("syncing store completion marker")?;
+        crate::fsutil::sync_tree(dir.path())
+            .with_context(|| format!("syncing store entry {id} before publishing it"))?;
+        let record = Record::of(dir.path())?;
+        let marker = dir.path().join(MARKER);
+        let mut f = File::create(&marker).context("writing store completion marker")?;
+        std::io::Write::write_all(
+            &mut f,
+            &serde_json::to_vec(&record).expect("a record serialises"),
+        )
+        .and_then(|()| f.sync_all())
+        .context("writing store completion marker")?;
+        crate::fsutil::sync_dir(dir.path())?;
         let dest = self.object(id);
         let src = dir.keep();
         match fs::rename(&src, &dest) {
             Ok(()) => {
-                if let Ok(d) = File::open(self.root.join("objects")) {
-                    let _ = d.sync_all();
-                }
+                crate::fsutil::sync_dir(&self.root.join("objects"))?;
                 Ok(dest)
             }
             Err(_) if self.has(id) => {
@@ -117,6 +127,36 @@ impl Store {
         }
     }
 
+    /// Whether the published entry `id` still holds what was recorded when it was published
+    /// (every file present with its recorded size and mtime, nothing added). `Ok(None)` when it
+    /// does; `Ok(Some(why))` names the first difference; an entry that is not published is an
+    /// error.
+    pub fn check(&self, id: &str) -> Result<Option<String>> {
+        let dir = self.object(id);
+        let text = fs::read(dir.join(MARKER))
+            .with_context(|| format!("reading the completion marker of store entry {id}"))?;
+        let Ok(recorded) = serde_json::from_slice::<Record>(&text) else {
+            return Ok(Some(
+                "its completion marker records no file sizes (written by an older reemo-bundle)"
+                    .into(),
+            ));
+        };
+        let found = Record::of(&dir)?;
+        Ok(recorded.difference(&found))
+    }
+
+    /// Take a published entry out of the store (renamed away first, so that no reader sees it
+    /// half-removed).
+    pub fn evict(&self, id: &str) -> Result<()> {
+        let tmp = self
+            .root
+            .join("tmp")
+            .join(format!("evict-{id}-{}", std::process::id()));
+        fs::rename(self.object(id), &tmp).with_context(|| format!("removing store entry {id}"))?;
+        crate::fsutil::sync_dir(&self.root.join("objects"))?;
+        fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))
+    }
+
     /// Path of a cached compressed layer, by the hex digest of its uncompressed tar.
     pub fn layer_cache(&self, diff_id_hex: &str) -> PathBuf {
         self.root.join("layers").join(diff_id_hex)
@@ -128,25 +168,63 @@ impl Store {
     }
 }
 
-/// The folder `path` goes into (`.` for a bare file name, whose parent is empty).
-pub fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
+/// Name of the completion marker of a store entry.
+const MARKER: &str = ".complete";
+
+/// What a store entry held when it was published: relative path → (size, mtime in ns).
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Record {
+    files: BTreeMap<String, (u64, i128)>,
+}
+
+impl Record {
+    fn of(dir: &Path) -> Result<Record> {
+        let mut files = BTreeMap::new();
+        walk(dir, "", &mut files)?;
+        files.remove(MARKER);
+        Ok(Record { files })
+    }
+
+    fn difference(&self, found: &Record) -> Option<String> {
+        for (path, (size, mtime)) in &self.files {
+            match found.files.get(path) {
+                None => return Some(format!("{path} is missing")),
+                Some((s, _)) if s != size => {
+                    return Some(format!("{path} is {s} bytes, {size} when it was stored"))
+                }
+                Some((_, m)) if m != mtime => {
+                    return Some(format!("{path} was modified after it was stored"))
+                }
+                _ => {}
+            }
+        }
+        found
+            .files
+            .keys()
+            .find(|p| !self.files.contains_key(*p))
+            .map(|p| format!("{p} was added after it was stored"))
     }
 }
 
-/// Write a file atomically: temp file in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = parent_dir(path);
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .and_then(|_| tmp.as_file().sync_all())
-        .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("renaming into {}", path.display()))?;
+fn walk(dir: &Path, rel: &str, out: &mut BTreeMap<String, (u64, i128)>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for e in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let rel = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        let md = fs::symlink_metadata(e.path())
+            .with_context(|| format!("reading {}", e.path().display()))?;
+        if md.is_dir() {
+            walk(&e.path(), &rel, out)?;
+        } else {
+            let mtime = md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128;
+            out.insert(rel, (md.len(), mtime));
+        }
+    }
     Ok(())
 }
 
@@ -169,5 +247,49 @@ mod tests {
         let p = s.publish("abc", t2).unwrap();
         assert_eq!(fs::read(p.join("out")).unwrap(), b"1");
         assert_eq!(fs::read_dir(s.root().join("tmp")).unwrap().count(), 0);
+        assert_eq!(s.check("abc").unwrap(), None);
+    }
+
+    #[test]
+    fn check_finds_every_change_after_publishing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let publish = |id: &str| {
+            let t = s.temp_dir().unwrap();
+            fs::create_dir(t.path().join("sub")).unwrap();
+            fs::write(t.path().join("sub/out"), b"12345").unwrap();
+            s.publish(id, t).unwrap()
+        };
+        let o = publish("a");
+        fs::write(o.join("sub/out"), b"123").unwrap();
+        assert_eq!(
+            s.check("a").unwrap().unwrap(),
+            "sub/out is 3 bytes, 5 when it was stored"
+        );
+        let o = publish("b");
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(o.join("sub/out"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            s.check("b").unwrap().unwrap(),
+            "sub/out was modified after it was stored"
+        );
+        let o = publish("c");
+        fs::remove_file(o.join("sub/out")).unwrap();
+        assert_eq!(s.check("c").unwrap().unwrap(), "sub/out is missing");
+        let o = publish("d");
+        fs::write(o.join("new"), b"").unwrap();
+        assert_eq!(
+            s.check("d").unwrap().unwrap(),
+            "new was added after it was stored"
+        );
+        // an entry of an older version has an empty marker: reported, so it is rebuilt
+        let o = publish("e");
+        fs::write(o.join(".complete"), b"").unwrap();
+        assert!(s.check("e").unwrap().unwrap().contains("older"));
+        s.evict("e").unwrap();
+        assert!(!s.has("e"));
     }
 }

@@ -47,7 +47,15 @@ fn relay_appliance_life_cycle() {
             ],
             &["image", "ls", "-q", "--no-trunc"],
         ]
-        .map(|a| run_ok(docker().args(a)))
+        .map(|a| {
+            // one line per object; the engine lists some of them in no fixed order
+            let mut lines: Vec<String> = run_ok(docker().args(a))
+                .lines()
+                .map(str::to_string)
+                .collect();
+            lines.sort();
+            lines
+        })
     };
     let (engine_before, state_before) = (engine_view(), state.exists());
     let dry = run_ok(loader(&state).arg("activate").arg(&v1).arg("--dry-run"));

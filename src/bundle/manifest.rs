@@ -5,8 +5,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the bundle format; a loader refuses formats it does not know.
-pub const BUNDLE_FORMAT: u32 = 1;
+/// Version of the bundle format this code writes; a loader refuses formats it does not know.
+/// Format 2 added `mtime` (bound to every tar header) and each layer's `diff_id` and
+/// `uncompressed_size`; format 1 bundles are still read.
+pub const BUNDLE_FORMAT: u32 = 2;
+/// Oldest bundle format this code reads.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// Name of the manifest entry; always the first entry of the tar.
 pub const MANIFEST_NAME: &str = "bundle.json";
@@ -19,6 +23,9 @@ pub const SIGNATURE_NAME: &str = "bundle.json.sig";
 pub struct BundleManifest {
     /// Always [`BUNDLE_FORMAT`] for bundles this code writes.
     pub format: u32,
+    /// mtime of every tar header of the bundle (the build's SOURCE_DATE_EPOCH); format 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime: Option<u64>,
     /// Appliance name, e.g. `relayws`.
     pub name: String,
     /// Appliance version, e.g. `1.0.0`.
@@ -55,7 +62,8 @@ pub struct ImageEntry {
     pub config_digest: String,
     /// `sha256:<hex>` of the OCI manifest blob.
     pub manifest_digest: String,
-    /// Blobs in order: config first, then layers; paths are `oci/blobs/sha256/<hex>`.
+    /// Layer blobs, bottom first; paths are `oci/blobs/sha256/<hex>`. In format 2 each
+    /// carries its `diff_id` and `uncompressed_size`.
     pub layers: Vec<BlobRef>,
     /// Config blob reference.
     pub config: BlobRef,
@@ -71,7 +79,7 @@ impl ImageEntry {
 }
 
 /// A blob of the OCI layout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobRef {
     /// `sha256:<hex>`.
@@ -80,6 +88,12 @@ pub struct BlobRef {
     pub size: u64,
     /// OCI media type.
     pub media_type: String,
+    /// Layers (format 2): `sha256:<hex>` of the uncompressed tar, as in the image config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+    /// Layers (format 2): size of the uncompressed tar in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uncompressed_size: Option<u64>,
 }
 
 impl BlobRef {

@@ -1,6 +1,6 @@
-//! Writing a bundle file: `bundle.json` first, then every file sorted by path, with fixed
-//! tar headers (mode 0644/0755, uid/gid 0, mtime SOURCE_DATE_EPOCH), into a temporary file
-//! that is fsynced and renamed only when complete. Also re-packs a verified bundle with a new
+//! Writing a bundle file: `bundle.json` first, then every file sorted by path, with the fixed
+//! tar headers of [`super::tarfmt`] (mode 0644/0755, owner 0:0, mtime SOURCE_DATE_EPOCH), into
+//! a temporary file that is fsynced and renamed only when complete. Also re-packs a verified bundle with a new
 //! `bundle.json.sig` entry, every other byte copied unchanged.
 
 use std::io::{BufWriter, Read, Write};
@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{BundleManifest, FileEntry, MANIFEST_NAME, SIGNATURE_NAME};
 use super::reader::BundleFile;
+use super::tarfmt::{entry_header, padding, BLOCK, END_MARKER};
+use crate::fsutil;
 
 /// Where a bundle file's content comes from.
 pub enum Source {
@@ -29,75 +31,73 @@ pub struct BundleItem {
     pub source: Source,
 }
 
-fn header(size: u64, executable: bool, mtime: u64) -> tar::Header {
-    let mut h = tar::Header::new_ustar();
-    h.set_entry_type(tar::EntryType::Regular);
-    h.set_size(size);
-    h.set_mode(if executable { 0o755 } else { 0o644 });
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(mtime);
-    h
+/// Write one entry: its header, its data, its padding.
+fn write_entry(
+    w: &mut impl Write,
+    path: &str,
+    data: &mut dyn Read,
+    size: u64,
+    executable: bool,
+    mtime: u64,
+) -> Result<()> {
+    let h = entry_header(path, size, executable, mtime).map_err(anyhow::Error::msg)?;
+    w.write_all(&h)?;
+    let n = std::io::copy(&mut data.take(size), w)?;
+    anyhow::ensure!(n == size, "{path}: {n} bytes read, {size} expected");
+    w.write_all(&[0u8; BLOCK][..padding(size)])?;
+    Ok(())
 }
 
-/// Write the bundle to `dest` atomically. `items` must match `manifest.files` one to one.
+/// Write the bundle to `dest` atomically. `items` must match `manifest.files` one to one,
+/// and `mtime` must be the manifest's.
 pub fn write_bundle(
     dest: &Path,
     manifest: &BundleManifest,
     items: &[BundleItem],
     mtime: u64,
 ) -> Result<()> {
-    let tmp = temp_beside(dest)?;
+    anyhow::ensure!(
+        manifest.mtime == Some(mtime),
+        "bundle.json records mtime {:?}, the entries would get {mtime}",
+        manifest.mtime
+    );
+    let tmp = fsutil::temp_beside(dest, 0o644)?;
     let manifest_bytes = manifest_bytes(manifest);
     {
-        let mut b = tar::Builder::new(BufWriter::with_capacity(1 << 20, tmp.as_file()));
-        let mut h = header(manifest_bytes.len() as u64, false, mtime);
-        b.append_data(&mut h, MANIFEST_NAME, manifest_bytes.as_slice())
-            .context("writing bundle.json")?;
+        let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        write_entry(
+            &mut w,
+            MANIFEST_NAME,
+            &mut manifest_bytes.as_slice(),
+            manifest_bytes.len() as u64,
+            false,
+            mtime,
+        )
+        .context("writing bundle.json")?;
         for item in items {
             let e = &item.entry;
-            let mut h = header(e.size, e.executable, mtime);
             match &item.source {
-                Source::Bytes(data) => b.append_data(&mut h, &e.path, data.as_slice()),
+                Source::Bytes(data) => write_entry(
+                    &mut w,
+                    &e.path,
+                    &mut data.as_slice(),
+                    e.size,
+                    e.executable,
+                    mtime,
+                ),
                 Source::File(p) => {
-                    let f = std::fs::File::open(p)
+                    let mut f = std::fs::File::open(p)
                         .with_context(|| format!("opening {} for {}", p.display(), e.path))?;
-                    b.append_data(&mut h, &e.path, f.take(e.size))
+                    write_entry(&mut w, &e.path, &mut f, e.size, e.executable, mtime)
                 }
             }
             .with_context(|| format!("writing {} into the bundle", e.path))?;
         }
-        let mut w = b.into_inner().context("finishing the bundle tar")?;
-        w.flush().context("flushing the bundle")?;
+        w.write_all(&[0u8; END_MARKER])
+            .and_then(|()| w.flush())
+            .context("finishing the bundle tar")?;
     }
-    sync_bundle(&tmp)?;
-    publish(tmp, dest)
-}
-
-/// A temporary file in `dest`'s folder, to be [`publish`]ed as `dest`.
-fn temp_beside(dest: &Path) -> Result<tempfile::NamedTempFile> {
-    let dir = crate::store::parent_dir(dest);
-    tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))
-}
-
-/// Give a written bundle its mode (0644) and fsync it.
-fn sync_bundle(tmp: &tempfile::NamedTempFile) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .context("setting bundle permissions")?;
-    tmp.as_file().sync_all().context("syncing the bundle")
-}
-
-/// Rename a [`sync_bundle`]d temporary file to `dest` and fsync the folder.
-fn publish(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
-    tmp.persist(dest)
-        .with_context(|| format!("renaming the bundle into {}", dest.display()))?;
-    if let Ok(d) = std::fs::File::open(crate::store::parent_dir(dest)) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    fsutil::persist(tmp, dest).context("writing the bundle")
 }
 
 /// The exact bytes of `bundle.json` for a manifest (pretty, trailing newline).
@@ -120,7 +120,7 @@ pub fn write_with_signature(
 ) -> Result<String> {
     let src_path = bundle.path();
     let layout = bundle.layout();
-    let tmp = temp_beside(dest)?;
+    let tmp = fsutil::temp_beside(dest, 0o644)?;
     let mut src =
         std::fs::File::open(src_path).with_context(|| format!("opening {}", src_path.display()))?;
     let mut hasher = Sha256::new();
@@ -144,14 +144,15 @@ pub fn write_with_signature(
             src_path.display()
         );
         if let Some(sig) = signature {
-            let mut h = header(sig.len() as u64, false, layout.mtime);
-            h.set_path(SIGNATURE_NAME)
-                .context("naming the signature entry")?;
-            h.set_cksum();
-            out.write_all(h.as_bytes())
-                .and_then(|()| out.write_all(sig))
-                .and_then(|()| out.write_all(&[0u8; 512][..(512 - sig.len() % 512) % 512]))
-                .with_context(|| format!("writing {SIGNATURE_NAME}"))?;
+            write_entry(
+                &mut out,
+                SIGNATURE_NAME,
+                &mut &sig[..],
+                sig.len() as u64,
+                false,
+                layout.mtime,
+            )
+            .with_context(|| format!("writing {SIGNATURE_NAME}"))?;
         }
         let rest = layout.signature_end.unwrap_or(layout.manifest_end);
         std::io::Seek::seek(&mut src, std::io::SeekFrom::Start(rest))
@@ -159,7 +160,7 @@ pub fn write_with_signature(
         std::io::copy(&mut src, &mut out).with_context(copy_err)?;
         out.inner.flush().context("flushing the bundle")?;
     }
-    sync_bundle(&tmp)?;
+    tmp.as_file().sync_all().context("syncing the bundle")?;
     // Nothing becomes visible before the copy verifies as a whole, with the entry we wrote.
     let check = BundleFile::open(tmp.path())
         .with_context(|| format!("verifying the re-packed copy of {}", src_path.display()))?;
@@ -168,7 +169,7 @@ pub fn write_with_signature(
         "{} changed while it was being re-packed",
         src_path.display()
     );
-    publish(tmp, dest)?;
+    fsutil::persist(tmp, dest)?;
     Ok(hex::encode(hasher.finalize()))
 }
 
@@ -220,6 +221,7 @@ mod tests {
             .collect();
         let manifest = BundleManifest {
             format: BUNDLE_FORMAT,
+            mtime: Some(1_700_000_000),
             name: "t".into(),
             version: "1.0.0".into(),
             identity: "ab".repeat(32),
@@ -313,18 +315,15 @@ mod tests {
         );
         // a signature entry after a file entry is not the detached signature
         let mut data = Vec::new();
-        {
-            let mut t = tar::Builder::new(&mut data);
-            for (name, body) in [
-                ("bundle.json", b.manifest_bytes().to_vec()),
-                ("configs/a.conf", b"a=1\n".to_vec()),
-                ("bundle.json.sig", b"x".to_vec()),
-            ] {
-                let mut h = header(body.len() as u64, false, 0);
-                t.append_data(&mut h, name, body.as_slice()).unwrap();
-            }
-            t.finish().unwrap();
+        for (name, body) in [
+            ("bundle.json", b.manifest_bytes().to_vec()),
+            ("configs/a.conf", b"a=1\n".to_vec()),
+            ("bundle.json.sig", b"x".to_vec()),
+        ] {
+            let size = body.len() as u64;
+            write_entry(&mut data, name, &mut &body[..], size, false, 1_700_000_000).unwrap();
         }
+        data.extend_from_slice(&[0u8; END_MARKER]);
         let late = d.path().join("late.bundle");
         std::fs::write(&late, data).unwrap();
         let e = BundleFile::open(&late).map(|_| ());

@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 
 use super::{BuildArgs, InspectArgs, KeygenArgs, SignArgs, VerifyArgs};
-use crate::build::{build as run_build, BuildOptions};
+use crate::builder::{build as run_build, BuildOptions};
 use crate::bundle::reader::BundleFile;
 use crate::bundle::writer::write_with_signature;
 use crate::sign::{self, SecretKey};
@@ -118,15 +118,19 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
 /// `reemo-bundle verify`.
 pub fn verify(args: VerifyArgs) -> Result<i32> {
     let b = open(&args.file)?;
+    b.check_layers()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let trusted = sign::read_trusted(&args.trusted_keys)?;
     let verdict = sign::evaluate(b.manifest_bytes(), b.signature(), &trusted)
         .map_err(|e| anyhow::anyhow!("bundle {}: {e}", args.file.display()))?;
     let m = b.manifest();
     println!(
-        "ok: {} {} ({} files, identity {})",
+        "ok: {} {} (format {}, {} files, {} image layers expanded and checked, identity {})",
         m.name,
         m.version,
+        m.format,
         m.files.len(),
+        m.images.iter().map(|i| i.layers.len()).sum::<usize>(),
         m.identity
     );
     println!("signature: {verdict}");

@@ -3,7 +3,7 @@
 //! of every engine in parallel; images an engine already holds (by ID) are skipped, and the
 //! resulting IDs are checked against `bundle.json`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::bundle::layers::{CheckedReader, Expected};
 use crate::bundle::manifest::ImageEntry;
 use crate::bundle::reader::BundleFile;
 use crate::engine::Engine;
@@ -127,14 +128,30 @@ pub fn write_archive(bundle: &BundleFile, images: &[&ImageEntry], w: impl Write)
     )?;
     let mut seen = BTreeSet::new();
     for i in images {
+        // Each layer passes through a check of its expansion: one that inflates past its
+        // declared size, or to other content than its diff-id, ends the stream with an error
+        // before the engine has the whole layer.
+        let expected: BTreeMap<String, Expected> = bundle
+            .layer_expectations(i)?
+            .into_iter()
+            .map(|(b, e)| (b.digest, e))
+            .collect();
         for b in std::iter::once(&i.config).chain(layers(i)) {
             if !seen.insert(b.digest.clone()) {
                 continue;
             }
-            let mut r = bundle
+            let r = bundle
                 .open_entry(&b.path())
                 .with_context(|| format!("image {}: blob {}", i.reference(), b.digest))?;
-            add(&mut tar, &blob_name(&b.digest), b.size, &mut r)?;
+            match expected.get(&b.digest) {
+                Some(e) => add(
+                    &mut tar,
+                    &blob_name(&b.digest),
+                    b.size,
+                    &mut CheckedReader::new(r, e.clone()),
+                )?,
+                None => add(&mut tar, &blob_name(&b.digest), b.size, &mut { r })?,
+            }
         }
     }
     tar.into_inner()?.flush()?;

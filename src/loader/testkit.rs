@@ -28,11 +28,13 @@ pub fn manifest(stack: &str, version: &str) -> BundleManifest {
         digest: format!("sha256:{d}"),
         size: 1,
         media_type: "x".into(),
+        ..Default::default()
     };
     let id = image_id(stack);
     let hex = id.trim_start_matches("sha256:").to_string();
     BundleManifest {
         format: BUNDLE_FORMAT,
+        mtime: Some(0),
         name: stack.into(),
         version: version.into(),
         identity: sha256_hex(format!("{stack} {version}").as_bytes()),

@@ -108,33 +108,7 @@ pub fn now() -> u64 {
 }
 
 /// Write `data` to `path` atomically (temp, fsync, rename, fsync dir).
-pub fn atomic_write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = path.parent().context("path without parent")?;
-    let name = path.file_name().context("path without name")?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = (|| -> std::io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = res {
-        let _ = fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("writing {}", path.display()));
-    }
-    Ok(())
-}
+pub use crate::fsutil::write_atomic_mode as atomic_write;
 
 impl StateDir {
     /// Open (and create) the state directory. Creates nothing else.
@@ -325,8 +299,9 @@ impl StateDir {
                     .with_context(|| format!("writing {}", p.display()))?;
                 f.sync_all()?;
             }
+            crate::fsutil::sync_tree(&tmp)?;
             fs::rename(&tmp, &dest)?;
-            File::open(self.root.join("store"))?.sync_all()?;
+            crate::fsutil::sync_dir(&self.root.join("store"))?;
             Ok(())
         })();
         if let Err(e) = res {

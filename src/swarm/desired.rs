@@ -297,9 +297,11 @@ mod tests {
             digest: format!("sha256:{d}"),
             size: 1,
             media_type: "x".into(),
+            ..Default::default()
         };
         BundleManifest {
             format: BUNDLE_FORMAT,
+            mtime: Some(0),
             name: "relayws".into(),
             version: "1.0.0".into(),
             identity: "ab".repeat(32),

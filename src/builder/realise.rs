@@ -14,13 +14,14 @@ use crate::bundle::manifest::{
 };
 use crate::bundle::reader::BundleFile;
 use crate::bundle::writer::{write_bundle, write_with_signature, BundleItem, Source};
+use crate::fsutil::write_atomic;
 use crate::hash::{sha256_file, sha256_hex};
 use crate::oci::{self, Content, Descriptor, LayerFile, LayoutImage};
 use crate::recipe::{
     BinaryRecipe, FixedFormat, FixedRecipe, ImageRecipe, LoadedBundleDef, Recipe, RecipeKind,
     StackRecipe,
 };
-use crate::store::{write_atomic, Store};
+use crate::store::Store;
 
 /// Target triple of static binaries.
 pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -75,16 +76,19 @@ pub(crate) fn realise(
     let mut cached = Vec::new();
     for name in &g.order {
         let id = &g.ids[name];
-        if store.has(id) {
+        let r = &g.recipes[name];
+        if usable(store, id, name, opts)? {
             cached.push(name.clone());
+            if let RecipeKind::Fixed(f) = &r.kind {
+                check_fixed_input(r, f, opts);
+            }
             continue;
         }
         let _lock = store.lock(id)?;
-        if store.has(id) {
+        if usable(store, id, name, opts)? {
             cached.push(name.clone());
             continue;
         }
-        let r = &g.recipes[name];
         (opts.progress)(&format!(
             "building {} ({} {})",
             name,
@@ -105,9 +109,10 @@ pub(crate) fn realise(
     }
     // The bundle itself is a store entry too.
     let obj = store.object(bundle_id);
-    if !store.has(bundle_id) {
+    let bundle_name = format!("bundle:{}", def.def.name);
+    if !usable(store, bundle_id, &bundle_name, opts)? {
         let _lock = store.lock(bundle_id)?;
-        if !store.has(bundle_id) {
+        if !usable(store, bundle_id, &bundle_name, opts)? {
             (opts.progress)(&format!(
                 "packing bundle {} {}",
                 def.def.name,
@@ -155,33 +160,57 @@ pub(crate) fn realise(
     })
 }
 
-/// Put the stored bundle at `dest`: nothing if it is already that file, else a hard link
-/// (or a copy across file systems) renamed into place.
-fn place(src: &Path, dest: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    if let (Ok(a), Ok(b)) = (std::fs::metadata(src), std::fs::metadata(dest)) {
-        if a.ino() == b.ino() && a.dev() == b.dev() {
-            return Ok(());
+/// Whether the store entry `id` (of recipe `name`) can be used as it is: published and still
+/// holding what was recorded when it was (sizes and mtimes). A changed entry is reported,
+/// taken out of the store and rebuilt: a cache hit never vouches for bytes it did not check.
+fn usable(store: &Store, id: &str, name: &str, opts: &BuildOptions) -> Result<bool> {
+    if !store.has(id) {
+        return Ok(false);
+    }
+    match store.check(id)? {
+        None => Ok(true),
+        Some(why) => {
+            (opts.progress)(&format!(
+                "warning: store entry {} of {name} changed after it was stored ({why}); rebuilding it",
+                &id[..12]
+            ));
+            store.evict(id)?;
+            Ok(false)
         }
     }
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        dest.file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("bundle"),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(src, &tmp).is_err() {
-        std::fs::copy(src, &tmp)
-            .with_context(|| format!("copying the bundle to {}", tmp.display()))?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+}
+
+/// A fixed input whose store copy is used: say so if its file is gone or differs (the
+/// store copy, checked against the recipe's sha256 when it was stored, is still good).
+fn check_fixed_input(r: &Recipe, f: &FixedRecipe, opts: &BuildOptions) {
+    let p = r.dir().join(f.path.get_ref());
+    let warn = |what: String| {
+        (opts.progress)(&format!(
+            "warning: recipe {}: {what}; using the store copy (sha256 {})",
+            r.name,
+            f.sha256.get_ref()
+        ))
+    };
+    if !p.is_file() {
+        warn(format!("fixed input {} is missing", p.display()));
+        return;
     }
-    std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))?;
-    Ok(())
+    match sha256_file(&p) {
+        Ok(found) if &found == f.sha256.get_ref() => {}
+        Ok(found) => warn(format!(
+            "fixed input {} has changed (sha256 {found}, the recipe says {})",
+            p.display(),
+            f.sha256.get_ref()
+        )),
+        Err(e) => warn(format!("fixed input {}: {e:#}", p.display())),
+    }
+}
+
+/// Put an independent copy of the stored bundle at `dest` (a reflink where the file system
+/// can, else a copy): editing the output never touches the store.
+fn place(src: &Path, dest: &Path) -> Result<()> {
+    crate::fsutil::copy_atomic(src, dest, 0o644)
+        .with_context(|| format!("writing the bundle {}", dest.display()))
 }
 
 fn build_binary(
@@ -295,6 +324,7 @@ fn blobref(d: &Descriptor) -> BlobRef {
         digest: d.digest.clone(),
         size: d.size,
         media_type: d.media_type.clone(),
+        ..Default::default()
     }
 }
 
@@ -710,6 +740,46 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
     Ok(())
 }
 
+/// Record in each layer of `m` what it expands to (format 2), checked against the image
+/// config's diff-ids, so that `verify` and the loader can bound and check the expansion.
+fn declare_expansions(m: &mut ImageMeta, obj: &Path) -> Result<()> {
+    use crate::bundle::layers::{check_blob, Compression, Expected};
+    let config = read_json(
+        &obj.join("blobs/sha256")
+            .join(m.config.digest.trim_start_matches("sha256:")),
+    )?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .context("image config without rootfs.diff_ids")?;
+    anyhow::ensure!(
+        diff_ids.len() == m.layers.len(),
+        "image config lists {} layers, the image {}",
+        diff_ids.len(),
+        m.layers.len()
+    );
+    for (l, d) in m.layers.iter_mut().zip(diff_ids) {
+        let blob = obj
+            .join("blobs/sha256")
+            .join(l.digest.trim_start_matches("sha256:"));
+        let f =
+            std::fs::File::open(&blob).with_context(|| format!("opening {}", blob.display()))?;
+        let expected = Expected {
+            what: l.digest.clone(),
+            diff_id: d
+                .as_str()
+                .context("image config: diff-id is not a string")?
+                .to_string(),
+            size: None,
+            compression: Compression::of_media_type(&l.media_type).map_err(anyhow::Error::msg)?,
+        };
+        let found = check_blob(std::io::BufReader::new(f), &expected)
+            .map_err(|e| anyhow::anyhow!("layer {} in {}: {e}", l.digest, blob.display()))?;
+        l.diff_id = Some(found.diff_id);
+        l.uncompressed_size = Some(found.size);
+    }
+    Ok(())
+}
+
 /// Assemble `bundle.json` and the bundle tar into `out/bundle`.
 fn pack_bundle(
     def: &LoadedBundleDef,
@@ -776,8 +846,9 @@ fn pack_bundle(
     let mut layout = Vec::new();
     let mut blobs = BTreeSet::new();
     for name in &image_names {
-        let m = image_meta(store, g, name)?;
+        let mut m = image_meta(store, g, name)?;
         let obj = store.object(&g.ids[name]);
+        declare_expansions(&mut m, &obj).with_context(|| format!("image recipe {name}"))?;
         for b in std::iter::once(&m.manifest)
             .chain(std::iter::once(&m.config))
             .chain(m.layers.iter())
@@ -842,6 +913,7 @@ fn pack_bundle(
     let items: Vec<BundleItem> = items.into_values().collect();
     let manifest = BundleManifest {
         format: BUNDLE_FORMAT,
+        mtime: Some(mtime),
         name: d.name.clone(),
         version: d.version.clone(),
         identity: bundle_id.to_string(),
