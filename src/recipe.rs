@@ -49,6 +49,14 @@ impl RecipeKind {
             RecipeKind::Stack(_) => "stack",
         }
     }
+
+    /// "a binary recipe", "an image recipe", … for messages.
+    pub fn described(&self) -> String {
+        match self.name() {
+            n @ "image" => format!("an {n} recipe"),
+            n => format!("a {n} recipe"),
+        }
+    }
 }
 
 /// `kind = "binary"`.

@@ -739,45 +739,139 @@ pub fn resolve_relative(stack_file: &str, file: &str) -> Option<String> {
 pub fn parse(text: &str, origin: &str) -> Result<ComposeFile> {
     let file: ComposeFile =
         serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
-    validate(&file).with_context(|| origin.to_string())?;
+    validate(&file).map_err(|(path, needle, e)| {
+        let keys: Vec<&str> = path.iter().map(String::as_str).collect();
+        match locate(text, &keys, needle.as_deref()) {
+            Some(line) => e.context(format!("{origin}:{line}")),
+            None => e.context(origin.to_string()),
+        }
+    })?;
     Ok(file)
 }
 
-fn validate(file: &ComposeFile) -> Result<()> {
+/// A reference from a service to a top-level object that does not exist.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name:?} is not defined under top-level {kind}s")]
+struct Undefined {
+    kind: &'static str,
+    name: String,
+}
+
+/// The 1-based line of the key at `path` in a block-style YAML text (`["services", "web",
+/// "configs"]`), or, with `needle`, of the first line inside that key's block that mentions
+/// `needle`. None when the text does not have the key in block style.
+pub fn locate(text: &str, path: &[&str], needle: Option<&str>) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let key_of = |l: &str| {
+        let t = l.trim_start().trim_start_matches("- ");
+        let k = t
+            .split(':')
+            .next()?
+            .trim()
+            .trim_matches(|c| c == '"' || c == '\'');
+        (t.contains(':') && !t.starts_with('#')).then_some(k.to_string())
+    };
+    let blank = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    let (mut from, mut to) = (0, lines.len());
+    let mut found = None;
+    for key in path {
+        // keys of this level have the indentation of the block's first line
+        let level = (from..to)
+            .find(|&i| !blank(lines[i]))
+            .map(|i| indent(lines[i]))?;
+        let (i, ind) = (from..to)
+            .filter(|&i| !blank(lines[i]) && indent(lines[i]) == level)
+            .find(|&i| key_of(lines[i]).as_deref() == Some(key))
+            .map(|i| (i, level))?;
+        found = Some(i);
+        from = i + 1;
+        to = (i + 1..lines.len())
+            .find(|&j| !lines[j].trim().is_empty() && indent(lines[j]) <= ind)
+            .unwrap_or(lines.len());
+    }
+    let line = found?;
+    if let Some(n) = needle {
+        // the key's own line (flow style `configs: [a, b]`) or a line of its block
+        let mentions = |l: &str| {
+            l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.'))
+                .any(|w| w == n)
+        };
+        if let Some(j) = (line..to).find(|&j| mentions(lines[j])) {
+            return Some(j + 1);
+        }
+    }
+    Some(line + 1)
+}
+
+type Located = (Vec<String>, Option<String>, anyhow::Error);
+
+fn at_key(path: &[&str]) -> impl FnOnce(anyhow::Error) -> Located {
+    let path = path.iter().map(|s| s.to_string()).collect();
+    move |e| (path, None, e)
+}
+
+fn validate(file: &ComposeFile) -> std::result::Result<(), Located> {
     if !file.version.starts_with('3') {
-        bail!(
+        return Err(at_key(&["version"])(anyhow::anyhow!(
             "version {:?}: only compose file format 3.x is supported",
             file.version
-        );
+        )));
     }
+    validate_objects(file)
+        .map_err(|(p, e)| at_key(&p.iter().map(String::as_str).collect::<Vec<_>>())(e))?;
+    for (name, s) in &file.services {
+        check_name("service", name).map_err(at_key(&["services", name]))?;
+        if let Err(e) = validate_service(file, s) {
+            let e = e.context(format!("service {name}"));
+            if let Some(u) = e.downcast_ref::<Undefined>() {
+                let path = vec!["services".into(), name.clone(), format!("{}s", u.kind)];
+                let needle = Some(u.name.clone());
+                return Err((path, needle, e));
+            }
+            return Err(at_key(&["services", name])(e));
+        }
+    }
+    Ok(())
+}
+
+/// Top-level configs and secrets; the error carries the key path of the object at fault.
+fn validate_objects(file: &ComposeFile) -> std::result::Result<(), (Vec<String>, anyhow::Error)> {
     if file.services.is_empty() {
-        bail!("no services");
+        return Err((vec!["services".into()], anyhow::anyhow!("no services")));
+    }
+    fn at(kind: &str, name: &str) -> impl FnOnce(anyhow::Error) -> (Vec<String>, anyhow::Error) {
+        let path = vec![kind.to_string(), name.to_string()];
+        move |e| (path, e)
     }
     for (name, def) in &file.configs {
-        check_name("config", name)?;
+        check_name("config", name).map_err(at("configs", name))?;
         if def.file.is_none() && def.external != Some(true) {
-            bail!("config {name}: needs `file:` or `external: true`");
+            return Err(at("configs", name)(anyhow::anyhow!(
+                "config {name}: needs `file:` or `external: true`"
+            )));
         }
     }
     for (name, def) in &file.secrets {
-        check_name("secret", name)?;
-        match (&def.file, &def.generate, def.external) {
-            (Some(_), None, None | Some(false)) => {}
-            (None, Some(t), _) => {
-                if !t.contains("{hex32}") {
-                    bail!("secret {name}: x-reemo-generate template {t:?} has no {{hex32}}");
-                }
-            }
-            (None, None, Some(true)) => {}
-            (Some(_), Some(_), _) => {
-                bail!("secret {name}: `file:` and `x-reemo-generate` exclude each other")
-            }
-            _ => bail!("secret {name}: needs `file:`, `external: true` or `x-reemo-generate`"),
-        }
+        check_secret(name, def).map_err(at("secrets", name))?;
     }
-    for (name, s) in &file.services {
-        check_name("service", name)?;
-        validate_service(file, s).with_context(|| format!("service {name}"))?;
+    Ok(())
+}
+
+fn check_secret(name: &str, def: &SecretDef) -> Result<()> {
+    check_name("secret", name)?;
+    match (&def.file, &def.generate, def.external) {
+        (Some(_), None, None | Some(false)) => {}
+        (None, Some(t), _) => {
+            if !t.contains("{hex32}") {
+                bail!("secret {name}: x-reemo-generate template {t:?} has no {{hex32}}");
+            }
+        }
+        (None, None, Some(true)) => {}
+        (Some(_), Some(_), _) => {
+            bail!("secret {name}: `file:` and `x-reemo-generate` exclude each other")
+        }
+        _ => bail!("secret {name}: needs `file:`, `external: true` or `x-reemo-generate`"),
     }
     Ok(())
 }
@@ -862,18 +956,20 @@ fn validate_service(file: &ComposeFile, s: &Service) -> Result<()> {
     }
     for c in &s.configs {
         if !file.configs.contains_key(c.source()) {
-            bail!(
-                "config {:?} is not defined under top-level configs",
-                c.source()
-            );
+            return Err(Undefined {
+                kind: "config",
+                name: c.source().to_string(),
+            }
+            .into());
         }
     }
     for c in &s.secrets {
         if !file.secrets.contains_key(c.source()) {
-            bail!(
-                "secret {:?} is not defined under top-level secrets",
-                c.source()
-            );
+            return Err(Undefined {
+                kind: "secret",
+                name: c.source().to_string(),
+            }
+            .into());
         }
     }
     for p in &s.ports {
@@ -1050,6 +1146,30 @@ services:
         let bad = RELAY.replace("secrets: [relay_token_keys]", "secrets: [nope]");
         let e = format!("{:#}", parse(&bad, "s").unwrap_err());
         assert!(e.contains("service relay") && e.contains("nope"), "{e}");
+        let line = bad.lines().position(|l| l.contains("[nope]")).unwrap() + 1;
+        assert!(
+            e.starts_with(&format!("s:{line}: service relay: secret \"nope\"")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_carry_a_line() {
+        let bad = RELAY.replace("version: \"3.8\"", "version: \"2.4\"");
+        let e = format!("{:#}", parse(&bad, "s.yml").unwrap_err());
+        let line = bad.lines().position(|l| l.starts_with("version:")).unwrap() + 1;
+        assert_eq!(
+            e,
+            format!("s.yml:{line}: version \"2.4\": only compose file format 3.x is supported")
+        );
+        let text = "version: \"3.8\"\nservices:\n  web:\n    image: x\n    configs:\n      - source: other\n        target: /a\n      - source: missing\n        target: /b\nconfigs:\n  other:\n    file: a\n";
+        let e = format!("{:#}", parse(text, "t.yml").unwrap_err());
+        assert_eq!(
+            e,
+            "t.yml:8: service web: config \"missing\" is not defined under top-level configs"
+        );
+        assert_eq!(locate(text, &["configs", "other"], None), Some(11));
+        assert_eq!(locate(text, &["services", "nope"], None), None);
     }
 
     #[test]

@@ -319,9 +319,9 @@ fn expect_kind(def: &LoadedBundleDef, g: &Graph, name: &S<String>, kind: &str) -
             &def.text,
             name,
             format!(
-                "recipe {:?} is a {} recipe, expected {kind}",
+                "recipe {:?} is {}, expected {kind}",
                 name.get_ref(),
-                r.kind.name()
+                r.kind.described()
             ),
         ));
     }

@@ -532,8 +532,8 @@ fn build_image(
                         return Err(r.err_at(
                             dep,
                             format!(
-                                "a layer entry can use a binary or fixed recipe, not a {} recipe",
-                                other.name()
+                                "a layer entry can use a binary or fixed recipe, not {}",
+                                other.described()
                             ),
                         ))
                     }
@@ -707,10 +707,10 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
     for (offset, name) in image_placeholders(&text) {
         if !matches!(g.recipes[&name].kind, RecipeKind::Image(_)) {
             bail!(
-                "{}:{}: ${{image:{name}}} names a {} recipe, not an image",
+                "{}:{}: ${{image:{name}}} names {}, not an image",
                 tpl_path.display(),
                 crate::recipe::line_of(&text, offset),
-                g.recipes[&name].kind.name()
+                g.recipes[&name].kind.described()
             );
         }
         let m = image_meta(store, g, &name)?;

@@ -6,3 +6,6 @@ pub mod reader;
 pub mod tarfmt;
 pub mod version;
 pub mod writer;
+
+#[cfg(test)]
+mod tests;

@@ -44,12 +44,12 @@ impl std::fmt::Display for Position {
 #[derive(Debug, Error)]
 pub enum VerifyError {
     /// The file could not be opened or read at all.
-    #[error("cannot read bundle {path}: {source}")]
+    #[error("cannot read bundle {path}: {cause}")]
     Io {
         /// Bundle file path.
         path: PathBuf,
-        /// Underlying error.
-        source: std::io::Error,
+        /// Underlying error (printed in the message, so not a `source` that would print twice).
+        cause: std::io::Error,
     },
     /// A tar header that cannot be parsed (bad checksum or number).
     #[error("malformed tar header {at}: {reason}")]
@@ -416,9 +416,9 @@ impl BundleFile {
     /// and the images' consistency. Returns the first problem found, naming the entry.
     /// Layer expansion is checked by [`BundleFile::check_layers`].
     pub fn open(path: &Path) -> Result<Self, VerifyError> {
-        let io = |source| VerifyError::Io {
+        let io = |cause| VerifyError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         };
         let file = File::open(path).map_err(io)?;
         let mut r = BufReader::with_capacity(1 << 20, file);
@@ -764,9 +764,9 @@ impl BundleFile {
                 }
                 let r = self
                     .open_entry(&layer.path())
-                    .map_err(|source| VerifyError::Io {
+                    .map_err(|cause| VerifyError::Io {
                         path: self.path.clone(),
-                        source,
+                        cause,
                     })?;
                 layers::check_blob(r, &expected).map_err(|reason| VerifyError::BadLayer {
                     path: layer.path(),
@@ -870,6 +870,15 @@ mod tests {
         for (p, ok) in cases {
             assert_eq!(check_entry_path(p).is_ok(), ok, "{p}");
         }
+    }
+
+    #[test]
+    fn a_missing_file_is_reported_once() {
+        let e = anyhow::Error::new(BundleFile::open(Path::new("/nonexistent.bundle")).unwrap_err());
+        assert_eq!(
+            format!("{e:#}"),
+            "cannot read bundle /nonexistent.bundle: No such file or directory (os error 2)"
+        );
     }
 
     #[test]
