@@ -381,3 +381,138 @@ fn vendor_docker_archive_is_an_image_base() {
         "the recipe's cmd overrides the base's (vendor)"
     );
 }
+
+#[test]
+fn output_is_an_independent_file_and_cache_hits_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let (out, _) = build_tiny(d.path(), &store);
+    let good = std::fs::read(&out).unwrap();
+    let sha = common::sha256_of(&out);
+    // an in-place edit of the output (same size) leaves the store alone ...
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).open(&out).unwrap();
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(700)).unwrap();
+        f.write_all(b"X").unwrap();
+    }
+    assert!(!verify(&out).0);
+    // ... so the next build hands out the good file again, with its true sha256
+    let (out2, err) = build_tiny(d.path(), &store);
+    assert!(err.contains("nothing to do"), "{err}");
+    assert_eq!(std::fs::read(&out2).unwrap(), good);
+    assert_eq!(common::sha256_of(&out2), sha);
+    // a store entry edited in place is noticed (size/mtime), reported and rebuilt
+    let objects = store.join("objects");
+    let stored = std::fs::read_dir(&objects)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("bundle"))
+        .find(|p| p.is_file())
+        .unwrap();
+    std::fs::write(&stored, b"corrupted").unwrap();
+    let (out3, err) = build_tiny(d.path(), &store);
+    assert!(
+        err.contains("changed after it was stored (bundle is 9 bytes"),
+        "{err}"
+    );
+    assert!(err.contains("packing bundle"), "{err}");
+    assert_eq!(common::sha256_of(&out3), sha, "rebuilt reproducibly");
+    let (_, err) = build_tiny(d.path(), &store);
+    assert!(err.contains("nothing to do"), "{err}");
+}
+
+#[test]
+fn fixed_inputs_that_vanish_or_change_are_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let store = d.path().join("store");
+    let def = common::write_tiny_appliance(d.path(), "1.0.0", "hello");
+    let input = d.path().join("busybox-copy");
+    std::fs::copy("/bin/busybox", &input).unwrap();
+    std::fs::write(
+        d.path().join("recipes/busybox.toml"),
+        format!(
+            "kind = \"fixed\"\npath = \"../busybox-copy\"\nsha256 = \"{}\"\n",
+            common::sha256_of(&input)
+        ),
+    )
+    .unwrap();
+    let o = run_build(&def, &store, d.path());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::remove_file(&input).unwrap();
+    let o = run_build(&def, &store, d.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let shown = d.path().join("busybox-copy");
+    assert!(
+        err.contains(&format!(
+            "warning: recipe busybox: fixed input {} is missing; using the store copy",
+            shown.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(&input, b"another file").unwrap();
+    let o = run_build(&def, &store, d.path());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("has changed (sha256 "), "{err}");
+}
+
+#[test]
+fn a_setuid_header_in_a_signed_bundle_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let (out, _) = build_tiny(d.path(), &d.path().join("store"));
+    let key = d.path().join("site.key");
+    let run = |args: &[&std::ffi::OsStr]| {
+        Command::new(common::bin()).args(args).output().unwrap()
+    };
+    assert!(run(&["keygen".as_ref(), "--out".as_ref(), key.as_os_str()])
+        .status
+        .success());
+    let signed = d.path().join("signed.bundle");
+    let o = run(&[
+        "sign".as_ref(),
+        out.as_os_str(),
+        "--key".as_ref(),
+        key.as_os_str(),
+        "--out".as_ref(),
+        signed.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let public = d.path().join("site.key.pub");
+    let check = || {
+        let o = run(&[
+            "verify".as_ref(),
+            signed.as_os_str(),
+            "--trusted-key".as_ref(),
+            public.as_os_str(),
+        ]);
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert!(check().0, "{}", check().1);
+    // make the first executable setuid root, fix the header checksum
+    let mut data = std::fs::read(&signed).unwrap();
+    let mut at = 0;
+    let name = loop {
+        let h = tar::Header::from_byte_slice(&data[at..at + 512]);
+        let size = h.size().unwrap() as usize;
+        if h.mode().unwrap() == 0o755 {
+            break String::from_utf8_lossy(&h.path_bytes()).into_owned();
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    };
+    let mut h = tar::Header::from_byte_slice(&data[at..at + 512]).clone();
+    h.set_mode(0o4755);
+    h.set_cksum();
+    data[at..at + 512].copy_from_slice(h.as_bytes());
+    std::fs::write(&signed, data).unwrap();
+    let (ok, err) = check();
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "entry {name:?}: tar header mode is 04755, bundle.json requires 0755"
+        )),
+        "{err}"
+    );
+}
