@@ -1,12 +1,15 @@
 //! OCI image writing without a Docker daemon: deterministic layer tars (sorted entries, fixed
 //! mtime, uid/gid 0 unless set, no atime/ctime), gzip with a fixed header, and the config,
-//! manifest, index and Docker `manifest.json` documents. Pure functions over bytes.
+//! manifest, index and Docker `manifest.json` documents. Pure functions over bytes. The OCI
+//! documents are `oci-spec` values, written with fixed key orders and sorted maps.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use oci_spec::image as spec;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::hash::sha256_hex;
 
@@ -117,7 +120,8 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().expect("gzip into memory")
 }
 
-/// A blob descriptor.
+/// A blob descriptor; in the documents it is an oci-spec [`spec::Descriptor`] (see
+/// [`Descriptor::to_oci`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Descriptor {
     /// `sha256:<hex>`.
@@ -143,8 +147,34 @@ impl Descriptor {
         self.digest.trim_start_matches("sha256:")
     }
 
-    fn json(&self) -> Value {
-        json!({"mediaType": self.media_type, "digest": self.digest, "size": self.size})
+    /// The oci-spec descriptor; an error when the digest is not a valid OCI digest.
+    pub fn to_oci(&self) -> Result<spec::Descriptor> {
+        let digest = spec::Digest::try_from(self.digest.as_str())
+            .with_context(|| format!("descriptor digest {:?}", self.digest))?;
+        Ok(spec::Descriptor::new(
+            spec::MediaType::from(self.media_type.as_str()),
+            self.size,
+            digest,
+        ))
+    }
+
+    /// [`Descriptor::to_oci`] for the documents this module writes, whose descriptors come from
+    /// [`Descriptor::of`] or from blobs already stored under their digest.
+    ///
+    /// # Panics
+    /// When the digest is not a valid OCI digest (`sha256:` and 64 lowercase hex digits).
+    fn oci(&self) -> spec::Descriptor {
+        self.to_oci().unwrap_or_else(|e| panic!("{e:#}"))
+    }
+}
+
+impl From<&spec::Descriptor> for Descriptor {
+    fn from(d: &spec::Descriptor) -> Descriptor {
+        Descriptor {
+            digest: d.digest().to_string(),
+            size: d.size(),
+            media_type: d.media_type().to_string(),
+        }
     }
 }
 
@@ -187,79 +217,226 @@ pub struct ConfigFields {
     pub exposed_ports: BTreeSet<String>,
     /// `Labels`.
     pub labels: BTreeMap<String, String>,
-    /// `Healthcheck` (already in Docker's JSON shape).
+    /// `Healthcheck` (already in Docker's JSON shape; not part of the OCI config, so it is
+    /// written by [`config_json`] beside the oci-spec fields).
     pub healthcheck: Option<Value>,
     /// `StopSignal`.
     pub stop_signal: Option<String>,
 }
 
-/// Build the image config JSON bytes (compact, keys in a fixed order).
+// The documents are oci-spec values; their bytes are the oci-spec serialisation re-laid by the
+// writer below: object keys in the fixed orders listed here, and the Go maps that oci-spec
+// holds in a `HashMap` (`ExposedPorts`, `Labels`, `annotations`) written with sorted keys, so
+// that the bytes, and hence every digest and image ID, depend on the content only.
+
+/// Keys of the image config, in the order written.
+const CONFIG_DOC_KEYS: &[&str] = &[
+    "architecture",
+    "os",
+    "created",
+    "config",
+    "rootfs",
+    "history",
+];
+/// Keys of the config's `config`, in the order written.
+const CONFIG_KEYS: &[&str] = &[
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Healthcheck",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+];
+/// Keys of `rootfs`.
+const ROOTFS_KEYS: &[&str] = &["type", "diff_ids"];
+/// Keys of a descriptor.
+const DESCRIPTOR_KEYS: &[&str] = &["mediaType", "digest", "size", "annotations"];
+/// Keys of a manifest.
+const MANIFEST_KEYS: &[&str] = &[
+    "schemaVersion",
+    "mediaType",
+    "config",
+    "layers",
+    "annotations",
+];
+/// Keys of an index.
+const INDEX_KEYS: &[&str] = &["schemaVersion", "mediaType", "manifests"];
+
+/// A typed document as a JSON value.
+fn to_value(doc: &impl Serialize) -> Value {
+    serde_json::to_value(doc).expect("oci-spec documents serialise to JSON")
+}
+
+/// Compact bytes of a laid-out value.
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).expect("serialising JSON values cannot fail")
+}
+
+/// Apply `f` to the member `key` of an object, when present.
+fn edit(v: &mut Value, key: &str, f: impl FnOnce(Value) -> Value) {
+    if let Some(x) = v.get_mut(key) {
+        *x = f(x.take());
+    }
+}
+
+/// The object `v` with its keys in `order`. Every key must be listed: one that is not (a field
+/// a newer oci-spec emits) is kept after the listed ones, and fails the tests.
+fn ordered(v: Value, order: &[&str]) -> Value {
+    let Value::Object(m) = v else { return v };
+    let mut rest: Vec<(String, Value)> = m.into_iter().collect();
+    let mut out = serde_json::Map::new();
+    for key in order {
+        if let Some(i) = rest.iter().position(|(k, _)| k == key) {
+            let (k, x) = rest.remove(i);
+            out.insert(k, x);
+        }
+    }
+    debug_assert!(
+        rest.is_empty(),
+        "keys without a place in the written layout: {:?}",
+        rest.iter().map(|(k, _)| k).collect::<Vec<_>>()
+    );
+    out.extend(rest);
+    Value::Object(out)
+}
+
+/// A map-valued object with its keys sorted (a Go map that oci-spec holds in a `HashMap`).
+fn sorted(v: Value) -> Value {
+    let Value::Object(m) = v else { return v };
+    let mut entries: Vec<(String, Value)> = m.into_iter().collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(entries.into_iter().collect())
+}
+
+/// A descriptor as written.
+fn descriptor_value(v: Value) -> Value {
+    let mut v = ordered(v, DESCRIPTOR_KEYS);
+    edit(&mut v, "annotations", sorted);
+    v
+}
+
+/// Each element of an array, laid out by `f`.
+fn each(v: Value, f: fn(Value) -> Value) -> Value {
+    match v {
+        Value::Array(a) => Value::Array(a.into_iter().map(f).collect()),
+        other => other,
+    }
+}
+
+/// The OCI image config (linux/amd64) of `fields` over layers with `diff_ids`. `Healthcheck`
+/// and `history` are not held here: [`config_json`] writes them as given.
+pub fn image_config(
+    fields: &ConfigFields,
+    diff_ids: &[String],
+    created: &str,
+) -> spec::ImageConfiguration {
+    let mut c = spec::ConfigBuilder::default();
+    if let Some(u) = &fields.user {
+        c = c.user(u.clone());
+    }
+    if !fields.exposed_ports.is_empty() {
+        c = c.exposed_ports(fields.exposed_ports.iter().cloned().collect::<Vec<_>>());
+    }
+    if !fields.env.is_empty() {
+        c = c.env(fields.env.clone());
+    }
+    if let Some(e) = &fields.entrypoint {
+        c = c.entrypoint(e.clone());
+    }
+    if let Some(cmd) = &fields.cmd {
+        c = c.cmd(cmd.clone());
+    }
+    if let Some(w) = &fields.workdir {
+        c = c.working_dir(w.clone());
+    }
+    if !fields.labels.is_empty() {
+        c = c.labels(fields.labels.clone().into_iter().collect::<HashMap<_, _>>());
+    }
+    if let Some(s) = &fields.stop_signal {
+        c = c.stop_signal(s.clone());
+    }
+    let rootfs = spec::RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(diff_ids.to_vec())
+        .build()
+        .expect("rootfs fields are all set");
+    spec::ImageConfigurationBuilder::default()
+        .architecture(spec::Arch::Amd64)
+        .os(spec::Os::Linux)
+        .created(created)
+        .config(c.build().expect("config fields all have defaults"))
+        .rootfs(rootfs)
+        .build()
+        .expect("image config fields are all set")
+}
+
+/// Build the image config JSON bytes (compact, keys in a fixed order): [`image_config`] plus
+/// `Healthcheck` (Docker's, outside the OCI config) and `history`, whose entries are written
+/// as given so that a base image's history (any keys, in its own order) is kept verbatim.
 pub fn config_json(
     fields: &ConfigFields,
     diff_ids: &[String],
     history: &[Value],
     created: &str,
 ) -> Vec<u8> {
-    let mut cfg = serde_json::Map::new();
-    if let Some(u) = &fields.user {
-        cfg.insert("User".into(), json!(u));
-    }
-    if !fields.exposed_ports.is_empty() {
-        let ports: serde_json::Map<String, Value> = fields
-            .exposed_ports
-            .iter()
-            .map(|p| (p.clone(), json!({})))
-            .collect();
-        cfg.insert("ExposedPorts".into(), Value::Object(ports));
-    }
-    if !fields.env.is_empty() {
-        cfg.insert("Env".into(), json!(fields.env));
-    }
-    if let Some(e) = &fields.entrypoint {
-        cfg.insert("Entrypoint".into(), json!(e));
-    }
-    if let Some(c) = &fields.cmd {
-        cfg.insert("Cmd".into(), json!(c));
-    }
-    if let Some(h) = &fields.healthcheck {
-        cfg.insert("Healthcheck".into(), h.clone());
-    }
-    if let Some(w) = &fields.workdir {
-        cfg.insert("WorkingDir".into(), json!(w));
-    }
-    if !fields.labels.is_empty() {
-        cfg.insert("Labels".into(), json!(fields.labels));
-    }
-    if let Some(s) = &fields.stop_signal {
-        cfg.insert("StopSignal".into(), json!(s));
-    }
-    let doc = json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "created": created,
-        "config": Value::Object(cfg),
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        "history": history,
+    let mut v = to_value(&image_config(fields, diff_ids, created));
+    edit(&mut v, "config", |mut c| {
+        edit(&mut c, "ExposedPorts", sorted);
+        edit(&mut c, "Labels", sorted);
+        if let (Some(h), Value::Object(m)) = (&fields.healthcheck, &mut c) {
+            m.insert("Healthcheck".into(), h.clone());
+        }
+        ordered(c, CONFIG_KEYS)
     });
-    serde_json::to_vec(&doc).expect("serialising JSON values cannot fail")
+    edit(&mut v, "rootfs", |r| ordered(r, ROOTFS_KEYS));
+    if let Value::Object(m) = &mut v {
+        m.insert("history".into(), Value::Array(history.to_vec()));
+    }
+    to_bytes(&ordered(v, CONFIG_DOC_KEYS))
+}
+
+/// The OCI manifest of an image.
+///
+/// # Panics
+/// When a descriptor's digest is not a valid OCI digest.
+pub fn image_manifest(
+    config: &Descriptor,
+    layers: &[Descriptor],
+    annotations: &BTreeMap<String, String>,
+) -> spec::ImageManifest {
+    let mut b = spec::ImageManifestBuilder::default()
+        .schema_version(spec::SCHEMA_VERSION)
+        .media_type(spec::MediaType::ImageManifest)
+        .config(config.oci())
+        .layers(layers.iter().map(Descriptor::oci).collect::<Vec<_>>());
+    if !annotations.is_empty() {
+        b = b.annotations(annotations.clone().into_iter().collect::<HashMap<_, _>>());
+    }
+    b.build().expect("manifest fields are all set")
+}
+
+/// A manifest as written.
+fn manifest_bytes(m: &spec::ImageManifest) -> Vec<u8> {
+    let mut v = to_value(m);
+    edit(&mut v, "config", descriptor_value);
+    edit(&mut v, "layers", |l| each(l, descriptor_value));
+    edit(&mut v, "annotations", sorted);
+    to_bytes(&ordered(v, MANIFEST_KEYS))
 }
 
 /// Build the OCI manifest JSON bytes.
+///
+/// # Panics
+/// When a descriptor's digest is not a valid OCI digest.
 pub fn manifest_json(
     config: &Descriptor,
     layers: &[Descriptor],
     annotations: &BTreeMap<String, String>,
 ) -> Vec<u8> {
-    let mut doc = json!({
-        "schemaVersion": 2,
-        "mediaType": MT_MANIFEST,
-        "config": config.json(),
-        "layers": layers.iter().map(Descriptor::json).collect::<Vec<_>>(),
-    });
-    if !annotations.is_empty() {
-        doc["annotations"] = json!(annotations);
-    }
-    serde_json::to_vec(&doc).expect("serialising JSON values cannot fail")
+    manifest_bytes(&image_manifest(config, layers, annotations))
 }
 
 /// One image as the layout-level documents need it.
@@ -277,37 +454,72 @@ pub struct LayoutImage {
     pub layers: Vec<Descriptor>,
 }
 
-/// `index.json` of the OCI layout holding all images (Docker 25+ reads it).
-pub fn index_json(images: &[LayoutImage]) -> Vec<u8> {
-    let manifests: Vec<Value> = images
+/// Annotation naming an image for containerd (and Docker 25+ loading an OCI layout).
+pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+/// The OCI index of the layout holding all images, each manifest annotated with its names.
+///
+/// # Panics
+/// When a manifest descriptor's digest is not a valid OCI digest.
+pub fn image_index(images: &[LayoutImage]) -> spec::ImageIndex {
+    let manifests: Vec<spec::Descriptor> = images
         .iter()
         .map(|i| {
-            let mut d = i.manifest.json();
-            d["annotations"] = json!({
-                "io.containerd.image.name": i.reference,
-                "org.opencontainers.image.ref.name": i.tag,
-            });
+            let mut d = i.manifest.oci();
+            d.set_annotations(Some(HashMap::from([
+                (ANNOTATION_CONTAINERD_NAME.to_string(), i.reference.clone()),
+                (spec::ANNOTATION_REF_NAME.to_string(), i.tag.clone()),
+            ])));
             d
         })
         .collect();
-    let doc = json!({"schemaVersion": 2, "mediaType": MT_INDEX, "manifests": manifests});
-    serde_json::to_vec(&doc).expect("serialising JSON values cannot fail")
+    spec::ImageIndexBuilder::default()
+        .schema_version(spec::SCHEMA_VERSION)
+        .media_type(spec::MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .expect("index fields are all set")
+}
+
+/// `index.json` of the OCI layout holding all images (Docker 25+ reads it).
+///
+/// # Panics
+/// When a manifest descriptor's digest is not a valid OCI digest.
+pub fn index_json(images: &[LayoutImage]) -> Vec<u8> {
+    let mut v = to_value(&image_index(images));
+    edit(&mut v, "manifests", |m| each(m, descriptor_value));
+    to_bytes(&ordered(v, INDEX_KEYS))
+}
+
+/// One image of Docker's `manifest.json` (docker-archive format, which OCI does not define).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DockerArchiveImage {
+    /// Path of the config blob.
+    pub config: String,
+    /// `repository:tag` names.
+    pub repo_tags: Vec<String>,
+    /// Paths of the layer blobs, bottom first.
+    pub layers: Vec<String>,
+}
+
+/// Path of a blob in a layout or docker archive: `blobs/sha256/<hex>`.
+pub fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
 }
 
 /// Docker's `manifest.json` (docker-archive; Docker 20.10 reads it), paths relative to the
 /// layout root.
 pub fn docker_manifest_json(images: &[LayoutImage]) -> Vec<u8> {
-    let doc: Vec<Value> = images
+    let doc: Vec<DockerArchiveImage> = images
         .iter()
-        .map(|i| {
-            json!({
-                "Config": format!("blobs/sha256/{}", i.config.hex()),
-                "RepoTags": [i.reference],
-                "Layers": i.layers.iter().map(|l| format!("blobs/sha256/{}", l.hex())).collect::<Vec<_>>(),
-            })
+        .map(|i| DockerArchiveImage {
+            config: blob_path(&i.config.digest),
+            repo_tags: vec![i.reference.clone()],
+            layers: i.layers.iter().map(|l| blob_path(&l.digest)).collect(),
         })
         .collect();
-    serde_json::to_vec(&doc).expect("serialising JSON values cannot fail")
+    serde_json::to_vec(&doc).expect("serialising a docker manifest cannot fail")
 }
 
 /// `oci-layout` file content.
@@ -407,5 +619,180 @@ mod tests {
         assert_eq!(v[0]["Config"], format!("blobs/sha256/{}", cfg.hex()));
         assert_eq!(v[0]["Layers"][0], format!("blobs/sha256/{}", l.hex()));
         assert_eq!(v[0]["RepoTags"][0], "a/b:1-abc");
+    }
+
+    /// Config fields using every key, with maps given out of order.
+    fn full_fields() -> ConfigFields {
+        ConfigFields {
+            user: Some("app".into()),
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            entrypoint: Some(vec!["/bin/app".into(), "-x".into()]),
+            cmd: Some(vec![]),
+            workdir: Some("/srv".into()),
+            exposed_ports: ["8080/tcp".to_string(), "53/udp".to_string()].into(),
+            labels: [
+                ("b".to_string(), "2".to_string()),
+                ("a".to_string(), "1".to_string()),
+            ]
+            .into(),
+            healthcheck: Some(
+                serde_json::json!({"Test": ["CMD", "true"], "Interval": 5_000_000_000u64}),
+            ),
+            stop_signal: Some("SIGTERM".into()),
+        }
+    }
+
+    /// A base image's history (Docker's key order, keys OCI does not define) and ours.
+    fn history() -> Vec<Value> {
+        vec![
+            serde_json::json!({"created": "2020-01-01T00:00:00Z", "created_by": "/bin/sh -c #(nop) ADD", "empty_layer": true, "comment": "c"}),
+            serde_json::json!({"created_by": "x", "created": "y", "author": "z", "extra": 1}),
+        ]
+    }
+
+    const EPOCH: &str = "1970-01-01T00:00:00Z";
+
+    fn diff_ids() -> Vec<String> {
+        vec!["sha256:aa".into(), "sha256:bb".into()]
+    }
+
+    fn layers() -> Vec<Descriptor> {
+        vec![
+            Descriptor::of(b"x", MT_LAYER_GZIP),
+            Descriptor::of(b"y", MT_LAYER_TAR),
+        ]
+    }
+
+    fn annotations() -> BTreeMap<String, String> {
+        [
+            (
+                "org.opencontainers.image.version".to_string(),
+                "1.0".to_string(),
+            ),
+            ("a.b".to_string(), "c".to_string()),
+        ]
+        .into()
+    }
+
+    fn text(b: Vec<u8>) -> String {
+        String::from_utf8(b).unwrap()
+    }
+
+    // Golden documents: the bytes of configs and manifests are image IDs and digests of every
+    // bundle, so a change here must be deliberate.
+    const GOLDEN_CONFIG: &str = r#"{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"User":"app","ExposedPorts":{"53/udp":{},"8080/tcp":{}},"Env":["PATH=/bin","A=1"],"Entrypoint":["/bin/app","-x"],"Cmd":[],"Healthcheck":{"Test":["CMD","true"],"Interval":5000000000},"WorkingDir":"/srv","Labels":{"a":"1","b":"2"},"StopSignal":"SIGTERM"},"rootfs":{"type":"layers","diff_ids":["sha256:aa","sha256:bb"]},"history":[{"created":"2020-01-01T00:00:00Z","created_by":"/bin/sh -c #(nop) ADD","empty_layer":true,"comment":"c"},{"created_by":"x","created":"y","author":"z","extra":1}]}"#;
+    const GOLDEN_CONFIG_EMPTY: &str = r#"{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{},"rootfs":{"type":"layers","diff_ids":[]},"history":[]}"#;
+    const GOLDEN_MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","size":570},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","size":1},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa","size":1}],"annotations":{"a.b":"c","org.opencontainers.image.version":"1.0"}}"#;
+    const GOLDEN_MANIFEST_BARE: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","size":570},"layers":[]}"#;
+    const GOLDEN_INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0ce45a6563d809c28fc74b7247a4bd32c4d048c3c5c20f0f1b4e2f61428a655d","size":613,"annotations":{"io.containerd.image.name":"r/x:1-abc","org.opencontainers.image.ref.name":"1-abc"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:620775e349df2fad1fe563d7fa948d24435a8899fe7a2808beaeb8b7e31ed024","size":248,"annotations":{"io.containerd.image.name":"r/y:2-def","org.opencontainers.image.ref.name":"2-def"}}]}"#;
+    const GOLDEN_INDEX_EMPTY: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    const GOLDEN_DOCKER_MANIFEST: &str = r#"[{"Config":"blobs/sha256/559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","RepoTags":["r/x:1-abc"],"Layers":["blobs/sha256/2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","blobs/sha256/a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa"]},{"Config":"blobs/sha256/559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","RepoTags":["r/y:2-def"],"Layers":[]}]"#;
+
+    fn layout_images() -> Vec<LayoutImage> {
+        let cfg = config_json(&full_fields(), &diff_ids(), &history(), EPOCH);
+        let cd = Descriptor::of(&cfg, MT_CONFIG);
+        let m = manifest_json(&cd, &layers(), &annotations());
+        let m0 = manifest_json(&cd, &[], &BTreeMap::new());
+        vec![
+            LayoutImage {
+                reference: "r/x:1-abc".into(),
+                tag: "1-abc".into(),
+                manifest: Descriptor::of(&m, MT_MANIFEST),
+                config: cd.clone(),
+                layers: layers(),
+            },
+            LayoutImage {
+                reference: "r/y:2-def".into(),
+                tag: "2-def".into(),
+                manifest: Descriptor::of(&m0, MT_MANIFEST),
+                config: cd,
+                layers: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn golden_config() {
+        assert_eq!(
+            text(config_json(&full_fields(), &diff_ids(), &history(), EPOCH)),
+            GOLDEN_CONFIG
+        );
+        assert_eq!(
+            text(config_json(&ConfigFields::default(), &[], &[], EPOCH)),
+            GOLDEN_CONFIG_EMPTY
+        );
+    }
+
+    #[test]
+    fn golden_manifest_and_index() {
+        let cd = Descriptor::of(GOLDEN_CONFIG.as_bytes(), MT_CONFIG);
+        assert_eq!(
+            text(manifest_json(&cd, &layers(), &annotations())),
+            GOLDEN_MANIFEST
+        );
+        assert_eq!(
+            text(manifest_json(&cd, &[], &BTreeMap::new())),
+            GOLDEN_MANIFEST_BARE
+        );
+        assert_eq!(text(index_json(&layout_images())), GOLDEN_INDEX);
+        assert_eq!(text(index_json(&[])), GOLDEN_INDEX_EMPTY);
+        assert_eq!(
+            text(docker_manifest_json(&layout_images())),
+            GOLDEN_DOCKER_MANIFEST
+        );
+    }
+
+    #[test]
+    fn documents_read_back_as_oci_spec_types() {
+        let cfg = spec::ImageConfiguration::from_reader(GOLDEN_CONFIG.as_bytes()).unwrap();
+        let typed = image_config(&full_fields(), &diff_ids(), EPOCH);
+        // oci-spec reads `ExposedPorts` (a Go map) into a Vec in HashMap order.
+        let ports_sorted = |c: &spec::ImageConfiguration| {
+            let mut c = c.config().clone().unwrap();
+            let mut p = c.exposed_ports().clone().unwrap_or_default();
+            p.sort();
+            c.set_exposed_ports(Some(p));
+            c
+        };
+        assert_eq!(ports_sorted(&cfg), ports_sorted(&typed));
+        assert_eq!(cfg.rootfs(), typed.rootfs());
+        assert_eq!(cfg.created().as_deref(), Some(EPOCH));
+        assert_eq!(cfg.history().as_ref().map(Vec::len), Some(2));
+        let cd = Descriptor::of(GOLDEN_CONFIG.as_bytes(), MT_CONFIG);
+        let m = spec::ImageManifest::from_reader(GOLDEN_MANIFEST.as_bytes()).unwrap();
+        assert_eq!(m, image_manifest(&cd, &layers(), &annotations()));
+        assert_eq!(Descriptor::from(m.config()), cd);
+        let i = spec::ImageIndex::from_reader(GOLDEN_INDEX.as_bytes()).unwrap();
+        assert_eq!(i, image_index(&layout_images()));
+        let l = spec::OciLayout::from_reader(OCI_LAYOUT).unwrap();
+        assert_eq!(l.image_layout_version(), "1.0.0");
+        assert_eq!(l.to_string().unwrap().as_bytes(), OCI_LAYOUT);
+    }
+
+    #[test]
+    fn media_types_are_oci_spec_ones() {
+        for (ours, theirs) in [
+            (MT_MANIFEST, spec::MediaType::ImageManifest),
+            (MT_CONFIG, spec::MediaType::ImageConfig),
+            (MT_LAYER_GZIP, spec::MediaType::ImageLayerGzip),
+            (MT_LAYER_TAR, spec::MediaType::ImageLayer),
+            (MT_INDEX, spec::MediaType::ImageIndex),
+        ] {
+            assert_eq!(ours, theirs.to_string());
+            assert_eq!(spec::MediaType::from(ours), theirs);
+        }
+    }
+
+    #[test]
+    fn bad_digest_is_refused() {
+        let d = Descriptor {
+            digest: "sha256:../etc".into(),
+            size: 1,
+            media_type: MT_LAYER_TAR.into(),
+        };
+        let e = d.to_oci().unwrap_err();
+        assert!(format!("{e:#}").contains("sha256:../etc"), "{e:#}");
+        let ok = Descriptor::of(b"x", "application/x-other");
+        assert_eq!(Descriptor::from(&ok.to_oci().unwrap()), ok);
     }
 }

@@ -5,7 +5,9 @@
 use crate::conn::Conn;
 use crate::http::{self, Request};
 use crate::log;
-use crate::state::{idx, now_secs, Cmd, ConnGuard, Entry, SessionStats, Shared, State, TaskHandle};
+use crate::state::{
+    idx, now_secs, Cmd, ConnGuard, Entry, SessionStats, Shared, Side, State, TaskHandle, Ws,
+};
 use crate::token::Role;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -23,8 +25,6 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-type Ws = WebSocketStream<Conn>;
-
 /// Close codes the relay itself sends (documented in relay/README.md).
 pub mod codes {
     /// The waiting side's peer did not connect in time.
@@ -39,16 +39,6 @@ pub mod codes {
 pub const SUBPROTOCOL: &str = "reemo-relay.v1";
 /// Prefix of the subprotocol entry that carries the token.
 pub const TOKEN_PROTOCOL_PREFIX: &str = "token.";
-
-/// One authenticated, upgraded connection.
-pub struct Side {
-    ws: Ws,
-    role: Role,
-    peer: SocketAddr,
-    /// A message read while waiting for the peer (reading then pauses: backpressure).
-    pending: Option<Message>,
-    _guard: ConnGuard,
-}
 
 fn close_frame(code: u16, reason: &str) -> CloseFrame {
     CloseFrame {

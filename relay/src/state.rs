@@ -1,16 +1,20 @@
 //! Shared server state: configuration, keys, metrics, connection counts and the session
-//! registry that pairs an agent with a user.
+//! registry that pairs an agent with a user, with what the registry hands a session's task
+//! (the commands and the connections, [`Side`]).
 
 use crate::config::Config;
+use crate::conn::Conn;
 use crate::metrics::Metrics;
 use crate::token::{KeySet, Role};
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
@@ -74,10 +78,23 @@ impl State {
     }
 }
 
+/// An upgraded client connection.
+pub type Ws = WebSocketStream<Conn>;
+
+/// One authenticated, upgraded connection (built and driven by the relay endpoint).
+pub struct Side {
+    pub(crate) ws: Ws,
+    pub(crate) role: Role,
+    pub(crate) peer: SocketAddr,
+    /// A message read while waiting for the peer (reading then pauses: backpressure).
+    pub(crate) pending: Option<Message>,
+    pub(crate) _guard: ConnGuard,
+}
+
 /// A command to the task that owns a session's connections.
 pub enum Cmd {
     /// A new, authenticated connection for this session.
-    Join(Box<crate::relay::Side>),
+    Join(Box<Side>),
     /// Close everything with this code and reason (control API).
     Close(u16, &'static str),
 }

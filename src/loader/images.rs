@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use serde_json::json;
 
 use crate::bundle::layers::{CheckedReader, Expected};
 use crate::bundle::manifest::ImageEntry;
 use crate::bundle::reader::BundleFile;
 use crate::engine::Engine;
 use crate::events::{Event, Events};
+use crate::oci::{blob_path, DockerArchiveImage};
 
 /// What loading did on one engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,10 +67,6 @@ impl Write for ChannelWriter {
     }
 }
 
-fn blob_name(digest: &str) -> String {
-    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
-}
-
 fn layers(img: &ImageEntry) -> Vec<&crate::bundle::manifest::BlobRef> {
     img.layers
         .iter()
@@ -82,12 +78,10 @@ fn layers(img: &ImageEntry) -> Vec<&crate::bundle::manifest::BlobRef> {
 pub fn archive_manifest(images: &[&ImageEntry]) -> Vec<u8> {
     let v: Vec<_> = images
         .iter()
-        .map(|i| {
-            json!({
-                "Config": blob_name(&i.config.digest),
-                "RepoTags": [i.reference()],
-                "Layers": layers(i).iter().map(|l| blob_name(&l.digest)).collect::<Vec<_>>(),
-            })
+        .map(|i| DockerArchiveImage {
+            config: blob_path(&i.config.digest),
+            repo_tags: vec![i.reference()],
+            layers: layers(i).iter().map(|l| blob_path(&l.digest)).collect(),
         })
         .collect();
     serde_json::to_vec(&v).unwrap_or_default()
@@ -146,11 +140,11 @@ pub fn write_archive(bundle: &BundleFile, images: &[&ImageEntry], w: impl Write)
             match expected.get(&b.digest) {
                 Some(e) => add(
                     &mut tar,
-                    &blob_name(&b.digest),
+                    &blob_path(&b.digest),
                     b.size,
                     &mut CheckedReader::new(r, e.clone()),
                 )?,
-                None => add(&mut tar, &blob_name(&b.digest), b.size, &mut { r })?,
+                None => add(&mut tar, &blob_path(&b.digest), b.size, &mut { r })?,
             }
         }
     }
