@@ -494,3 +494,42 @@ fn format_1_bundles_still_verify_and_newer_formats_are_refused() {
         "bundle.json: format 3 is newer than this reemo-bundle reads (formats 1 to 2); install a newer reemo-bundle"
     );
 }
+
+#[test]
+fn the_loader_loads_a_good_image_and_refuses_a_bomb() {
+    use crate::engine::{fake::FakeEngine, Engine};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let load = |f: &Fixture| {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.bundle");
+        f.write(&p);
+        let b = Arc::new(BundleFile::open(&p).unwrap());
+        let id = b.manifest().images[0].config_digest.clone();
+        let engine = Arc::new(FakeEngine::manager("m"));
+        let res = rt.block_on(crate::loader::images::load_into(
+            b,
+            engine.clone() as Arc<dyn Engine>,
+            None,
+            Arc::new(crate::events::Quiet),
+        ));
+        let present = rt.block_on(engine.has_image(&id)).unwrap();
+        (res.map(|_| ()), present)
+    };
+    let (res, present) = load(&Fixture::default());
+    res.unwrap();
+    assert!(present);
+    let (res, present) = load(&Fixture {
+        layer: vec![0u8; 4 << 20],
+        declared: Some(1 << 20),
+        ..Fixture::default()
+    });
+    let e = format!("{:#}", res.unwrap_err());
+    assert!(
+        e.contains("refused, the layer expands to more than 1048576 bytes"),
+        "{e}"
+    );
+    assert!(!present, "the engine holds no image from a refused layer");
+}
