@@ -183,7 +183,7 @@ fn usable(store: &Store, id: &str, name: &str, opts: &BuildOptions) -> Result<bo
 /// A fixed input whose store copy is used: say so if its file is gone or differs (the
 /// store copy, checked against the recipe's sha256 when it was stored, is still good).
 fn check_fixed_input(r: &Recipe, f: &FixedRecipe, opts: &BuildOptions) {
-    let p = r.dir().join(f.path.get_ref());
+    let p = crate::fsutil::normalize(&r.dir().join(f.path.get_ref()));
     let warn = |what: String| {
         (opts.progress)(&format!(
             "warning: recipe {}: {what}; using the store copy (sha256 {})",
@@ -283,7 +283,7 @@ fn build_binary(
 }
 
 fn realise_fixed(r: &Recipe, f: &FixedRecipe, out: &Path) -> Result<()> {
-    let p = r.dir().join(f.path.get_ref());
+    let p = crate::fsutil::normalize(&r.dir().join(f.path.get_ref()));
     if !p.is_file() {
         return Err(r.err_at(
             &f.path,
