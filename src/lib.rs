@@ -14,6 +14,7 @@ pub mod loader;
 pub mod oci;
 pub mod recipe;
 pub mod sign;
+pub mod site;
 pub mod stack;
 pub mod state;
 pub mod store;

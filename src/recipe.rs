@@ -227,6 +227,63 @@ pub struct StackRecipe {
     /// Config files copied to `configs/<key>` in the bundle (source relative to the recipe).
     #[serde(default)]
     pub configs: BTreeMap<String, S<String>>,
+    /// Site parameters the template uses as `${NAME}` (set on the host per site).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, S<ParamDecl>>,
+}
+
+/// `[parameters.NAME]` of a stack recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDecl {
+    /// `string`, `hostname`, `ip`, `cidr-list`, `port`, `integer`, `boolean`, `duration`.
+    #[serde(rename = "type")]
+    pub kind: crate::site::ParamType,
+    /// Default value (a string, integer or boolean).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<toml::Value>,
+    /// A site must give a value (then there is no default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Masked wherever values are shown.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    /// What it is for (shown by `inspect`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+impl StackRecipe {
+    /// The declared parameters, checked (names, defaults of their type), in name order.
+    pub fn parameters(&self, r: &Recipe) -> Result<Vec<crate::site::Parameter>> {
+        let mut out = Vec::new();
+        for (name, decl) in &self.parameters {
+            let d = decl.get_ref();
+            let default = match &d.default {
+                None => None,
+                Some(toml::Value::String(s)) => Some(s.clone()),
+                Some(toml::Value::Integer(n)) => Some(n.to_string()),
+                Some(toml::Value::Boolean(b)) => Some(b.to_string()),
+                Some(other) => return Err(r.err_at(
+                    decl,
+                    format!(
+                        "parameter {name}: default must be a string, integer or boolean, not a {}",
+                        other.type_str()
+                    ),
+                )),
+            };
+            let p = crate::site::Parameter {
+                name: name.clone(),
+                kind: d.kind,
+                default,
+                required: d.required,
+                secret: d.secret,
+                description: d.description.clone(),
+            };
+            out.push(crate::site::check_declaration(&p).map_err(|e| r.err_at(decl, e))?);
+        }
+        Ok(out)
+    }
 }
 
 /// An appliance definition (`bundles/NAME.toml`).
@@ -406,7 +463,10 @@ impl Recipe {
                     );
                 }
             }
-            RecipeKind::Binary(_) | RecipeKind::Stack(_) => {}
+            RecipeKind::Stack(st) => {
+                st.parameters(self)?;
+            }
+            RecipeKind::Binary(_) => {}
         }
         Ok(())
     }

@@ -734,6 +734,16 @@ pub fn resolve_relative(stack_file: &str, file: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
+/// The shipped relay stack template with `image` for its image and every site parameter at
+/// its default, as the host renders it (for tests).
+#[cfg(test)]
+pub(crate) fn relay_template(image: &str) -> String {
+    include_str!("../recipes/relayws-stack.yml")
+        .replace("${image:relay-image}", image)
+        .replace("${RELAY_PORT}", "8080")
+        .replace("${RELAY_MAX_CONNECTIONS}", "100000")
+}
+
 /// Parse and validate a stack file. `origin` names it in errors (a path or recipe name).
 /// Unknown fields are rejected with the service and field named.
 pub fn parse(text: &str, origin: &str) -> Result<ComposeFile> {
@@ -1193,10 +1203,7 @@ services:
 
     #[test]
     fn relay_template_is_valid() {
-        let text = include_str!("../recipes/relayws-stack.yml").replace(
-            "${image:relay-image}",
-            "reemo/ws-relay-server:1.0.0-0123456789ab",
-        );
+        let text = relay_template("reemo/ws-relay-server:1.0.0-0123456789ab");
         let f = parse(&text, "recipes/relayws-stack.yml").unwrap();
         let relay = &f.services["relay"];
         assert_eq!(relay.secrets.len(), 2);

@@ -718,7 +718,9 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
     }
     let rendered = render_template(&text, &refs);
     let origin = tpl_path.display().to_string();
-    crate::stack::parse(&rendered, &origin)?;
+    let params = st.parameters(r)?;
+    check_parameter_use(&rendered, &params, &origin)?;
+    parse_with_samples(&rendered, &params, &origin)?;
     std::fs::create_dir_all(out.join("stack"))?;
     std::fs::write(out.join("stack").join("docker-stack.yml"), &rendered)?;
     std::fs::create_dir_all(out.join("configs"))?;
@@ -735,8 +737,59 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
     }
     std::fs::write(
         out.join("stack.json"),
-        serde_json::to_vec_pretty(&json!({"images": refs}))?,
+        serde_json::to_vec_pretty(&json!({"images": refs, "parameters": params}))?,
     )?;
+    Ok(())
+}
+
+/// Parse a stack that may use parameters, with each at its default (a sample of its type when
+/// it is required): the stack must be valid for any site. Parse errors keep their line when
+/// the text parses without interpolation too.
+pub(crate) fn parse_with_samples(
+    text: &str,
+    params: &[crate::site::Parameter],
+    origin: &str,
+) -> Result<crate::stack::ComposeFile> {
+    if params.is_empty() {
+        return crate::stack::parse(text, origin);
+    }
+    let sampled = crate::site::interpolate_yaml(text, &crate::site::sample_values(params))
+        .map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    crate::stack::parse(&sampled, origin).map_err(|e| match crate::stack::parse(text, origin) {
+        Err(raw) => raw,
+        Ok(_) => e.context("with every parameter at its default or a sample value"),
+    })
+}
+
+/// Every `${NAME}` of the stack is a declared parameter, every declared parameter is used, and
+/// the stack is valid with the defaults (samples for required ones). Errors carry the line.
+fn check_parameter_use(text: &str, params: &[crate::site::Parameter], origin: &str) -> Result<()> {
+    let refs = crate::site::yaml_references(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let line_of = |name: &str| {
+        let needle = format!("${{{name}}}");
+        text.lines()
+            .position(|l| l.contains(&needle) && !l.trim_start().starts_with('#'))
+            .map(|i| format!("{origin}:{}", i + 1))
+            .unwrap_or_else(|| origin.to_string())
+    };
+    for (path, name) in &refs {
+        if !params.iter().any(|p| &p.name == name) {
+            bail!(
+                "{}: {path}: ${{{name}}} is not a declared parameter (declare it under [parameters.{name}] in the stack recipe)",
+                line_of(name)
+            );
+        }
+    }
+    if let Some(p) = params
+        .iter()
+        .find(|p| !refs.iter().any(|(_, n)| *n == p.name))
+    {
+        bail!(
+            "{origin}: parameter {} is declared but the stack never uses ${{{}}}",
+            p.name,
+            p.name
+        );
+    }
     Ok(())
 }
 
@@ -797,6 +850,10 @@ fn pack_bundle(
         .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default();
+    let parameters: Vec<crate::site::Parameter> = match stack_meta.get("parameters") {
+        Some(v) => serde_json::from_value(v.clone()).context("reading stored stack parameters")?,
+        None => Vec::new(),
+    };
 
     let mut items: BTreeMap<String, BundleItem> = BTreeMap::new();
     let mut add_file = |path: String, src: PathBuf, executable: bool| -> Result<()> {
@@ -900,7 +957,7 @@ fn pack_bundle(
     add_bytes("oci/index.json", oci::index_json(&layout));
     add_bytes("oci/manifest.json", oci::docker_manifest_json(&layout));
 
-    let services = summarize_services(&stack_text, &images)?;
+    let services = summarize_services(&stack_text, &parameters, &images)?;
     let inputs = g
         .order
         .iter()
@@ -924,6 +981,7 @@ fn pack_bundle(
         services,
         files: items.iter().map(|i| i.entry.clone()).collect(),
         inputs,
+        parameters,
     };
     write_bundle(&out.join("bundle"), &manifest, &items, mtime)?;
     // Hashed once here, so that a cached rebuild can report it without reading 10+ MB.
@@ -936,8 +994,12 @@ fn pack_bundle(
 }
 
 /// The manifest's service list: each service with the image recipe it runs.
-fn summarize_services(stack_text: &str, images: &[ImageEntry]) -> Result<Vec<ServiceEntry>> {
-    let compose = crate::stack::parse(stack_text, "stack/docker-stack.yml")?;
+fn summarize_services(
+    stack_text: &str,
+    parameters: &[crate::site::Parameter],
+    images: &[ImageEntry],
+) -> Result<Vec<ServiceEntry>> {
+    let compose = parse_with_samples(stack_text, parameters, "stack/docker-stack.yml")?;
     compose
         .services()
         .map(|s| {

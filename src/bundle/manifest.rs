@@ -46,6 +46,9 @@ pub struct BundleManifest {
     pub files: Vec<FileEntry>,
     /// Recipes that went into the bundle: name, kind and identity.
     pub inputs: Vec<InputEntry>,
+    /// Site parameters the stack uses as `${NAME}`, set on the host (format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<crate::site::Parameter>,
 }
 
 /// One image of the bundle.

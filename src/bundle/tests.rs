@@ -116,6 +116,7 @@ impl Fixture {
             services: vec![],
             files: items.iter().map(|i| i.entry.clone()).collect(),
             inputs: vec![],
+            parameters: vec![],
         };
         if self.format >= 2 {
             write_bundle(dest, &manifest, &items, MTIME).unwrap();

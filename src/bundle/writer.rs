@@ -232,6 +232,7 @@ mod tests {
             services: vec![],
             files: items.iter().map(|i| i.entry.clone()).collect(),
             inputs: vec![],
+            parameters: vec![],
         };
         let dest = dir.join("t.bundle");
         write_bundle(&dest, &manifest, &items, 1_700_000_000).unwrap();

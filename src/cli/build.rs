@@ -91,6 +91,26 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
     for (k, v) in &m.pinned {
         println!("  {k} = {v}");
     }
+    if !m.parameters.is_empty() {
+        println!("site parameters:");
+        for p in &m.parameters {
+            let kind = serde_json::to_value(p.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default();
+            let value = match (&p.default, p.secret) {
+                (Some(_), true) => "default ********".to_string(),
+                (Some(d), false) => format!("default {d}"),
+                (None, _) => "required".to_string(),
+            };
+            let desc = if p.description.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", p.description)
+            };
+            println!("  {} ({kind}, {value}){desc}", p.name);
+        }
+    }
     println!("images:");
     for i in &m.images {
         println!("  {}  {} bytes", i.reference(), i.size);

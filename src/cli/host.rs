@@ -125,6 +125,13 @@ pub enum HostCommand {
         /// bundle name). `rollback` needs no such flag.
         #[arg(long)]
         allow_downgrade: bool,
+        /// Site file: `NAME = value` lines (TOML) for the bundle's site parameters. Values of
+        /// the current generation are kept unless given here or with --set.
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
+        /// Set one site parameter (after the site file); repeatable.
+        #[arg(long, value_name = "NAME=VALUE")]
+        set: Vec<String>,
         /// Trusted keys.
         #[command(flatten)]
         trust: TrustArgs,
@@ -305,6 +312,9 @@ fn print_status(s: &status::Status) {
     for (k, v) in &s.pinned {
         println!("  pinned {k} = {v}");
     }
+    for (k, v) in &s.site {
+        println!("  site {k} = {v}");
+    }
     for sv in &s.services {
         println!(
             "  service {}: {}/{} {}{}{}",
@@ -356,6 +366,10 @@ fn print_generations(g: &[status::GenerationLine]) {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
+        if !l.site.is_empty() {
+            let v: Vec<String> = l.site.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("     site: {}", v.join(" "));
+        }
     }
 }
 
@@ -404,6 +418,8 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
             dry_run,
             only,
             allow_downgrade,
+            site,
+            set,
             trust,
             timing,
             host,
@@ -411,6 +427,8 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
         } => {
             let host = host.host(events(json))?;
             let opts = ActivateOptions {
+                site_file: site,
+                set,
                 dry_run,
                 only,
                 timing: timing.timing(ACTIVATE_MONITOR),

@@ -37,6 +37,10 @@ pub struct ActivateOptions {
     pub trusted_keys: Vec<PathBuf>,
     /// Accept a lower version than the current generation's.
     pub allow_downgrade: bool,
+    /// Site file (`NAME = value` lines).
+    pub site_file: Option<PathBuf>,
+    /// `--set NAME=VALUE`, applied after the site file.
+    pub set: Vec<String>,
 }
 
 /// How an activation or rollback ended.
@@ -258,17 +262,56 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     let mut notes = vec![format!("signature: {verdict}")];
     fault("verify");
     let manifest = bundle.manifest().clone();
-    let stack_text = bundle.read_entry(&manifest.stack_file)?;
-    let compose = crate::stack::parse(&String::from_utf8_lossy(&stack_text), &manifest.stack_file)?;
+    // Site values are read and checked before the state directory is opened.
+    let mut layers = Vec::new();
+    if let Some(f) = &opts.site_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading site file {}", f.display()))?;
+        layers.push(
+            crate::site::parse_site_file(&text, &f.display().to_string())
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let mut sets = BTreeMap::new();
+    for a in &opts.set {
+        let (k, g) = crate::site::parse_set(a).map_err(anyhow::Error::msg)?;
+        sets.insert(k, g);
+    }
+    layers.push(sets);
+
+    let s = session(host, opts.dry_run, opts.timing).await?;
+    check_stack(&s.state, &manifest.stack)?;
+    let current = s.state.current_generation()?;
+    // Values of the current generation stay unless the site file or --set change them.
+    if let Some(g) = current
+        .as_ref()
+        .filter(|g| g.desired.bundle.name == manifest.name)
+    {
+        layers.insert(0, crate::site::kept(&g.desired.site));
+    }
+    let site = crate::site::resolve(&manifest.parameters, &layers)
+        .map_err(|e| anyhow::anyhow!("bundle {}: {e}; nothing was changed", file.display()))?;
+    notes.extend(crate::site::changes(
+        current
+            .as_ref()
+            .map(|g| &g.desired.site)
+            .unwrap_or(&BTreeMap::new()),
+        &site,
+    ));
+    let stack_text =
+        String::from_utf8_lossy(&bundle.read_entry(&manifest.stack_file)?).into_owned();
+    let stack_text = if manifest.parameters.is_empty() {
+        stack_text
+    } else {
+        crate::site::interpolate_yaml(&stack_text, &site)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.stack_file))?
+    };
+    let compose = crate::stack::parse(&stack_text, &manifest.stack_file)?;
     let mut files = BTreeMap::new();
     for p in desired::file_paths(&manifest, &compose)? {
         let data = bundle.read_entry(&p)?;
         files.insert(p, data);
     }
-
-    let s = session(host, opts.dry_run, opts.timing).await?;
-    check_stack(&s.state, &manifest.stack)?;
-    let current = s.state.current_generation()?;
     // The downgrade guard, before anything of this bundle is stored or loaded.
     let transition = version::check_transition(
         current.as_ref().map(|g| {
@@ -320,6 +363,8 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
             generated: &generated,
         },
     )?;
+    let mut new = new;
+    new.site = site;
     let desired = if opts.only.is_empty() {
         new
     } else {

@@ -35,6 +35,9 @@ pub struct GenerationLine {
     pub result: GenResult,
     /// Error, if failed.
     pub error: Option<String>,
+    /// Site values it was rendered with (secrets masked).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub site: BTreeMap<String, String>,
 }
 
 /// `generations`.
@@ -53,8 +56,16 @@ pub fn generations(state_dir: &std::path::Path) -> Result<Vec<GenerationLine>> {
             created: g.created,
             result: g.result,
             error: g.error.clone(),
+            site: shown_site(&g.desired.site),
         })
         .collect())
+}
+
+/// Site values as shown to operators: secrets masked.
+pub fn shown_site(site: &BTreeMap<String, crate::site::SiteValue>) -> BTreeMap<String, String> {
+    site.iter()
+        .map(|(k, v)| (k.clone(), v.shown().to_string()))
+        .collect()
 }
 
 /// One service in `status`.
@@ -102,6 +113,8 @@ pub struct Status {
     pub identity: Option<String>,
     /// Pinned versions.
     pub pinned: BTreeMap<String, String>,
+    /// Site parameter values of the current generation (secrets masked).
+    pub site: BTreeMap<String, String>,
     /// Services.
     pub services: Vec<ServiceStatus>,
     /// Images per engine.
@@ -151,6 +164,7 @@ pub async fn status(host: &Host) -> Result<Status> {
         version: None,
         identity: None,
         pinned: Default::default(),
+        site: Default::default(),
         services: vec![],
         images: vec![],
         managers: facts.managers,
@@ -167,6 +181,7 @@ pub async fn status(host: &Host) -> Result<Status> {
         st.version = Some(d.bundle.version.clone());
         st.identity = Some(d.bundle.identity.clone());
         st.pinned = d.bundle.pinned.clone();
+        st.site = shown_site(&d.site);
         let live = engine.stack_services(&d.stack).await?;
         for s in &d.services {
             let l = live.iter().find(|l| l.name == s.full_name);

@@ -54,6 +54,7 @@ pub fn manifest(stack: &str, version: &str) -> BundleManifest {
         services: vec![],
         files: vec![],
         inputs: vec![],
+        parameters: vec![],
     }
 }
 

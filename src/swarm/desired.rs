@@ -237,6 +237,7 @@ pub fn build(
         configs,
         secrets,
         services,
+        site: BTreeMap::new(),
     };
     d.prune();
     Ok(d)
@@ -321,15 +322,13 @@ mod tests {
             services: vec![],
             files: vec![],
             inputs: vec![],
+            parameters: vec![],
         }
     }
 
     fn compose() -> ComposeFile {
         crate::stack::parse(
-            &include_str!("../../recipes/relayws-stack.yml").replace(
-                "${image:relay-image}",
-                "reemo/ws-relay-server:1.0.0-0123456789ab",
-            ),
+            &crate::stack::relay_template("reemo/ws-relay-server:1.0.0-0123456789ab"),
             "t",
         )
         .unwrap()

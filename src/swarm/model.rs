@@ -117,6 +117,9 @@ pub struct DesiredStack {
     pub secrets: Vec<DesiredObject>,
     /// Services in deployment order.
     pub services: Vec<DesiredService>,
+    /// Site parameter values the stack was rendered with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub site: BTreeMap<String, crate::site::SiteValue>,
 }
 
 impl DesiredStack {

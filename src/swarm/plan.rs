@@ -223,6 +223,7 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         configs: vec![],
         secrets: vec![],
         services: vec![],
+        site: BTreeMap::new(),
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
     target
@@ -314,6 +315,7 @@ mod tests {
             configs,
             secrets: vec![],
             services,
+            site: BTreeMap::new(),
         }
     }
 

@@ -407,8 +407,7 @@ mod tests {
 
     /// The shipped relay stack's spec (`overlay: false` drops its `x-reemo-overlay: false`).
     fn relay_spec_with(overlay: bool) -> Value {
-        let mut text = include_str!("../../recipes/relayws-stack.yml")
-            .replace("${image:relay-image}", "reemo/ws-relay-server:1.0.0-x");
+        let mut text = crate::stack::relay_template("reemo/ws-relay-server:1.0.0-x");
         if overlay {
             text = text.replace("x-reemo-overlay: false", "");
         }

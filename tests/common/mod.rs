@@ -263,7 +263,8 @@ pub fn build_relay_variant_with(
     std::fs::create_dir_all(dir.join("bundles")).unwrap();
     let template = std::fs::read_to_string(root.join("recipes/relayws-stack.yml"))
         .unwrap()
-        .replace("published: 8080", &format!("published: {port}"));
+        .replace("published: ${RELAY_PORT}", &format!("published: {port}"))
+        .replace("${RELAY_MAX_CONNECTIONS}", "\"100000\"");
     std::fs::write(
         recipes.join(format!("{stack}-stack.yml")),
         edit_stack(template),
