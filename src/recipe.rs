@@ -264,13 +264,15 @@ impl StackRecipe {
                 Some(toml::Value::String(s)) => Some(s.clone()),
                 Some(toml::Value::Integer(n)) => Some(n.to_string()),
                 Some(toml::Value::Boolean(b)) => Some(b.to_string()),
-                Some(other) => return Err(r.err_at(
-                    decl,
-                    format!(
+                Some(other) => {
+                    return Err(r.err_at(
+                        decl,
+                        format!(
                         "parameter {name}: default must be a string, integer or boolean, not a {}",
                         other.type_str()
                     ),
-                )),
+                    ))
+                }
             };
             let p = crate::site::Parameter {
                 name: name.clone(),
