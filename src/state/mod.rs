@@ -117,6 +117,12 @@ impl StateDir {
             let p = root.join(d);
             fs::create_dir_all(&p)
                 .with_context(|| format!("creating state directory {}", p.display()))?;
+            if d == "secrets" || d == "generations" {
+                // generated secrets, and site values marked secret in the generations
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("restricting {} to its owner", p.display()))?;
+            }
         }
         Ok(StateDir {
             root: root.to_path_buf(),
