@@ -6,6 +6,7 @@
 pub mod builder;
 pub mod bundle;
 pub mod cli;
+pub mod debian;
 pub mod engine;
 pub mod events;
 pub mod fsutil;

@@ -461,9 +461,7 @@ fn a_setuid_header_in_a_signed_bundle_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let (out, _) = build_tiny(d.path(), &d.path().join("store"));
     let key = d.path().join("site.key");
-    let run = |args: &[&std::ffi::OsStr]| {
-        Command::new(common::bin()).args(args).output().unwrap()
-    };
+    let run = |args: &[&std::ffi::OsStr]| Command::new(common::bin()).args(args).output().unwrap();
     assert!(run(&["keygen".as_ref(), "--out".as_ref(), key.as_os_str()])
         .status
         .success());
