@@ -506,8 +506,15 @@ fn build_image(
         }
     }
 
-    // Collect each layer's files, then build and compress the layers in parallel.
+    // Collect each layer's files, then build and compress the layers in parallel. A
+    // `[debian]` root filesystem comes first, read offline from the store.
     let mut specs = Vec::new();
+    let mut lock = None;
+    if let Some(spec) = &img.debian {
+        let (_, l) = crate::debian::read_matching_lock(r, spec)?;
+        specs.extend(crate::debian::layers_from_store(r, spec, &l, store)?);
+        lock = Some(l);
+    }
     for layer in &img.layers {
         let mut files = Vec::new();
         for e in &layer.entries {
@@ -552,6 +559,14 @@ fn build_image(
             });
         }
         specs.push(files);
+    }
+    if let Some(spec) = &img.debian {
+        crate::debian::check_closure(&specs, spec, |_| None).with_context(|| {
+            format!(
+                "{}: checking the image's shared libraries",
+                r.path.display()
+            )
+        })?;
     }
     let results: Vec<Result<BuiltLayer>> = std::thread::scope(|s| {
         let handles: Vec<_> = specs
@@ -650,8 +665,21 @@ fn build_image(
         layers: layer_descs.iter().map(blobref).collect(),
     };
     std::fs::write(out.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
+    let sbom = crate::debian::spdx::document(
+        &r.name,
+        &img.repository,
+        &img.version,
+        &g.ids[&r.name],
+        &created,
+        lock.as_ref(),
+    );
+    std::fs::write(out.join(SBOM_FILE), crate::debian::spdx::to_bytes(&sbom))?;
     Ok(())
 }
+
+/// The SPDX document of an image, in its store entry and as `sbom/<name>.spdx.json` in
+/// the bundle.
+const SBOM_FILE: &str = "sbom.spdx.json";
 
 /// A layer ready for the image: uncompressed digest, blob descriptor and blob bytes.
 struct BuiltLayer {
@@ -862,6 +890,7 @@ fn pack_bundle(
                 )?;
             }
         }
+        add_file(format!("sbom/{name}.spdx.json"), obj.join(SBOM_FILE), false)?;
         let size = m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>();
         layout.push(LayoutImage {
             reference: format!("{}:{}", m.repository, m.tag),
