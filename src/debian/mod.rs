@@ -211,15 +211,24 @@ pub fn make_lock(r: &Recipe, spec: &DebianSpec, a: &Access) -> Result<Lock> {
             ));
         }
     }
-    fetch(&l, &mirrors, a)?;
-    // The closure check, with the index at hand to name the package a library is in.
-    let layers = layers_from_store(r, spec, &l, a.store)?;
+    // Downloaded and checked in memory: the closure check reads them from there, and only
+    // a lock that passes it puts anything in the store.
+    let got = download(&l, &mirrors, a)?;
+    let layers = layers_from(r, spec, &l, |p| {
+        match got.iter().find(|(q, _)| q.sha256 == p.sha256) {
+            Some((_, d)) => Ok(d.clone()),
+            None => read_stored(r, a.store, p),
+        }
+    })?;
     check_closure(&layers, spec, |soname| {
         elf::package_for_soname(soname)
             .filter(|p| ix.packages.contains_key(p))
             .map(|p| format!("Debian package {p} ships it; it is not in the closure"))
     })
     .with_context(|| format!("{}: checking the locked closure", r.path.display()))?;
+    for (p, data) in &got {
+        a.store.put_fixed(&p.sha256, data, &p.described())?;
+    }
     Ok(l)
 }
 
@@ -235,11 +244,27 @@ pub struct Fetched {
 /// Download every `.deb` of `l` the store lacks, check each against the lock, and store
 /// them only when all checked.
 pub fn fetch(l: &Lock, mirrors: &BTreeMap<String, String>, a: &Access) -> Result<Fetched> {
-    let mut out = Fetched::default();
+    let got = download(l, mirrors, a)?;
+    let mut out = Fetched {
+        present: l.packages.len() - got.len(),
+        ..Default::default()
+    };
+    for (p, data) in got {
+        a.store.put_fixed(&p.sha256, &data, &p.described())?;
+        out.downloaded.push(format!("{} {}", p.name, p.version));
+    }
+    Ok(out)
+}
+
+/// Download (into memory) every `.deb` of `l` the store lacks, each checked against the lock.
+fn download<'l>(
+    l: &'l Lock,
+    mirrors: &BTreeMap<String, String>,
+    a: &Access,
+) -> Result<Vec<(&'l LockedPackage, Vec<u8>)>> {
     let mut got = Vec::new();
     for p in &l.packages {
         if a.store.fixed_input(&p.sha256).is_file() {
-            out.present += 1;
             continue;
         }
         let m = mirrors
@@ -266,11 +291,35 @@ pub fn fetch(l: &Lock, mirrors: &BTreeMap<String, String>, a: &Access) -> Result
         }
         got.push((p, data));
     }
-    for (p, data) in got {
-        a.store.put_fixed(&p.sha256, &data, &p.described())?;
-        out.downloaded.push(format!("{} {}", p.name, p.version));
+    Ok(got)
+}
+
+/// The stored `.deb` of `p`, checked against its sha256; a missing one names the `fetch`
+/// command.
+fn read_stored(r: &Recipe, store: &Store, p: &LockedPackage) -> Result<Vec<u8>> {
+    let lock_file = lock::lock_path(&r.path);
+    let path = store.fixed_input(&p.sha256);
+    let data = std::fs::read(&path).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: package {} is not in the store {}; run `reemo-bundle fetch {}`",
+            lock_file.display(),
+            p.described(),
+            store.root().display(),
+            r.path.display()
+        )
+    })?;
+    let found = sha256_hex(&data);
+    if found != p.sha256 {
+        bail!(
+            "{}: package {} {}: the store copy {} has sha256 {found}, the lock says {}",
+            lock_file.display(),
+            p.name,
+            p.version,
+            path.display(),
+            p.sha256
+        );
     }
-    Ok(out)
+    Ok(data)
 }
 
 /// The Debian layers of an image (base packages, the others, the setup), read offline from
@@ -281,31 +330,20 @@ pub fn layers_from_store(
     l: &Lock,
     store: &Store,
 ) -> Result<Vec<Vec<LayerFile>>> {
-    let lock_file = lock::lock_path(&r.path);
+    layers_from(r, spec, l, |p| read_stored(r, store, p))
+}
+
+/// The Debian layers of an image from the `.deb` bytes `get` gives for each package.
+fn layers_from(
+    r: &Recipe,
+    spec: &DebianSpec,
+    l: &Lock,
+    get: impl Fn(&LockedPackage) -> Result<Vec<u8>>,
+) -> Result<Vec<Vec<LayerFile>>> {
     let base: Vec<&str> = spec.base.iter().map(|b| b.get_ref().as_str()).collect();
     let mut inputs = Vec::new();
     for p in &l.packages {
-        let path = store.fixed_input(&p.sha256);
-        let data = std::fs::read(&path).map_err(|_| {
-            anyhow::anyhow!(
-                "{}: package {} is not in the store {}; run `reemo-bundle fetch {}`",
-                lock_file.display(),
-                p.described(),
-                store.root().display(),
-                r.path.display()
-            )
-        })?;
-        let found = sha256_hex(&data);
-        if found != p.sha256 {
-            bail!(
-                "{}: package {} {}: the store copy {} has sha256 {found}, the lock says {}",
-                lock_file.display(),
-                p.name,
-                p.version,
-                path.display(),
-                p.sha256
-            );
-        }
+        let data = get(p)?;
         let deb = deb::read(&data, &format!("{} {} ({})", p.name, p.version, p.filename))?;
         inputs.push(rootfs::Input {
             name: p.name.clone(),
