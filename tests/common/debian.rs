@@ -329,6 +329,8 @@ pub fn crafted_deb(control: &str, entries: &[(&str, tar::EntryType, &str, &[u8])
             });
             h.set_size(data.len() as u64);
             h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_cksum();
             b.append(&h, *data).unwrap();
         }
