@@ -74,11 +74,7 @@ pub fn parse_relations(field: &str) -> Result<Vec<Vec<Relation>>, String> {
                 Some(i) => (alt[..i].trim(), Some(&alt[i..])),
                 None => (alt, None),
             };
-            let name_part = name_part
-                .split(|c: char| c == '[' || c == '<')
-                .next()
-                .unwrap_or("")
-                .trim();
+            let name_part = name_part.split(['[', '<']).next().unwrap_or("").trim();
             let name = name_part.split(':').next().unwrap_or("").to_string();
             if name.is_empty() {
                 return Err(format!("empty package name in {group:?}"));

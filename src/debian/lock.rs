@@ -129,13 +129,17 @@ impl Lock {
         cmp("components", &a.components, &req.components);
         cmp(
             "architecture",
-            &[a.architecture.clone()],
-            &[req.architecture.clone()],
+            std::slice::from_ref(&a.architecture),
+            std::slice::from_ref(&req.architecture),
         );
         cmp("packages", &a.packages, &req.packages);
         cmp("essential", &a.essential, &req.essential);
         cmp("exclude", &a.exclude, &req.exclude);
-        cmp("keyring", &[a.keyring.clone()], &[req.keyring.clone()]);
+        cmp(
+            "keyring",
+            std::slice::from_ref(&a.keyring),
+            std::slice::from_ref(&req.keyring),
+        );
         out
     }
 }

@@ -86,8 +86,7 @@ pub fn gpgv_verify(data: &[u8], what: &str, keyring: &Path) -> Result<(String, V
         let why = if report.problems.is_empty() {
             String::from_utf8_lossy(&out.stderr)
                 .lines()
-                .filter(|l| !l.trim().is_empty())
-                .last()
+                .rfind(|l| !l.trim().is_empty())
                 .unwrap_or("no valid signature")
                 .to_string()
         } else {
@@ -103,8 +102,11 @@ pub fn gpgv_verify(data: &[u8], what: &str, keyring: &Path) -> Result<(String, V
     Ok((text, report.valid))
 }
 
-/// Parse the verified text of an `InRelease`.
-pub fn parse_release(text: &str, what: &str) -> Result<(String, BTreeMap<String, (String, u64)>)> {
+/// `SHA256:` block of a Release file: path → (sha256, size).
+pub type Sums = BTreeMap<String, (String, u64)>;
+
+/// Parse the verified text of an `InRelease`: its `Date:` and `SHA256:` block.
+pub fn parse_release(text: &str, what: &str) -> Result<(String, Sums)> {
     let paras = super::deb822::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     let p = paras
         .first()
