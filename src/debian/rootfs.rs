@@ -88,8 +88,13 @@ pub struct Conflict {
 /// The image's layers: `[base, packages, setup]` (empty layers left out).
 pub fn assemble(inputs: &[Input], setup: &Setup) -> Result<Vec<Vec<LayerFile>>, Conflict> {
     // path → (entry, owner index)
+    // Base packages first: what they share with others stays in the base layer, so that the
+    // base layer depends on the base packages alone.
     let mut merged: BTreeMap<String, (Entry, usize)> = BTreeMap::new();
-    for (i, inp) in inputs.iter().enumerate() {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| !inputs[i].base);
+    for i in order {
+        let inp = &inputs[i];
         for e in &inp.deb.entries {
             match merged.get(&e.path) {
                 None => {
@@ -111,8 +116,11 @@ pub fn assemble(inputs: &[Input], setup: &Setup) -> Result<Vec<Vec<LayerFile>>, 
     let layer_of = |i: usize| if inputs[i].base { 0 } else { 1 };
     let any_base = inputs.iter().any(|i| i.base);
     let root_layer = if any_base { 0 } else { 1 };
+    // The merged-/usr root symlinks, the same in every image (as Debian's own merged-/usr
+    // systems have them on amd64), so that base layers of different images are equal.
     for d in ["bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
-        if merged.contains_key(&format!("usr/{d}")) {
+        if ["bin", "sbin", "lib", "lib64"].contains(&d) || merged.contains_key(&format!("usr/{d}"))
+        {
             layers[root_layer].push(LayerFile {
                 path: d.to_string(),
                 content: Content::Symlink(format!("usr/{d}")),
@@ -367,7 +375,10 @@ mod tests {
         let layers = assemble(&inputs, &setup).unwrap();
         assert_eq!(
             listing(&layers),
-            "lib -> usr/lib 777 0:0\n\
+            "bin -> usr/bin 777 0:0\n\
+             lib -> usr/lib 777 0:0\n\
+             lib64 -> usr/lib64 777 0:0\n\
+             sbin -> usr/sbin 777 0:0\n\
              usr/lib dir 755 0:0\n\
              usr/lib/libc.so.6 4 bytes 644 0:0\n\
              usr/share/doc/same 4 bytes 644 0:0\n\
@@ -390,6 +401,37 @@ mod tests {
         for l in &layers {
             crate::oci::layer_tar(l, 0).unwrap();
         }
+    }
+
+    #[test]
+    fn the_base_layer_depends_on_the_base_packages_alone() {
+        let libc = || {
+            input(
+                "libc6",
+                true,
+                vec![
+                    file("usr/lib/libc.so.6", b"libc"),
+                    file("usr/share/doc/x", b"x"),
+                ],
+            )
+        };
+        let a = assemble(
+            &[
+                input("aaa", false, vec![file("usr/share/doc/x", b"x")]),
+                libc(),
+            ],
+            &Setup::default(),
+        )
+        .unwrap();
+        let b = assemble(
+            &[libc(), input("zzz", false, vec![file("usr/bin/z", b"z")])],
+            &Setup::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            crate::oci::layer_tar(&a[0], 0).unwrap(),
+            crate::oci::layer_tar(&b[0], 0).unwrap()
+        );
     }
 
     #[test]
