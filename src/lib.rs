@@ -14,6 +14,7 @@ pub mod hash;
 pub mod loader;
 pub mod oci;
 pub mod recipe;
+pub mod sbom;
 pub mod sign;
 pub mod stack;
 pub mod state;

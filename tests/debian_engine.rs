@@ -292,10 +292,9 @@ fn tls_websocket_echo(port: u16, payload: &[u8]) -> Vec<u8> {
         .unwrap();
     let mut stdin = c.stdin.take().unwrap();
     let mut stdout = c.stdout.take().unwrap();
-    let mut req = format!(
-        "GET /v1/echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes();
+    let mut req = "GET /v1/echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    .as_bytes()
+    .to_vec();
     let mask = [1u8, 2, 3, 4];
     req.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
     req.extend_from_slice(&mask);

@@ -2,6 +2,7 @@
 //! every identity (normalized recipe + input identities + file hashes), then realise what the
 //! store does not hold yet, in dependency order, and assemble the bundle file.
 
+pub mod crates;
 mod realise;
 
 use std::collections::BTreeMap;

@@ -2,7 +2,7 @@
 //! `lock` (mirror → verified `InRelease` → checked `Packages` index → resolved closure →
 //! `.deb`s fetched, checked and kept in the store → `<recipe>.lock.json`) → offline build
 //! (each locked `.deb` read from the store, extracted in Rust into a merged-/usr root,
-//! closure-checked, layered) → SPDX SBOM. Network access happens only in `lock` and
+//! closure-checked, layered) → SPDX SBOM (`crate::sbom`). Network access happens only in `lock` and
 //! `fetch`, through [`mirror`].
 
 pub mod deb;
@@ -14,7 +14,6 @@ pub mod mirror;
 pub mod release;
 pub mod resolve;
 pub mod rootfs;
-pub mod spdx;
 pub mod version;
 
 use std::collections::BTreeMap;
