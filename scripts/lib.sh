@@ -13,12 +13,33 @@ ensure_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # Debian images: gpgv verifies InRelease (lock); the tests build a tiny signed archive
+    # with dpkg-deb, gpg and xz, and validate SBOMs with pyspdxtools (pip).
+    command -v gpgv >/dev/null 2>&1 || missing+=(gpgv)
+    command -v gpg >/dev/null 2>&1 || missing+=(gpg)
+    command -v dpkg-deb >/dev/null 2>&1 || missing+=(dpkg)
+    command -v xz >/dev/null 2>&1 || missing+=(xz-utils)
+    [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || missing+=(debian-archive-keyring)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "== installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
+}
+
+ensure_spdx_tools() {
+    if command -v pyspdxtools >/dev/null 2>&1; then
+        return
+    fi
+    echo "== pip install spdx-tools (SBOM validator of tests/debian_archive.rs)"
+    if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq python3-pip >/dev/null
+    fi
+    "$(command -v pip3 || command -v pip)" install -q spdx-tools 2>/dev/null ||
+        "$(command -v pip3 || command -v pip)" install -q --break-system-packages spdx-tools
 }
 
 ensure_dockerd() {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine (root): installs what the tests need
-# (Debian's docker.io, busybox-static, nix-bin), starts dockerd in the background if it does
+# (Debian's docker.io, busybox-static, nix-bin, gpg, dpkg, xz-utils; spdx-tools from PyPI), starts dockerd in the background if it does
 # not answer, initialises a single-node swarm, then runs the gates:
 # cargo fmt --check, cargo clippy -D warnings, nix-instantiate --parse flake.nix, cargo test.
 set -euo pipefail
@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_packages
+ensure_spdx_tools
 ensure_dockerd
 ensure_swarm
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 /// Version of the identity scheme; bump it when an output format changes so that every
 /// store entry is rebuilt instead of reused.
-pub const STORE_FORMAT: u32 = 1;
+pub const STORE_FORMAT: u32 = 2;
 
 /// Canonical JSON: keys sorted recursively, compact.
 pub fn canonical_json(v: &Value) -> String {
@@ -87,7 +87,7 @@ mod tests {
         // so bump STORE_FORMAT deliberately rather than by accident.
         assert_eq!(
             identity(&json!({"kind": "fixed", "sha256": "00"})),
-            sha256_hex(br#"{"store_format":1,"v":{"kind":"fixed","sha256":"00"}}"#)
+            sha256_hex(br#"{"store_format":2,"v":{"kind":"fixed","sha256":"00"}}"#)
         );
         assert_eq!(
             sha256_hex(b"abc"),

@@ -6,6 +6,7 @@
 pub mod builder;
 pub mod bundle;
 pub mod cli;
+pub mod debian;
 pub mod engine;
 pub mod events;
 pub mod fsutil;
@@ -13,6 +14,7 @@ pub mod hash;
 pub mod loader;
 pub mod oci;
 pub mod recipe;
+pub mod sbom;
 pub mod sign;
 pub mod site;
 pub mod stack;

@@ -34,6 +34,10 @@ pub enum Content {
     Bytes(std::sync::Arc<Vec<u8>>),
     /// A folder.
     Dir,
+    /// A symbolic link to this target (kept verbatim).
+    Symlink(String),
+    /// A hard link to another path of the same layer, which must sort before it.
+    HardLink(String),
 }
 
 /// One entry of a layer, with a relative path (`usr/bin/x`).
@@ -97,6 +101,27 @@ pub fn layer_tar(files: &[LayerFile], mtime: u64) -> Result<Vec<u8>> {
                     h.set_entry_type(tar::EntryType::Regular);
                     h.set_size(data.len() as u64);
                     b.append_data(&mut h, &f.path, data.as_slice())
+                        .with_context(|| format!("adding /{} to a layer", f.path))?;
+                }
+                Content::Symlink(target) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, &f.path, target)
+                        .with_context(|| format!("adding /{} to a layer", f.path))?;
+                }
+                Content::HardLink(target) => {
+                    // A hard link names an entry written before it, or it cannot be extracted.
+                    if target.as_str() >= f.path.as_str()
+                        || !matches!(all.get(target).map(|t| &t.content), Some(Content::Bytes(_)))
+                    {
+                        bail!(
+                            "layer hard link /{} must name a regular file that sorts before it (/{target})",
+                            f.path
+                        );
+                    }
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, &f.path, target)
                         .with_context(|| format!("adding /{} to a layer", f.path))?;
                 }
             }

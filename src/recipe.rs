@@ -114,6 +114,10 @@ pub struct ImageRecipe {
     /// Optional base image: a `fixed` recipe with `format = "docker-archive"`.
     #[serde(default)]
     pub base: Option<S<String>>,
+    /// Root filesystem from pinned Debian packages (below the layers), locked in
+    /// `<recipe>.lock.json`.
+    #[serde(default)]
+    pub debian: Option<DebianSpec>,
     /// Layers added on top of the base, in order.
     #[serde(default, rename = "layer")]
     pub layers: Vec<LayerSpec>,
@@ -123,6 +127,118 @@ pub struct ImageRecipe {
     /// Extra OCI annotations / labels (`revision`, `source`, …).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// `[debian]` of an image recipe: what to take from the Debian archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSpec {
+    /// Suites, in order of preference for equal versions (`bookworm`, `bookworm-security`).
+    pub suites: Vec<String>,
+    /// Components (default `main`).
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// Architecture (default `amd64`).
+    #[serde(default = "default_arch")]
+    pub architecture: String,
+    /// Packages wanted; their Depends and Pre-Depends closure is installed.
+    pub packages: Vec<S<String>>,
+    /// Packages never installed (maintainer-script-only dependencies); a dependency naming
+    /// one is left out.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Essential packages the program needs at run time (never pulled in as dependencies).
+    #[serde(default)]
+    pub essential: Vec<String>,
+    /// Packages of the closure put in a lower layer of their own, so images share it.
+    #[serde(default)]
+    pub base: Vec<S<String>>,
+    /// Keyring that verifies the suites (default the Debian archive keyring).
+    #[serde(default)]
+    pub keyring: Option<S<String>>,
+    /// Users written to `/etc/passwd` (root is always there).
+    #[serde(default, rename = "user")]
+    pub users: Vec<DebianUser>,
+    /// Groups written to `/etc/group` (root, and each user's group, are always there).
+    #[serde(default, rename = "group")]
+    pub groups: Vec<DebianGroup>,
+    /// Folders created with an owner and mode (`/run/haproxy`, `/var/lib/mysql`).
+    #[serde(default, rename = "dir")]
+    pub dirs: Vec<DebianDir>,
+    /// Path prefixes whose ELF files are not checked for missing libraries (optional
+    /// plugins whose libraries the recipe leaves out on purpose).
+    #[serde(default)]
+    pub elf_check_skip: Vec<String>,
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
+}
+
+fn default_arch() -> String {
+    "amd64".into()
+}
+
+/// Default keyring of `[debian]`.
+pub const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+impl DebianSpec {
+    /// The keyring path as written (relative paths resolve against the recipe folder).
+    pub fn keyring_text(&self) -> String {
+        self.keyring
+            .as_ref()
+            .map_or(DEFAULT_KEYRING.to_string(), |k| k.get_ref().clone())
+    }
+}
+
+/// A user of `[debian]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianUser {
+    /// Login name.
+    pub name: S<String>,
+    /// uid.
+    pub uid: u32,
+    /// Primary gid (default: the uid); a group of the user's name is added when no
+    /// declared group has this gid.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Home folder (default `/nonexistent`).
+    #[serde(default)]
+    pub home: Option<String>,
+    /// Shell (default `/usr/sbin/nologin`).
+    #[serde(default)]
+    pub shell: Option<String>,
+}
+
+/// A group of `[debian]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianGroup {
+    /// Group name.
+    pub name: S<String>,
+    /// gid.
+    pub gid: u32,
+    /// Members.
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A runtime folder of `[debian]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianDir {
+    /// Absolute path.
+    pub path: S<String>,
+    /// Owner: a declared user name, `root`, or a number (default root).
+    #[serde(default)]
+    pub owner: Option<S<String>>,
+    /// Group: a declared group or user name, `root`, or a number (default the owner's).
+    #[serde(default)]
+    pub group: Option<S<String>>,
+    /// Permission bits (default 0o755).
+    #[serde(default)]
+    pub mode: Option<u32>,
 }
 
 /// One layer: a list of entries.
@@ -444,6 +560,9 @@ impl Recipe {
                         }
                     }
                 }
+                if let Some(d) = &img.debian {
+                    self.check_debian(d)?;
+                }
                 if let Some(h) = &img.config.healthcheck {
                     for d in [&h.interval, &h.timeout, &h.start_period]
                         .into_iter()
@@ -469,6 +588,52 @@ impl Recipe {
                 st.parameters(self)?;
             }
             RecipeKind::Binary(_) => {}
+        }
+        Ok(())
+    }
+}
+
+impl Recipe {
+    fn check_debian(&self, d: &DebianSpec) -> Result<()> {
+        let here = || format!("{}: [debian]", self.path.display());
+        if d.suites.is_empty() {
+            bail!("{}: suites must name at least one suite", here());
+        }
+        if d.packages.is_empty() {
+            bail!("{}: packages must name at least one package", here());
+        }
+        for p in &d.packages {
+            if d.exclude.contains(p.get_ref()) {
+                return Err(self.err_at(p, format!("package {:?} is also excluded", p.get_ref())));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for u in &d.users {
+            if !seen.insert(u.name.get_ref().clone()) || u.name.get_ref() == "root" {
+                return Err(self.err_at(
+                    &u.name,
+                    format!(
+                        "user {:?} is declared twice (root is always there)",
+                        u.name.get_ref()
+                    ),
+                ));
+            }
+        }
+        for dir in &d.dirs {
+            normalize_dest(dir.path.get_ref()).map_err(|m| self.err_at(&dir.path, m))?;
+            if dir.mode.is_some_and(|m| m > 0o7777) {
+                return Err(self.err_at(&dir.path, "mode must be at most 0o7777"));
+            }
+            for who in [&dir.owner, &dir.group].into_iter().flatten() {
+                let w = who.get_ref();
+                let known = w == "root"
+                    || w.parse::<u32>().is_ok()
+                    || d.users.iter().any(|u| u.name.get_ref() == w)
+                    || d.groups.iter().any(|g| g.name.get_ref() == w);
+                if !known {
+                    return Err(self.err_at(who, format!("unknown user or group {w:?} (declare it in [[debian.user]] or [[debian.group]])")));
+                }
+            }
         }
         Ok(())
     }

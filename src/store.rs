@@ -54,7 +54,7 @@ pub fn default_store_dir() -> PathBuf {
 impl Store {
     /// Open (creating) a store folder.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in ["objects", "tmp", "locks", "layers"] {
+        for sub in ["objects", "tmp", "locks", "layers", "fixed/sha256"] {
             fs::create_dir_all(root.join(sub))
                 .with_context(|| format!("creating store folder {}", root.join(sub).display()))?;
         }
@@ -160,6 +160,24 @@ impl Store {
     /// Path of a cached compressed layer, by the hex digest of its uncompressed tar.
     pub fn layer_cache(&self, diff_id_hex: &str) -> PathBuf {
         self.root.join("layers").join(diff_id_hex)
+    }
+
+    /// Path of a fixed input (a locked `.deb`) kept in the store by its sha256 (hex).
+    pub fn fixed_input(&self, sha256: &str) -> PathBuf {
+        self.root.join("fixed").join("sha256").join(sha256)
+    }
+
+    /// Keep `data` as the fixed input `sha256`: checked first (a mismatch is an error naming
+    /// `what` and both hashes, and nothing is written), then written atomically.
+    pub fn put_fixed(&self, sha256: &str, data: &[u8], what: &str) -> Result<PathBuf> {
+        let found = crate::hash::sha256_hex(data);
+        anyhow::ensure!(
+            found == sha256,
+            "{what}: sha256 {found}, but the lock says {sha256} (nothing stored)"
+        );
+        let p = self.fixed_input(sha256);
+        crate::fsutil::write_atomic(&p, data)?;
+        Ok(p)
     }
 
     /// Cargo target folder used for binary recipes of this store.

@@ -2,6 +2,7 @@
 //! every identity (normalized recipe + input identities + file hashes), then realise what the
 //! store does not hold yet, in dependency order, and assemble the bundle file.
 
+pub mod crates;
 mod realise;
 
 use std::collections::BTreeMap;
@@ -207,6 +208,12 @@ impl Graph {
                             files.insert(f.get_ref().clone(), sha256_file(&p)?);
                         }
                     }
+                }
+                if let Some(spec) = &img.debian {
+                    // The lock is a build input: its bytes go into the identity, and each
+                    // `.deb` it pins is a fixed input checked when the image is built.
+                    let (lock_path, _) = crate::debian::read_matching_lock(r, spec)?;
+                    files.insert("debian.lock.json".to_string(), sha256_file(&lock_path)?);
                 }
                 extra = json!({"source_date_epoch": self.source_date_epoch});
             }

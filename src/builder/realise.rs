@@ -279,8 +279,18 @@ fn build_binary(
     std::fs::create_dir_all(out.join("bin"))?;
     std::fs::copy(&exe, out.join("bin").join(&b.bin))
         .with_context(|| format!("copying {}", exe.display()))?;
+    // What is linked into it, for the SBOM of the images that carry it.
+    let metadata = super::crates::metadata(&ws, TARGET)?;
+    let lock_text = std::fs::read_to_string(ws.join("Cargo.lock"))
+        .with_context(|| format!("reading {}", ws.join("Cargo.lock").display()))?;
+    let crates = super::crates::linked(&metadata, &lock_text, &b.package)
+        .with_context(|| format!("{}: listing the crates of {}", r.path.display(), b.package))?;
+    std::fs::write(out.join(CRATES_FILE), serde_json::to_vec_pretty(&crates)?)?;
     Ok(())
 }
+
+/// The crates linked into a binary, in its store entry.
+const CRATES_FILE: &str = "crates.json";
 
 fn realise_fixed(r: &Recipe, f: &FixedRecipe, out: &Path) -> Result<()> {
     let p = crate::fsutil::normalize(&r.dir().join(f.path.get_ref()));
@@ -506,8 +516,15 @@ fn build_image(
         }
     }
 
-    // Collect each layer's files, then build and compress the layers in parallel.
+    // Collect each layer's files, then build and compress the layers in parallel. A
+    // `[debian]` root filesystem comes first, read offline from the store.
     let mut specs = Vec::new();
+    let mut lock = None;
+    if let Some(spec) = &img.debian {
+        let (_, l) = crate::debian::read_matching_lock(r, spec)?;
+        specs.extend(crate::debian::layers_from_store(r, spec, &l, store)?);
+        lock = Some(l);
+    }
     for layer in &img.layers {
         let mut files = Vec::new();
         for e in &layer.entries {
@@ -552,6 +569,14 @@ fn build_image(
             });
         }
         specs.push(files);
+    }
+    if let Some(spec) = &img.debian {
+        crate::debian::check_closure(&specs, spec, |_| None).with_context(|| {
+            format!(
+                "{}: checking the image's shared libraries",
+                r.path.display()
+            )
+        })?;
     }
     let results: Vec<Result<BuiltLayer>> = std::thread::scope(|s| {
         let handles: Vec<_> = specs
@@ -650,8 +675,42 @@ fn build_image(
         layers: layer_descs.iter().map(blobref).collect(),
     };
     std::fs::write(out.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
+    let mut binaries = Vec::new();
+    for e in img.layers.iter().flat_map(|l| &l.entries) {
+        let Some(dep) = &e.recipe else { continue };
+        if let RecipeKind::Binary(b) = &g.recipes[dep.get_ref()].kind {
+            let obj = store.object(&g.ids[dep.get_ref()]);
+            let crates = match std::fs::read(obj.join(CRATES_FILE)) {
+                Ok(data) => serde_json::from_slice(&data)
+                    .with_context(|| format!("reading {}", obj.join(CRATES_FILE).display()))?,
+                Err(_) => Vec::new(),
+            };
+            binaries.push(crate::sbom::Binary {
+                path: e.dest.get_ref().clone(),
+                package: b.package.clone(),
+                sha256: sha256_file(&obj.join("bin").join(&b.bin))?,
+                crates,
+            });
+        }
+    }
+    let sbom = crate::sbom::document(
+        &crate::sbom::Image {
+            name: &r.name,
+            repository: &img.repository,
+            version: &img.version,
+            identity: &g.ids[&r.name],
+            created: &created,
+        },
+        lock.as_ref(),
+        &binaries,
+    );
+    std::fs::write(out.join(SBOM_FILE), crate::sbom::to_bytes(&sbom))?;
     Ok(())
 }
+
+/// The SPDX document of an image, in its store entry and as `sbom/<name>.spdx.json` in
+/// the bundle.
+const SBOM_FILE: &str = "sbom.spdx.json";
 
 /// A layer ready for the image: uncompressed digest, blob descriptor and blob bytes.
 struct BuiltLayer {
@@ -919,6 +978,7 @@ fn pack_bundle(
                 )?;
             }
         }
+        add_file(format!("sbom/{name}.spdx.json"), obj.join(SBOM_FILE), false)?;
         let size = m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>();
         layout.push(LayoutImage {
             reference: format!("{}:{}", m.repository, m.tag),

@@ -115,6 +115,15 @@ pub fn inspect(args: InspectArgs) -> Result<i32> {
     for i in &m.images {
         println!("  {}  {} bytes", i.reference(), i.size);
         println!("    id {}  manifest {}", i.config_digest, i.manifest_digest);
+        let sbom = format!("sbom/{}.spdx.json", i.name);
+        if b.entry(&sbom).is_some() {
+            let doc: serde_json::Value = serde_json::from_slice(&b.read_entry(&sbom)?)
+                .with_context(|| format!("parsing {sbom}"))?;
+            let n = doc["packages"]
+                .as_array()
+                .map_or(0, |p| p.len().saturating_sub(1));
+            println!("    {n} Debian packages (sbom {sbom})");
+        }
     }
     println!("services:");
     for s in &m.services {

@@ -4,6 +4,7 @@
 //! parses arguments or prints.
 
 pub mod build;
+pub mod debian;
 pub mod host;
 pub mod output;
 
@@ -41,6 +42,14 @@ pub enum Command {
     /// Sign an existing bundle file (e.g. on an offline machine that holds the key): writes
     /// its `bundle.json.sig` entry, replacing any signature it has; every other byte stays.
     Sign(SignArgs),
+    /// Resolve the Debian packages of image recipes against the archive (InRelease verified
+    /// with gpgv, index checked against it), keep every `.deb` in the store and write
+    /// `<recipe>.lock.json` beside each recipe. Exit code 1 from `--check` when a lock is stale.
+    Lock(debian::LockArgs),
+    /// Download the `.deb`s a lock names and the store lacks (each checked against its sha256).
+    Fetch(debian::FetchArgs),
+    /// Print the SPDX 2.3 documents of a bundle's images.
+    Sbom(debian::SbomArgs),
     /// Host-side commands.
     #[command(flatten)]
     Loader(host::HostCommand),
@@ -117,6 +126,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => build::verify(a),
         Command::Keygen(a) => build::keygen(a),
         Command::Sign(a) => build::sign(a),
+        Command::Lock(a) => debian::lock(a),
+        Command::Fetch(a) => debian::fetch(a),
+        Command::Sbom(a) => debian::sbom(a),
         Command::Loader(c) => host::run(c),
     }
 }
