@@ -1,7 +1,8 @@
 //! Site parameters on the real engine and swarm: one relay bundle, its published port set per
 //! site (`--set`, `--site FILE`), kept across activations, a change of value alone making a
 //! new generation, rollback restoring the previous value, bad values refused with nothing
-//! changed, and the values shown by status and generations.
+//! changed, the values shown by status and generations, and `configure` changing a value
+//! with no bundle file at hand.
 
 mod common;
 
@@ -157,4 +158,20 @@ fn site_values_make_generations_and_roll_back() {
     relay_probe(&relay, p1, &fx.state).expect("the rollback serves on the first port again");
     let st = run_ok(fx.loader().arg("status"));
     assert!(st.contains(&format!("site RELAY_PORT = {p1}")), "{st}");
+
+    // configure: a value changed without the bundle file (read from the host store)
+    std::fs::remove_file(&bundle).unwrap();
+    let err = fails(fx.loader().args(["configure", "--set", "RELAY_PORT=http"]));
+    assert!(err.contains("expected a port number"), "{err}");
+    let p3 = free_port();
+    let o = loader_json(
+        fx.loader()
+            .args(["configure", "--set", &format!("RELAY_PORT={p3}")]),
+    );
+    assert_eq!(o["result"], "activated", "{o}");
+    assert_eq!(o["generation"], 3, "{o}");
+    relay_probe(&relay, p3, &fx.state).expect("the configured port serves");
+    let gens = generations(&fx);
+    assert_eq!(gens[2]["site"]["RELAY_PORT"], p3.to_string(), "{gens}");
+    assert_eq!(gens[2]["identity"], gens[0]["identity"], "same bundle");
 }

@@ -165,6 +165,29 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Change site parameter values of the current generation: its bundle again, from the
+    /// host's store (no bundle file needed), as a new generation (same transaction, health
+    /// gate and rollback as activate).
+    Configure {
+        /// Site file: `NAME = value` lines (TOML).
+        #[arg(long, value_name = "FILE")]
+        site: Option<PathBuf>,
+        /// Set one site parameter (after the site file); repeatable.
+        #[arg(long, value_name = "NAME=VALUE")]
+        set: Vec<String>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Activate an older generation (the previous succeeded one by default).
     Rollback {
         /// Generation number.
@@ -453,6 +476,25 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                 dry_run,
                 timing.timing(ROLLBACK_MONITOR),
             ))?;
+            print_outcome(&o, json)?;
+            Ok(0)
+        }
+        HostCommand::Configure {
+            site,
+            set,
+            dry_run,
+            timing,
+            host,
+            json,
+        } => {
+            let host = host.host(events(json))?;
+            let opts = activate::ConfigureOptions {
+                dry_run,
+                timing: timing.timing(ACTIVATE_MONITOR),
+                site_file: site,
+                set,
+            };
+            let o = rt.block_on(activate::configure(&host, &opts))?;
             print_outcome(&o, json)?;
             Ok(0)
         }

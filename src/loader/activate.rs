@@ -263,55 +263,11 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     fault("verify");
     let manifest = bundle.manifest().clone();
     // Site values are read and checked before the state directory is opened.
-    let mut layers = Vec::new();
-    if let Some(f) = &opts.site_file {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading site file {}", f.display()))?;
-        layers.push(
-            crate::site::parse_site_file(&text, &f.display().to_string())
-                .map_err(anyhow::Error::msg)?,
-        );
-    }
-    let mut sets = BTreeMap::new();
-    for a in &opts.set {
-        let (k, g) = crate::site::parse_set(a).map_err(anyhow::Error::msg)?;
-        sets.insert(k, g);
-    }
-    layers.push(sets);
+    let layers = site_layers(&opts.site_file, &opts.set)?;
 
     let s = session(host, opts.dry_run, opts.timing).await?;
     check_stack(&s.state, &manifest.stack)?;
     let current = s.state.current_generation()?;
-    // Values of the current generation stay unless the site file or --set change them.
-    if let Some(g) = current
-        .as_ref()
-        .filter(|g| g.desired.bundle.name == manifest.name)
-    {
-        layers.insert(0, crate::site::kept(&g.desired.site));
-    }
-    let site = crate::site::resolve(&manifest.parameters, &layers)
-        .map_err(|e| anyhow::anyhow!("bundle {}: {e}; nothing was changed", file.display()))?;
-    notes.extend(crate::site::changes(
-        current
-            .as_ref()
-            .map(|g| &g.desired.site)
-            .unwrap_or(&BTreeMap::new()),
-        &site,
-    ));
-    let stack_text =
-        String::from_utf8_lossy(&bundle.read_entry(&manifest.stack_file)?).into_owned();
-    let stack_text = if manifest.parameters.is_empty() {
-        stack_text
-    } else {
-        crate::site::interpolate_yaml(&stack_text, &site)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.stack_file))?
-    };
-    let compose = crate::stack::parse(&stack_text, &manifest.stack_file)?;
-    let mut files = BTreeMap::new();
-    for p in desired::file_paths(&manifest, &compose)? {
-        let data = bundle.read_entry(&p)?;
-        files.insert(p, data);
-    }
     // The downgrade guard, before anything of this bundle is stored or loaded.
     let transition = version::check_transition(
         current.as_ref().map(|g| {
@@ -334,42 +290,17 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     )
     .map_err(|e| anyhow::anyhow!("bundle {}: {e}; nothing was changed", file.display()))?;
     notes.extend(transition.note());
-
-    // Generated secrets: the host's own if it has them; new ones are made now (a dry run
-    // shows a placeholder) and stored by the pipeline before the transaction.
-    let mut generated = BTreeMap::new();
-    let mut new_secrets = BTreeMap::new();
-    for (key, def) in &compose.secrets {
-        let Some(template) = &def.generate else {
-            continue;
-        };
-        match s.state.generated_secret(key)? {
-            Some(d) => {
-                generated.insert(key.clone(), d);
-            }
-            None if !opts.dry_run => {
-                let d = desired::generate_secret(template);
-                generated.insert(key.clone(), d.clone());
-                new_secrets.insert(key.clone(), d);
-            }
-            None => {}
-        }
-    }
-    let new = desired::build(
+    let (desired, new_secrets) = desire(
         &manifest,
-        &compose,
-        &Contents {
-            files: &files,
-            generated: &generated,
-        },
-    )?;
-    let mut new = new;
-    new.site = site;
-    let desired = if opts.only.is_empty() {
-        new
-    } else {
-        desired::merge_only(&new, current.as_ref().map(|g| &g.desired), &opts.only)?
-    };
+        &|p| bundle.read_entry(p),
+        layers,
+        &s.state,
+        current.as_ref(),
+        opts.dry_run,
+        &opts.only,
+        &mut notes,
+    )
+    .map_err(|e| e.context(format!("bundle {}", file.display())))?;
     let store_files = if opts.dry_run {
         vec![]
     } else {
@@ -386,6 +317,168 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     let mut o = run(host, nodes, &s, target, opts.dry_run, opts.timing).await?;
     o.signed_by = signed_by(&verdict);
+    o.notes = notes;
+    Ok(o)
+}
+
+/// The site values given on the command line: the site file, then `--set`.
+fn site_layers(
+    site_file: &Option<PathBuf>,
+    set: &[String],
+) -> Result<Vec<BTreeMap<String, crate::site::Given>>> {
+    let mut layers = Vec::new();
+    if let Some(f) = site_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading site file {}", f.display()))?;
+        layers.push(
+            crate::site::parse_site_file(&text, &f.display().to_string())
+                .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let mut sets = BTreeMap::new();
+    for a in set {
+        let (k, g) = crate::site::parse_set(a).map_err(anyhow::Error::msg)?;
+        sets.insert(k, g);
+    }
+    layers.push(sets);
+    Ok(layers)
+}
+
+/// The desired state of a bundle (its manifest, and its files read through `read`) on this
+/// host: site values resolved (the current generation's kept unless `layers` change them)
+/// and interpolated, generated secrets taken from the host or made now (a dry run makes
+/// none). Returns it with the secrets to store first; notes get the site value changes.
+#[allow(clippy::too_many_arguments)]
+fn desire(
+    manifest: &crate::bundle::manifest::BundleManifest,
+    read: &dyn Fn(&str) -> Result<Vec<u8>>,
+    mut layers: Vec<BTreeMap<String, crate::site::Given>>,
+    state: &StateDir,
+    current: Option<&crate::state::Generation>,
+    dry_run: bool,
+    only: &[String],
+    notes: &mut Vec<String>,
+) -> Result<(DesiredStack, BTreeMap<String, Vec<u8>>)> {
+    if let Some(g) = current.filter(|g| g.desired.bundle.name == manifest.name) {
+        layers.insert(0, crate::site::kept(&g.desired.site));
+    }
+    let site = crate::site::resolve(&manifest.parameters, &layers)
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+    notes.extend(crate::site::changes(
+        current.map(|g| &g.desired.site).unwrap_or(&BTreeMap::new()),
+        &site,
+    ));
+    let stack_text = String::from_utf8_lossy(&read(&manifest.stack_file)?).into_owned();
+    let stack_text = if manifest.parameters.is_empty() {
+        stack_text
+    } else {
+        crate::site::interpolate_yaml(&stack_text, &site)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.stack_file))?
+    };
+    let compose = crate::stack::parse(&stack_text, &manifest.stack_file)?;
+    let mut files = BTreeMap::new();
+    for p in desired::file_paths(manifest, &compose)? {
+        let data = read(&p)?;
+        files.insert(p, data);
+    }
+    // Generated secrets: the host's own if it has them; new ones are made now (a dry run
+    // shows a placeholder) and stored by the pipeline before the transaction.
+    let mut generated = BTreeMap::new();
+    let mut new_secrets = BTreeMap::new();
+    for (key, def) in &compose.secrets {
+        let Some(template) = &def.generate else {
+            continue;
+        };
+        match state.generated_secret(key)? {
+            Some(d) => {
+                generated.insert(key.clone(), d);
+            }
+            None if !dry_run => {
+                let d = desired::generate_secret(template);
+                generated.insert(key.clone(), d.clone());
+                new_secrets.insert(key.clone(), d);
+            }
+            None => {}
+        }
+    }
+    let mut new = desired::build(
+        manifest,
+        &compose,
+        &Contents {
+            files: &files,
+            generated: &generated,
+        },
+    )?;
+    new.site = site;
+    let desired = if only.is_empty() {
+        new
+    } else {
+        desired::merge_only(&new, current.map(|g| &g.desired), only)?
+    };
+    Ok((desired, new_secrets))
+}
+
+/// Options of `configure`.
+#[derive(Debug, Clone)]
+pub struct ConfigureOptions {
+    /// Plan only: change nothing anywhere.
+    pub dry_run: bool,
+    /// Timing.
+    pub timing: Timing,
+    /// Site file.
+    pub site_file: Option<PathBuf>,
+    /// `--set NAME=VALUE`.
+    pub set: Vec<String>,
+}
+
+/// `configure`: the current generation's bundle again, from the host's store (no bundle
+/// file needed), with changed site values: a new generation through the same pipeline.
+pub async fn configure(host: &Host, opts: &ConfigureOptions) -> Result<Outcome> {
+    let nodes = pipeline::require_swarm(host).await?;
+    let layers = site_layers(&opts.site_file, &opts.set)?;
+    let s = session(host, opts.dry_run, opts.timing).await?;
+    let current = s
+        .state
+        .current_generation()?
+        .context("no generation is current: activate a bundle first")?;
+    let identity = current.desired.bundle.identity.clone();
+    let dir = s.state.store_path(&identity);
+    let read = |p: &str| -> Result<Vec<u8>> {
+        std::fs::read(dir.join(p)).with_context(|| {
+            format!(
+                "reading {p} of bundle {} from the host store {} (activate its bundle file again)",
+                crate::swarm::observed::short(&identity),
+                dir.display()
+            )
+        })
+    };
+    let manifest: crate::bundle::manifest::BundleManifest =
+        serde_json::from_slice(&read("bundle.json")?)
+            .with_context(|| format!("reading the stored bundle.json of {}", dir.display()))?;
+    let mut notes = vec![format!(
+        "bundle {} {} from the host store",
+        manifest.name, manifest.version
+    )];
+    let (desired, new_secrets) = desire(
+        &manifest,
+        &read,
+        layers,
+        &s.state,
+        Some(&current),
+        opts.dry_run,
+        &[],
+        &mut notes,
+    )?;
+    let target = Target {
+        kind: Kind::Activate,
+        desired,
+        generation: None,
+        bundle: None,
+        store_files: vec![],
+        new_secrets,
+        remove_others: true,
+    };
+    let mut o = run(host, nodes, &s, target, opts.dry_run, opts.timing).await?;
     o.notes = notes;
     Ok(o)
 }
