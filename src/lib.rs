@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod hash;
 pub mod loader;
 pub mod oci;
+pub mod pki;
 pub mod recipe;
 pub mod sbom;
 pub mod sign;
