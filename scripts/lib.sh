@@ -13,6 +13,8 @@ ensure_packages() {
     command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     command -v iptables >/dev/null 2>&1 || missing+=(iptables)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    # TLS checks of the site PKI: curl --cacert and openssl s_client
+    command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
     # Debian images: gpgv verifies InRelease (lock); the tests build a tiny signed archive
     # with dpkg-deb, gpg and xz, and validate SBOMs with pyspdxtools (pip).
     command -v gpgv >/dev/null 2>&1 || missing+=(gpgv)

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use serde::{Deserialize, Serialize};
 
@@ -117,9 +117,9 @@ impl Issued {
         let lifetime = self.not_after - self.not_before;
         if self.not_after - now < lifetime / 3 {
             return Err(format!(
-                "{} of its {} days are left",
-                (self.not_after - now).max(0) / 86_400,
-                lifetime / 86_400
+                "{} of its {} are left",
+                span((self.not_after - now).max(0)),
+                span(lifetime)
             ));
         }
         Ok(())
@@ -129,6 +129,21 @@ impl Issued {
     pub fn days_left(&self, now: i64) -> i64 {
         (self.not_after - now).div_euclid(86_400)
     }
+}
+
+/// A span of seconds as days, or as seconds under a day.
+fn span(secs: i64) -> String {
+    if secs >= 86_400 {
+        format!("{} days", secs / 86_400)
+    } else {
+        format!("{secs} s")
+    }
+}
+
+/// How far before "now" a certificate's validity starts (clock skew between nodes): 5 minutes,
+/// at most a tenth of its lifetime.
+fn backdate(lifetime_secs: i64) -> i64 {
+    (lifetime_secs / 10).min(300)
 }
 
 /// The PKI folder of a state directory.
@@ -208,7 +223,11 @@ impl Ca {
             .with_context(|| format!("creating {}", d.display()))?;
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700))
             .with_context(|| format!("restricting {}", d.display()))?;
-        write_atomic_mode(&d.join("ca.key"), self.key.serialize_pem().as_bytes(), 0o600)?;
+        write_atomic_mode(
+            &d.join("ca.key"),
+            self.key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
         write_atomic_mode(&d.join("ca.pem"), self.cert_pem.as_bytes(), 0o644)?;
         let meta = serde_json::to_vec(&CaMeta {
             name: self.name.clone(),
@@ -228,10 +247,15 @@ impl Ca {
         let mut p = CertificateParams::new(req.sans.clone())
             .map_err(|e| anyhow::anyhow!("certificate {}: bad name: {e}", req.name))?;
         let mut dn = DistinguishedName::new();
-        let cn = req.sans.first().cloned().unwrap_or_else(|| req.name.clone());
+        let cn = req
+            .sans
+            .first()
+            .cloned()
+            .unwrap_or_else(|| req.name.clone());
         dn.push(DnType::CommonName, cn.clone());
         p.distinguished_name = dn;
-        p.not_before = ts(now - 300)?;
+        let not_before = now - backdate(req.lifetime_secs);
+        p.not_before = ts(not_before)?;
         p.not_after = ts(now + req.lifetime_secs)?;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = match req.usage {
@@ -254,7 +278,7 @@ impl Ca {
                 sans: req.sans.clone(),
                 usage: req.usage,
                 issuer: self.name.clone(),
-                not_before: now - 300,
+                not_before,
                 not_after: now + req.lifetime_secs,
                 cert_sha256: sha256_hex(cert_pem.as_bytes()),
                 key_sha256: sha256_hex(key_pem.as_bytes()),
@@ -330,7 +354,10 @@ mod tests {
         let (issued, cert, key) = ca.issue(&r, now).unwrap();
         assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(key.contains("PRIVATE KEY"));
-        assert!(!key.contains(&ca.key.serialize_pem()), "the leaf has its own key");
+        assert!(
+            !key.contains(&ca.key.serialize_pem()),
+            "the leaf has its own key"
+        );
         put_object(d.path(), cert.as_bytes()).unwrap();
         put_object(d.path(), key.as_bytes()).unwrap();
         put_object(d.path(), ca.cert_pem.as_bytes()).unwrap();
@@ -344,21 +371,20 @@ mod tests {
         assert!(issued.serves(&r, &sha, now + 59 * 86_400).is_ok());
         assert_eq!(
             issued.serves(&r, &sha, now + 61 * 86_400).unwrap_err(),
-            "29 of its 90 days are left"
+            "29 days of its 90 days are left"
         );
         assert!(issued
             .serves(&req(&["relay"]), &sha, now)
             .unwrap_err()
             .contains("names changed"));
-        assert_eq!(issued.serves(&r, "other", now).unwrap_err(), "the CA changed");
+        assert_eq!(
+            issued.serves(&r, "other", now).unwrap_err(),
+            "the CA changed"
+        );
         assert_eq!(issued.days_left(now + 89 * 86_400), 1);
         assert_eq!(issued.days_left(now + 91 * 86_400), -1);
         // a changed object is refused
-        std::fs::write(
-            dir(d.path()).join("objects").join(&issued.cert_sha256),
-            "x",
-        )
-        .unwrap();
+        std::fs::write(dir(d.path()).join("objects").join(&issued.cert_sha256), "x").unwrap();
         assert!(part(d.path(), &issued, Part::Cert).is_err());
         assert_eq!(Part::parse("pem"), Some(Part::Combined));
         assert_eq!(Part::parse("crt"), None);

@@ -47,6 +47,40 @@ pub struct ComposeFile {
     /// Swarm secrets by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretDef>,
+    /// Certificates the host's internal CA issues for the stack (extension), by name; a
+    /// secret delivers one with `x-reemo-certificate: NAME.cert|key|chain|pem`.
+    #[serde(
+        rename = "x-reemo-certificates",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub certificates: BTreeMap<String, CertificateDef>,
+}
+
+/// A certificate of `x-reemo-certificates`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateDef {
+    /// `server`, `client` or `both`.
+    pub usage: crate::pki::Usage,
+    /// DNS names and IP addresses (the first is also the subject's common name).
+    pub sans: Vec<String>,
+    /// Lifetime, e.g. `397d` (the default), `30d`, `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<String>,
+}
+
+impl CertificateDef {
+    /// Lifetime in seconds.
+    pub fn lifetime_secs(&self) -> Result<i64> {
+        match self.lifetime.as_deref() {
+            None => Ok(crate::pki::LEAF_LIFETIME_DAYS * 86_400),
+            Some(s) => match s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
+                Some(days) if days > 0 => Ok(days * 86_400),
+                _ => Ok(parse_duration(s)? / 1_000_000_000),
+            },
+        }
+    }
 }
 
 /// A string or a list of strings (`command`, `entrypoint`, `healthcheck.test`).
@@ -542,6 +576,13 @@ pub struct ConfigDef {
     /// Explicit name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The host's internal CA certificate (extension; with `external: true`).
+    #[serde(
+        rename = "x-reemo-ca",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca: Option<bool>,
 }
 
 /// Top-level secret definition.
@@ -564,6 +605,23 @@ pub struct SecretDef {
         skip_serializing_if = "Option::is_none"
     )]
     pub generate: Option<String>,
+    /// A part of a certificate of `x-reemo-certificates`: `NAME.cert`, `NAME.key`,
+    /// `NAME.chain` or `NAME.pem` (extension; with `external: true`).
+    #[serde(
+        rename = "x-reemo-certificate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub certificate: Option<String>,
+}
+
+impl SecretDef {
+    /// The certificate name and part of `x-reemo-certificate`.
+    pub fn certificate_part(&self) -> Option<(String, Option<crate::pki::Part>)> {
+        let c = self.certificate.as_deref()?;
+        let (name, part) = c.rsplit_once('.').unwrap_or((c, ""));
+        Some((name.to_string(), crate::pki::Part::parse(part)))
+    }
 }
 
 /// What the build side records per service in `bundle.json`.
@@ -854,8 +912,24 @@ fn validate_objects(file: &ComposeFile) -> std::result::Result<(), (Vec<String>,
         let path = vec![kind.to_string(), name.to_string()];
         move |e| (path, e)
     }
+    for (name, def) in &file.certificates {
+        check_name("certificate", name).map_err(at("x-reemo-certificates", name))?;
+        if def.sans.is_empty() {
+            return Err(at("x-reemo-certificates", name)(anyhow::anyhow!(
+                "certificate {name}: needs at least one name in `sans`"
+            )));
+        }
+        def.lifetime_secs()
+            .map_err(|e| e.context(format!("certificate {name}: lifetime")))
+            .map_err(at("x-reemo-certificates", name))?;
+    }
     for (name, def) in &file.configs {
         check_name("config", name).map_err(at("configs", name))?;
+        if def.ca == Some(true) && (def.file.is_some() || def.external != Some(true)) {
+            return Err(at("configs", name)(anyhow::anyhow!(
+                "config {name}: `x-reemo-ca: true` needs `external: true` and no `file:`"
+            )));
+        }
         if def.file.is_none() && def.external != Some(true) {
             return Err(at("configs", name)(anyhow::anyhow!(
                 "config {name}: needs `file:` or `external: true`"
@@ -864,12 +938,32 @@ fn validate_objects(file: &ComposeFile) -> std::result::Result<(), (Vec<String>,
     }
     for (name, def) in &file.secrets {
         check_secret(name, def).map_err(at("secrets", name))?;
+        if let Some((cert, part)) = def.certificate_part() {
+            let bad = |m: String| Err(at("secrets", name)(anyhow::anyhow!("secret {name}: {m}")));
+            if part.is_none() {
+                return bad(format!(
+                    "x-reemo-certificate {:?}: write NAME.cert, NAME.key, NAME.chain or NAME.pem",
+                    def.certificate.as_deref().unwrap_or_default()
+                ));
+            }
+            if !file.certificates.contains_key(&cert) {
+                return bad(format!(
+                    "certificate {cert:?} is not defined under x-reemo-certificates"
+                ));
+            }
+        }
     }
     Ok(())
 }
 
 fn check_secret(name: &str, def: &SecretDef) -> Result<()> {
     check_name("secret", name)?;
+    if def.certificate.is_some() {
+        if def.file.is_some() || def.generate.is_some() || def.external != Some(true) {
+            bail!("secret {name}: `x-reemo-certificate` needs `external: true` and neither `file:` nor `x-reemo-generate`");
+        }
+        return Ok(());
+    }
     match (&def.file, &def.generate, def.external) {
         (Some(_), None, None | Some(false)) => {}
         (None, Some(t), _) => {
@@ -1161,6 +1255,46 @@ services:
             e.starts_with(&format!("s:{line}: service relay: secret \"nope\"")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn certificate_extensions_are_checked() {
+        let base = "version: \"3.8\"\nservices:\n  web:\n    image: x\n    secrets: [tls]\n";
+        let ok = format!("{base}secrets:\n  tls:\n    external: true\n    x-reemo-certificate: web.pem\nconfigs:\n  ca:\n    external: true\n    x-reemo-ca: true\nx-reemo-certificates:\n  web:\n    usage: server\n    sans: [web, \"127.0.0.1\"]\n    lifetime: 30d\n");
+        let f = parse(&ok, "t.yml").unwrap();
+        assert_eq!(f.certificates["web"].lifetime_secs().unwrap(), 30 * 86_400);
+        assert_eq!(
+            f.secrets["tls"].certificate_part(),
+            Some(("web".into(), Some(crate::pki::Part::Combined)))
+        );
+        for (from, to, want) in [
+            (
+                "web.pem",
+                "web.crt",
+                "write NAME.cert, NAME.key, NAME.chain or NAME.pem",
+            ),
+            (
+                "web.pem",
+                "other.key",
+                "certificate \"other\" is not defined under x-reemo-certificates",
+            ),
+            (
+                "    external: true\n    x-reemo-certificate",
+                "    x-reemo-certificate",
+                "needs `external: true`",
+            ),
+            (
+                "sans: [web, \"127.0.0.1\"]",
+                "sans: []",
+                "needs at least one name",
+            ),
+            ("usage: server", "usage: peer", "peer"),
+        ] {
+            let bad = ok.replacen(from, to, 1);
+            let e = format!("{:#}", parse(&bad, "t.yml").unwrap_err());
+            assert!(e.contains(want), "{to}: {e}");
+            assert!(e.starts_with("t.yml"), "{e}");
+        }
     }
 
     #[test]

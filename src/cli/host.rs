@@ -165,6 +165,12 @@ pub enum HostCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The host's internal PKI.
+    Pki {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: PkiCommand,
+    },
     /// Change site parameter values of the current generation: its bundle again, from the
     /// host's store (no bundle file needed), as a new generation (same transaction, health
     /// gate and rollback as activate).
@@ -338,6 +344,17 @@ fn print_status(s: &status::Status) {
     for (k, v) in &s.site {
         println!("  site {k} = {v}");
     }
+    for c in &s.certificates {
+        println!(
+            "  certificate {}: subject {}, names {}, issuer {}, valid until {} ({} days left)",
+            c.name,
+            c.subject,
+            c.sans.join(","),
+            c.issuer,
+            crate::oci::rfc3339(c.not_after.max(0) as u64),
+            c.days_left
+        );
+    }
     for sv in &s.services {
         println!(
             "  service {}: {}/{} {}{}{}",
@@ -394,6 +411,18 @@ fn print_generations(g: &[status::GenerationLine]) {
             println!("     site: {}", v.join(" "));
         }
     }
+}
+
+/// `reemo-bundle pki …`.
+#[derive(Debug, clap::Subcommand)]
+pub enum PkiCommand {
+    /// Print the internal CA's certificate (PEM) for clients to trust, e.g.
+    /// `curl --cacert`. The CA key never leaves the state directory.
+    CaCert {
+        /// State directory.
+        #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 /// Run one host-side command; returns the process exit code.
@@ -477,6 +506,12 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                 timing.timing(ROLLBACK_MONITOR),
             ))?;
             print_outcome(&o, json)?;
+            Ok(0)
+        }
+        HostCommand::Pki {
+            cmd: PkiCommand::CaCert { state_dir },
+        } => {
+            print!("{}", activate::ca_certificate(&state_dir)?);
             Ok(0)
         }
         HostCommand::Configure {

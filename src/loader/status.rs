@@ -68,6 +68,23 @@ pub fn shown_site(site: &BTreeMap<String, crate::site::SiteValue>) -> BTreeMap<S
         .collect()
 }
 
+/// One certificate in `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CertificateStatus {
+    /// Certificate name.
+    pub name: String,
+    /// Subject common name.
+    pub subject: String,
+    /// SANs.
+    pub sans: Vec<String>,
+    /// Issuer common name.
+    pub issuer: String,
+    /// Unix time of the end of validity.
+    pub not_after: i64,
+    /// Whole days left.
+    pub days_left: i64,
+}
+
 /// One service in `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServiceStatus {
@@ -115,6 +132,8 @@ pub struct Status {
     pub pinned: BTreeMap<String, String>,
     /// Site parameter values of the current generation (secrets masked).
     pub site: BTreeMap<String, String>,
+    /// Certificates of the current generation, with the days they have left.
+    pub certificates: Vec<CertificateStatus>,
     /// Services.
     pub services: Vec<ServiceStatus>,
     /// Images per engine.
@@ -165,6 +184,7 @@ pub async fn status(host: &Host) -> Result<Status> {
         identity: None,
         pinned: Default::default(),
         site: Default::default(),
+        certificates: vec![],
         services: vec![],
         images: vec![],
         managers: facts.managers,
@@ -182,6 +202,24 @@ pub async fn status(host: &Host) -> Result<Status> {
         st.identity = Some(d.bundle.identity.clone());
         st.pinned = d.bundle.pinned.clone();
         st.site = shown_site(&d.site);
+        let now = crate::state::now() as i64;
+        for c in &d.certificates {
+            let days_left = c.days_left(now);
+            if days_left < 30 {
+                st.warnings.push(format!(
+                    "certificate {} expires in {days_left} day(s): `reemo-bundle configure` or `activate` re-issues it",
+                    c.name
+                ));
+            }
+            st.certificates.push(CertificateStatus {
+                name: c.name.clone(),
+                subject: c.subject.clone(),
+                sans: c.sans.clone(),
+                issuer: c.issuer.clone(),
+                not_after: c.not_after,
+                days_left,
+            });
+        }
         let live = engine.stack_services(&d.stack).await?;
         for s in &d.services {
             let l = live.iter().find(|l| l.name == s.full_name);
@@ -235,6 +273,7 @@ pub async fn status(host: &Host) -> Result<Status> {
             }
         }
     }
+    warnings.append(&mut st.warnings);
     st.warnings = warnings;
     Ok(st)
 }

@@ -77,6 +77,7 @@ pub fn desired_files(
         &Contents {
             files,
             generated: &BTreeMap::new(),
+            pki: &BTreeMap::new(),
         },
     )
     .expect("test desired state builds")

@@ -20,6 +20,18 @@ pub struct Contents<'a> {
     pub files: &'a BTreeMap<String, Vec<u8>>,
     /// Generated secrets by compose key.
     pub generated: &'a BTreeMap<String, Vec<u8>>,
+    /// Objects made by the host's PKI (certificate parts, the CA certificate), by
+    /// `config:<key>` or `secret:<key>`.
+    pub pki: &'a BTreeMap<String, PkiContent>,
+}
+
+/// A config or secret made by the host's PKI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiContent {
+    /// Its PEM objects under `pki/objects/`, in order.
+    pub objects: Vec<String>,
+    /// Their concatenation.
+    pub data: Vec<u8>,
 }
 
 /// Generate content for a `x-reemo-generate` template.
@@ -77,6 +89,22 @@ pub fn build(
     }
     let mut configs = Vec::new();
     for (key, def) in &compose.configs {
+        if def.ca == Some(true) {
+            let c = contents
+                .pki
+                .get(&format!("config:{key}"))
+                .with_context(|| format!("config {key}: the CA certificate was not made"))?;
+            let sha = sha256_hex(&c.data);
+            configs.push(DesiredObject {
+                key: key.clone(),
+                name: format!("{stack}_{key}_{}", &sha[..8]),
+                sha256: sha,
+                source: ObjectSource::Pki {
+                    objects: c.objects.clone(),
+                },
+            });
+            continue;
+        }
         if def.external == Some(true) {
             bail!("config {key}: external configs are not supported by the loader");
         }
@@ -100,7 +128,18 @@ pub fn build(
     }
     let mut secrets = Vec::new();
     for (key, def) in &compose.secrets {
-        let (sha, source) = if def.generate.is_some() {
+        let (sha, source) = if def.certificate.is_some() {
+            let c = contents
+                .pki
+                .get(&format!("secret:{key}"))
+                .with_context(|| format!("secret {key}: its certificate was not issued"))?;
+            (
+                sha256_hex(&c.data),
+                ObjectSource::Pki {
+                    objects: c.objects.clone(),
+                },
+            )
+        } else if def.generate.is_some() {
             let sha = match contents.generated.get(key) {
                 Some(d) => sha256_hex(d),
                 // dry run on a fresh host: named in the plan, never created
@@ -237,6 +276,7 @@ pub fn build(
         configs,
         secrets,
         services,
+        certificates: vec![],
         site: BTreeMap::new(),
     };
     d.prune();
@@ -347,6 +387,7 @@ mod tests {
             &Contents {
                 files: &files,
                 generated: &generated,
+                pki: &BTreeMap::new(),
             },
         )
         .unwrap();
@@ -384,6 +425,7 @@ mod tests {
             &Contents {
                 files: &files2,
                 generated: &generated,
+                pki: &BTreeMap::new(),
             },
         )
         .unwrap();
@@ -402,6 +444,7 @@ mod tests {
             &Contents {
                 files: &BTreeMap::from([("configs/relay.toml".to_string(), vec![])]),
                 generated: &BTreeMap::new(),
+                pki: &BTreeMap::new(),
             },
         )
         .unwrap_err()

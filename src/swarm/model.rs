@@ -46,6 +46,12 @@ pub enum ObjectSource {
         /// Secret key (compose name).
         key: String,
     },
+    /// A certificate part or the CA certificate made by the host's PKI:
+    /// `pki/objects/<sha256>` files concatenated in order.
+    Pki {
+        /// The PEM objects, in order.
+        objects: Vec<String>,
+    },
 }
 
 /// A Swarm config or secret, named by content hash.
@@ -117,6 +123,9 @@ pub struct DesiredStack {
     pub secrets: Vec<DesiredObject>,
     /// Services in deployment order.
     pub services: Vec<DesiredService>,
+    /// Certificates issued for the stack by the host's internal CA.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<crate::pki::Issued>,
     /// Site parameter values the stack was rendered with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub site: BTreeMap<String, crate::site::SiteValue>,

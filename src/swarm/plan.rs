@@ -223,6 +223,7 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         configs: vec![],
         secrets: vec![],
         services: vec![],
+        certificates: vec![],
         site: BTreeMap::new(),
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
@@ -315,6 +316,7 @@ mod tests {
             configs,
             secrets: vec![],
             services,
+            certificates: vec![],
             site: BTreeMap::new(),
         }
     }
