@@ -72,7 +72,7 @@ fn served_serial(port: u16, ca: &std::path::Path) -> String {
     x.stdin
         .take()
         .unwrap()
-        .write_all(out[start..end].as_bytes())
+        .write_all(&out.as_bytes()[start..end])
         .unwrap();
     let o = x.wait_with_output().unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
