@@ -346,6 +346,9 @@ pub struct StackRecipe {
     /// Site parameters the template uses as `${NAME}` (set on the host per site).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parameters: BTreeMap<String, S<ParamDecl>>,
+    /// Config keys allowed to carry a PEM private key (refused otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_private_keys: Vec<String>,
 }
 
 /// `[parameters.NAME]` of a stack recipe.

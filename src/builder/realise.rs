@@ -791,14 +791,34 @@ fn render_stack(r: &Recipe, st: &StackRecipe, g: &Graph, store: &Store, out: &Pa
             ));
         }
         let p = r.dir().join(src.get_ref());
-        std::fs::copy(&p, out.join("configs").join(key))
+        let data = std::fs::read(&p)
             .map_err(|e| r.err_at(src, format!("missing input file {} ({e})", p.display())))?;
+        // A bundle travels on USB sticks and is readable by anyone who holds it: private keys
+        // are made on the host (x-reemo-certificates) unless the recipe says otherwise.
+        if contains_private_key(&data) && !st.allow_private_keys.iter().any(|k| k == key) {
+            return Err(r.err_at(
+                src,
+                format!(
+                    "config {key} ({}) holds a private key; keys are made on the host (x-reemo-certificates), or list {key:?} in allow_private_keys to ship it anyway",
+                    p.display()
+                ),
+            ));
+        }
+        std::fs::write(out.join("configs").join(key), &data)
+            .with_context(|| format!("copying {}", p.display()))?;
     }
     std::fs::write(
         out.join("stack.json"),
         serde_json::to_vec_pretty(&json!({"images": refs, "parameters": params}))?,
     )?;
     Ok(())
+}
+
+/// Whether `data` holds a PEM private key (of any kind).
+pub(crate) fn contains_private_key(data: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains("PRIVATE KEY-----"))
 }
 
 /// Parse a stack that may use parameters, with each at its default (a sample of its type when
