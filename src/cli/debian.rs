@@ -14,7 +14,7 @@ use crate::store::{default_store_dir, Store};
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
     /// An image recipe with a `[debian]` section, or an appliance definition (every such
-    /// recipe in its recipe folders is locked).
+    /// image its stack uses is locked).
     pub target: PathBuf,
     /// Archive to use for every suite: `http://…`, `file:///…` or a folder (a mirror on a
     /// USB disk). Default: the mirrors of apt's sources (/etc/apt/sources.list(.d)).
@@ -76,20 +76,38 @@ fn recipes_of(target: &Path) -> Result<Vec<Recipe>> {
         debian::spec_of(&r)?;
         return Ok(vec![r]);
     }
+    // A definition: the images its stack template names (their own inputs are not Debian
+    // images), found in its recipe folders like the build finds them.
     let def = LoadedBundleDef::load(target)?;
+    let dirs = def.recipe_dirs();
+    let find = |name: &str| -> Result<PathBuf> {
+        dirs.iter()
+            .map(|d| d.join(format!("{name}.toml")))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{}: unknown recipe {name:?}", def.path.display()))
+    };
+    let stack = Recipe::load(&find(def.def.stack.get_ref())?)?;
+    let RecipeKind::Stack(st) = &stack.kind else {
+        bail!(
+            "{}: recipe {:?} is not a stack recipe",
+            def.path.display(),
+            stack.name
+        );
+    };
+    let tpl = stack.dir().join(st.template.get_ref());
+    let text =
+        std::fs::read_to_string(&tpl).with_context(|| format!("reading {}", tpl.display()))?;
+    let mut names: Vec<String> = crate::builder::image_placeholders(&text)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    names.sort();
+    names.dedup();
     let mut out = Vec::new();
-    for dir in def.recipe_dirs() {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("listing recipe folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        paths.sort();
-        for p in paths {
-            let r = Recipe::load(&p)?;
-            if matches!(&r.kind, RecipeKind::Image(i) if i.debian.is_some()) {
-                out.push(r);
-            }
+    for n in names {
+        let r = Recipe::load(&find(&n)?)?;
+        if matches!(&r.kind, RecipeKind::Image(i) if i.debian.is_some()) {
+            out.push(r);
         }
     }
     Ok(out)
@@ -172,6 +190,13 @@ pub fn lock(args: LockArgs) -> Result<i32> {
 /// `reemo-bundle fetch`.
 pub fn fetch(args: FetchArgs) -> Result<i32> {
     let recipes = recipes_of(&args.target)?;
+    if recipes.is_empty() {
+        println!(
+            "no image recipe with a [debian] section in {}",
+            args.target.display()
+        );
+        return Ok(0);
+    }
     let store = open_store(args.store)?;
     let progress = |m: &str| eprintln!("[fetch] {m}");
     let access = Access {
