@@ -137,6 +137,13 @@ fn lock_fetch_and_build_offline_reproducibly() {
     assert_eq!(std::fs::read(&lock_path).unwrap(), bytes);
     let out = run_ok(bin_cmd(&["lock", "--check"]).arg(&recipe));
     assert!(out.starts_with("ok: "), "{out}");
+    // The same through the appliance definition (the Debian images its stack uses).
+    let out = run_ok(bin_cmd(&["lock", "--check"]).arg(&def));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("ok: ") && out.contains("tiny-deb.lock.json"),
+        "{out}"
+    );
 
     // Offline build: the archive is gone.
     let archive = a.root.clone();
