@@ -60,8 +60,9 @@ pub struct SbomArgs {
     /// Only this image (recipe name); default: all, as one JSON object by image name.
     #[arg(long)]
     pub image: Option<String>,
-    /// Document format; only `spdx` (SPDX 2.3 JSON) for now.
-    #[arg(long, default_value = "spdx")]
+    /// Document format: `spdx` (SPDX 2.3 JSON, as stored in the bundle) or `cyclonedx`
+    /// (CycloneDX 1.5 JSON, converted from it).
+    #[arg(long, default_value = "spdx", value_parser = ["spdx", "cyclonedx"])]
     pub format: String,
 }
 
@@ -233,12 +234,6 @@ pub fn fetch(args: FetchArgs) -> Result<i32> {
 
 /// `reemo-bundle sbom`.
 pub fn sbom(args: SbomArgs) -> Result<i32> {
-    if args.format != "spdx" {
-        bail!(
-            "--format {}: only spdx is written for now (cyclonedx is not implemented)",
-            args.format
-        );
-    }
     let b = crate::bundle::reader::BundleFile::open(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let names: Vec<String> = b.manifest().images.iter().map(|i| i.name.clone()).collect();
@@ -250,8 +245,13 @@ pub fn sbom(args: SbomArgs) -> Result<i32> {
                 args.file.display()
             );
         }
-        serde_json::from_slice(&b.read_entry(&p)?)
-            .with_context(|| format!("{}: parsing {p}", args.file.display()))
+        let doc: serde_json::Value = serde_json::from_slice(&b.read_entry(&p)?)
+            .with_context(|| format!("{}: parsing {p}", args.file.display()))?;
+        Ok(if args.format == "cyclonedx" {
+            crate::sbom::cyclonedx(&doc)
+        } else {
+            doc
+        })
     };
     let out = match &args.image {
         Some(n) => {
