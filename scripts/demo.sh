@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's main command, on a fresh Debian machine as root: installs Debian's docker.io
-# and starts dockerd if it does not answer, builds the default appliance bundle
+# and starts dockerd if it does not answer, fetches the .debs its Debian images' locks name,
+# builds the default appliance bundle
 # (bundles/relayws.toml), initialises a single-node swarm with `reemo-bundle swarm init` if
 # none is active, activates the bundle, prints `status`, and relays a WebSocket session
 # through the published port with the bundle's own `ws-relay-server probe`.
@@ -15,6 +16,8 @@ ensure_dockerd
 
 cargo build --release -p reemo-bundle
 B=${CARGO_TARGET_DIR:-target}/release/reemo-bundle
+# The .debs the committed locks of its Debian images name (the build itself is offline).
+"$B" fetch bundles/relayws.toml
 BUNDLE=$("$B" build bundles/relayws.toml --out out --json | sed -n 's/.*"bundle": *"\([^"]*\)".*/\1/p')
 echo "bundle: $BUNDLE"
 "$B" inspect "$BUNDLE"

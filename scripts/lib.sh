@@ -31,17 +31,19 @@ ensure_packages() {
 }
 
 ensure_spdx_tools() {
-    if command -v pyspdxtools >/dev/null 2>&1; then
+    if command -v pyspdxtools >/dev/null 2>&1 &&
+        python3 -c 'import cyclonedx.validation.json, jsonschema' >/dev/null 2>&1; then
         return
     fi
-    echo "== pip install spdx-tools (SBOM validator of tests/debian_archive.rs)"
+    echo "== pip install spdx-tools cyclonedx-python-lib[json-validation] (SBOM validators of the tests)"
     if ! command -v pip3 >/dev/null 2>&1 && ! command -v pip >/dev/null 2>&1; then
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
         apt-get install -y -qq python3-pip >/dev/null
     fi
-    "$(command -v pip3 || command -v pip)" install -q spdx-tools 2>/dev/null ||
-        "$(command -v pip3 || command -v pip)" install -q --break-system-packages spdx-tools
+    local pkgs=(spdx-tools "cyclonedx-python-lib[json-validation]")
+    "$(command -v pip3 || command -v pip)" install -q "${pkgs[@]}" 2>/dev/null ||
+        "$(command -v pip3 || command -v pip)" install -q --break-system-packages "${pkgs[@]}"
 }
 
 ensure_dockerd() {

@@ -758,6 +758,35 @@ mod tests {
     }
 
     #[test]
+    fn debian_section_errors_name_the_line() {
+        let d = tempfile::tempdir().unwrap();
+        let head = "kind = \"image\"\nrepository = \"a/b\"\nversion = \"1\"\n[debian]\nsuites = [\"bookworm\"]\n";
+        for (rest, want) in [
+            (
+                "packages = [\"x\"]\n[[debian.dir]]\npath = \"/run/x\"\nowner = \"nobody\"\n",
+                "d.toml:9: unknown user or group \"nobody\"",
+            ),
+            (
+                "packages = [\"x\"]\nexclude = [\"x\"]\n",
+                "d.toml:6: package \"x\" is also excluded",
+            ),
+            (
+                "packages = [\"x\"]\nsuits = []\n",
+                "d.toml:7: unknown field `suits`",
+            ),
+            ("packages = []\n", "packages must name at least one package"),
+            (
+                "packages = [\"x\"]\n[[debian.dir]]\npath = \"/../x\"\n",
+                "d.toml:8: layer destination \"/../x\" escapes the image root",
+            ),
+        ] {
+            let p = write(d.path(), "d.toml", &format!("{head}{rest}"));
+            let e = Recipe::load(&p).unwrap_err().to_string();
+            assert!(e.contains(want), "{rest}: {e}");
+        }
+    }
+
+    #[test]
     fn bad_fixed_hash_format() {
         let d = tempfile::tempdir().unwrap();
         let p = write(

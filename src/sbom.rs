@@ -187,6 +187,98 @@ pub fn to_bytes(doc: &Value) -> Vec<u8> {
     v
 }
 
+/// The same content as a CycloneDX 1.5 JSON document, converted from one of our SPDX
+/// documents: the image as `metadata.component`, every other package as a component (purl,
+/// SHA-256, licence expression), CONTAINS and STATIC_LINK relationships as dependencies.
+pub fn cyclonedx(spdx: &Value) -> Value {
+    let empty = Vec::new();
+    let packages = spdx["packages"].as_array().unwrap_or(&empty);
+    let described = spdx["relationships"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .find(|r| r["relationshipType"] == "DESCRIBES")
+        .map(|r| r["relatedSpdxElement"].clone())
+        .unwrap_or(Value::Null);
+    let component = |p: &Value, kind: &str| {
+        let mut c = json!({
+            "bom-ref": p["SPDXID"],
+            "type": kind,
+            "name": p["name"],
+        });
+        if let Some(v) = p["versionInfo"].as_str().filter(|v| *v != "NOASSERTION") {
+            c["version"] = json!(v);
+        }
+        if let Some(purl) = p["externalRefs"][0]["referenceLocator"].as_str() {
+            c["purl"] = json!(purl);
+        }
+        if let Some(h) = p["checksums"][0]["checksumValue"].as_str() {
+            c["hashes"] = json!([{"alg": "SHA-256", "content": h}]);
+        }
+        if let Some(l) = p["licenseDeclared"]
+            .as_str()
+            .filter(|l| *l != "NOASSERTION")
+        {
+            c["licenses"] = json!([{"expression": l}]);
+        }
+        if let Some(s) = p["supplier"]
+            .as_str()
+            .and_then(|s| s.strip_prefix("Organization: "))
+        {
+            c["supplier"] = json!({"name": s});
+        }
+        c
+    };
+    let mut meta = Value::Null;
+    let mut components = Vec::new();
+    for p in packages {
+        if p["SPDXID"] == described {
+            meta = component(p, "container");
+        } else if p["primaryPackagePurpose"] == "APPLICATION" {
+            components.push(component(p, "application"));
+        } else {
+            components.push(component(p, "library"));
+        }
+    }
+    let mut deps: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    for r in spdx["relationships"].as_array().unwrap_or(&empty) {
+        if r["relationshipType"] == "CONTAINS" || r["relationshipType"] == "STATIC_LINK" {
+            if let Some(from) = r["spdxElementId"].as_str() {
+                deps.entry(from.to_string())
+                    .or_default()
+                    .push(r["relatedSpdxElement"].clone());
+            }
+        }
+    }
+    let ns = crate::hash::sha256_hex(spdx["documentNamespace"].as_str().unwrap_or("").as_bytes());
+    // A name-based UUID (version 5 layout) from the namespace, so the output is reproducible.
+    let uuid = format!(
+        "{}-{}-5{}-{:x}{}-{}",
+        &ns[0..8],
+        &ns[8..12],
+        &ns[13..16],
+        8 | (u8::from_str_radix(&ns[16..17], 16).unwrap_or(0) & 3),
+        &ns[17..20],
+        &ns[20..32]
+    );
+    json!({
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": format!("urn:uuid:{uuid}"),
+        "version": 1,
+        "metadata": {
+            "timestamp": spdx["creationInfo"]["created"],
+            "tools": [{"name": "reemo-bundle", "version": env!("CARGO_PKG_VERSION")}],
+            "component": meta,
+        },
+        "components": components,
+        "dependencies": deps
+            .into_iter()
+            .map(|(k, v)| json!({"ref": k, "dependsOn": v}))
+            .collect::<Vec<_>>(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,5 +325,17 @@ mod tests {
         assert_eq!(t["checksums"][0]["checksumValue"], "4".repeat(64));
         assert_eq!(d["relationships"][3]["relationshipType"], "STATIC_LINK");
         assert_eq!(to_bytes(&d), to_bytes(&document(&img, Some(&lock), &[bin])));
+        let c = cyclonedx(&d);
+        assert_eq!(c["metadata"]["component"]["name"], "reemo/hello");
+        assert_eq!(
+            c["components"][0]["purl"],
+            "pkg:deb/debian/hello@1%3A2.10-3%2Bb1?arch=amd64"
+        );
+        assert_eq!(c["components"][1]["type"], "application");
+        assert_eq!(c["components"][2]["licenses"][0]["expression"], "MIT");
+        assert_eq!(c["dependencies"][0]["ref"], "SPDXRef-Binary-usr-bin-relay");
+        let serial = c["serialNumber"].as_str().unwrap();
+        assert_eq!(serial.len(), 45, "{serial}");
+        assert_eq!(&serial[23..24], "5");
     }
 }

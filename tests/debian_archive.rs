@@ -137,6 +137,13 @@ fn lock_fetch_and_build_offline_reproducibly() {
     assert_eq!(std::fs::read(&lock_path).unwrap(), bytes);
     let out = run_ok(bin_cmd(&["lock", "--check"]).arg(&recipe));
     assert!(out.starts_with("ok: "), "{out}");
+    // The same through the appliance definition (the Debian images its stack uses).
+    let out = run_ok(bin_cmd(&["lock", "--check"]).arg(&def));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with("ok: ") && out.contains("tiny-deb.lock.json"),
+        "{out}"
+    );
 
     // Offline build: the archive is gone.
     let archive = a.root.clone();
@@ -251,7 +258,7 @@ fn lock_fetch_and_build_offline_reproducibly() {
 }
 
 #[test]
-fn sbom_validates_with_spdx_tools() {
+fn sboms_validate_with_independent_validators() {
     let tool = std::process::Command::new("pyspdxtools")
         .arg("--help")
         .output();
@@ -287,4 +294,38 @@ fn sbom_validates_with_spdx_tools() {
     );
     assert!(o.status.success(), "pyspdxtools rejected the SBOM: {text}");
     assert!(!text.to_lowercase().contains("invalid"), "{text}");
+
+    // The CycloneDX form, against the CycloneDX 1.5 schema (PyPI cyclonedx-python-lib).
+    let cdx = run_ok(
+        bin_cmd(&["sbom", "--format", "cyclonedx"])
+            .arg(&b)
+            .args(["--image", "tiny-deb"]),
+    );
+    let f = d.path().join("tiny-deb.cdx.json");
+    std::fs::write(&f, &cdx).unwrap();
+    let check = "import sys\nfrom cyclonedx.validation.json import JsonStrictValidator\nfrom cyclonedx.schema import SchemaVersion\ne = JsonStrictValidator(SchemaVersion.V1_5).validate_str(open(sys.argv[1]).read())\nprint(e or 'valid')\nsys.exit(1 if e else 0)\n";
+    let o = std::process::Command::new("python3")
+        .args(["-c", check])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        !text.contains("ModuleNotFoundError"),
+        "this test needs cyclonedx-python-lib (`pip install 'cyclonedx-python-lib[json-validation]'`; scripts/test.sh installs it): {text}"
+    );
+    assert!(
+        o.status.success(),
+        "the CycloneDX document does not validate: {text}"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&cdx).unwrap();
+    assert!(doc["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["purl"] == "pkg:deb/debian/libtiny1@1.1-1?arch=amd64"));
 }

@@ -2,7 +2,8 @@
 //! (their base layer is one shared blob), loaded into Docker; haproxy validates a config
 //! (`haproxy -c`) and proxies a TLS WebSocket (terminated by haproxy, certificate made by
 //! openssl) to an echo backend; mariadb initialises its data folder on a named volume and
-//! answers `SELECT 1` once healthy. Needs Docker and the archive (to fetch what the
+//! answers `SELECT 1` once healthy, under `docker run` and as a swarm service (full image
+//! ID, volume mount). Needs Docker, a swarm manager and the archive (to fetch what the
 //! committed locks name into the shared test store).
 
 mod common;
@@ -328,4 +329,77 @@ fn tls_websocket_echo(port: u16, payload: &[u8]) -> Vec<u8> {
     let _ = c.kill();
     let _ = c.wait();
     last
+}
+
+/// Removes a swarm service, then its volume (once the task's container is gone), on drop.
+struct ServiceCleanup(String, String);
+
+impl Drop for ServiceCleanup {
+    fn drop(&mut self) {
+        let _ = docker().args(["service", "rm", &self.0]).output();
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let o = docker().args(["volume", "rm", "-f", &self.1]).output();
+            if o.is_ok_and(|o| o.status.success()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn mariadb_answers_as_a_swarm_service_with_a_volume() {
+    common::require_docker();
+    common::require_swarm_manager();
+    let d = tempfile::tempdir().unwrap();
+    let (_, m) = build_both(d.path());
+    let mid = image_id(&m, "mariadb");
+    let name = format!("reemo-debtest-db-{}", std::process::id());
+    let vol = format!("{name}-data");
+    let _cleanup = ServiceCleanup(name.clone(), vol.clone());
+    // The full image ID: no registry lookup, exact content.
+    run_ok(docker().args([
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &name,
+        "--mount",
+        &format!("type=volume,source={vol},target=/var/lib/mysql"),
+        &mid,
+    ]));
+    let started = Instant::now();
+    let container = loop {
+        let ids = run_ok(docker().args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=com.docker.swarm.service.name={name}"),
+        ]));
+        if let Some(id) = ids.lines().next() {
+            let s = run_ok(docker().args(["inspect", "--format", "{{.State.Health.Status}}", id]));
+            if s.trim() == "healthy" {
+                break id.to_string();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "service {name} not healthy: {}",
+            run_ok(docker().args(["service", "ps", "--no-trunc", &name]))
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let one = run_ok(docker().args([
+        "exec",
+        &container,
+        "mariadb",
+        "--protocol=socket",
+        "--socket=/run/mysqld/mysqld.sock",
+        "-umysql",
+        "-N",
+        "-e",
+        "SELECT 1",
+    ]));
+    assert_eq!(one.trim(), "1");
 }

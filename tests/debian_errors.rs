@@ -1,9 +1,10 @@
 //! Bad inputs of Debian images, each refused with an error that names the file, package or
 //! key at fault, and nothing written to the store, the lock or the output: an unknown
-//! package (with close names), an unsatisfiable dependency, a bad or unknown signature, an
-//! index that differs from InRelease, a .deb that differs from the lock (archive or store),
-//! a .deb missing from the store, a lock that no longer matches its recipe, a corrupt or
-//! truncated .deb, entries escaping the root, two packages at one path, a missing library.
+//! package (with close names), an unsatisfiable dependency, a bad or unknown signature, a
+//! signed InRelease of another suite, an index that differs from InRelease, a .deb that
+//! differs from the lock (archive or store), a .deb missing from the store, a lock that no
+//! longer matches its recipe, a corrupt or truncated .deb, entries escaping the root, two
+//! packages at one path, a missing library.
 
 mod common;
 
@@ -148,6 +149,22 @@ fn unknown_signing_key_is_named() {
             "dists/stable-security/InRelease: signature not valid",
             "NO_PUBKEY",
         ],
+    );
+}
+
+#[test]
+fn inrelease_of_another_suite_is_refused() {
+    let a = standard();
+    let dists = a.root.join("dists");
+    std::fs::copy(
+        dists.join("stable/InRelease"),
+        dists.join("stable-security/InRelease"),
+    )
+    .unwrap();
+    lock_fails(
+        &a,
+        &["tiny-app"],
+        &["dists/stable-security/InRelease: this is the InRelease of suite \"stable\""],
     );
 }
 

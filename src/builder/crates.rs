@@ -115,8 +115,9 @@ pub fn linked(metadata: &Value, cargo_lock: &str, package: &str) -> Result<Vec<C
     Ok(out)
 }
 
-/// `cargo metadata` of the workspace at `ws` for `target` (offline: the build just fetched
-/// everything it needs).
+/// `cargo metadata` of the workspace at `ws` for `target`, `--locked` like the build (not
+/// `--offline`: metadata may need manifests of crates the build for this target did not
+/// download).
 pub fn metadata(ws: &Path, target: &str) -> Result<Value> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(&cargo)
@@ -126,7 +127,6 @@ pub fn metadata(ws: &Path, target: &str) -> Result<Value> {
             "--format-version",
             "1",
             "--locked",
-            "--offline",
             "--filter-platform",
             target,
         ])

@@ -5,6 +5,8 @@
 pub mod crates;
 mod realise;
 
+pub(crate) use realise::image_placeholders;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

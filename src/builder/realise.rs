@@ -680,17 +680,7 @@ fn build_image(
         let Some(dep) = &e.recipe else { continue };
         if let RecipeKind::Binary(b) = &g.recipes[dep.get_ref()].kind {
             let obj = store.object(&g.ids[dep.get_ref()]);
-            let crates = match std::fs::read(obj.join(CRATES_FILE)) {
-                Ok(data) => serde_json::from_slice(&data)
-                    .with_context(|| format!("reading {}", obj.join(CRATES_FILE).display()))?,
-                Err(_) => Vec::new(),
-            };
-            binaries.push(crate::sbom::Binary {
-                path: e.dest.get_ref().clone(),
-                package: b.package.clone(),
-                sha256: sha256_file(&obj.join("bin").join(&b.bin))?,
-                crates,
-            });
+            binaries.push(binary_sbom(&obj, b, e.dest.get_ref())?);
         }
     }
     let sbom = crate::sbom::document(
@@ -706,6 +696,24 @@ fn build_image(
     );
     std::fs::write(out.join(SBOM_FILE), crate::sbom::to_bytes(&sbom))?;
     Ok(())
+}
+
+/// A built executable (store entry `obj` of binary recipe `b`) as it appears at `path` in an
+/// SBOM, with the crates recorded when it was built.
+fn binary_sbom(obj: &Path, b: &BinaryRecipe, path: &str) -> Result<crate::sbom::Binary> {
+    let list = obj.join(CRATES_FILE);
+    let crates = match std::fs::read(&list) {
+        Ok(data) => {
+            serde_json::from_slice(&data).with_context(|| format!("reading {}", list.display()))?
+        }
+        Err(_) => Vec::new(),
+    };
+    Ok(crate::sbom::Binary {
+        path: path.to_string(),
+        package: b.package.clone(),
+        sha256: sha256_file(&obj.join("bin").join(&b.bin))?,
+        crates,
+    })
 }
 
 /// The SPDX document of an image, in its store entry and as `sbom/<name>.spdx.json` in
@@ -1033,6 +1041,28 @@ fn pack_bundle(
             },
         );
     };
+    // An SBOM for each shipped executable too: the crates linked into it.
+    for (file, recipe) in &d.binaries {
+        let RecipeKind::Binary(b) = &g.recipes[recipe.get_ref()].kind else {
+            unreachable!("checked by build::plan")
+        };
+        let obj = store.object(&g.ids[recipe.get_ref()]);
+        let doc = crate::sbom::document(
+            &crate::sbom::Image {
+                name: &format!("bin-{file}"),
+                repository: file,
+                version: &d.version,
+                identity: &g.ids[recipe.get_ref()],
+                created: &oci::rfc3339(mtime),
+            },
+            None,
+            &[binary_sbom(&obj, b, &format!("bin/{file}"))?],
+        );
+        add_bytes(
+            &format!("sbom/bin-{file}.spdx.json"),
+            crate::sbom::to_bytes(&doc),
+        );
+    }
     add_bytes("oci/oci-layout", oci::OCI_LAYOUT.to_vec());
     add_bytes("oci/index.json", oci::index_json(&layout));
     add_bytes("oci/manifest.json", oci::docker_manifest_json(&layout));

@@ -14,7 +14,7 @@ use crate::store::{default_store_dir, Store};
 #[derive(Debug, clap::Args)]
 pub struct LockArgs {
     /// An image recipe with a `[debian]` section, or an appliance definition (every such
-    /// recipe in its recipe folders is locked).
+    /// image its stack uses is locked).
     pub target: PathBuf,
     /// Archive to use for every suite: `http://…`, `file:///…` or a folder (a mirror on a
     /// USB disk). Default: the mirrors of apt's sources (/etc/apt/sources.list(.d)).
@@ -60,8 +60,9 @@ pub struct SbomArgs {
     /// Only this image (recipe name); default: all, as one JSON object by image name.
     #[arg(long)]
     pub image: Option<String>,
-    /// Document format; only `spdx` (SPDX 2.3 JSON) for now.
-    #[arg(long, default_value = "spdx")]
+    /// Document format: `spdx` (SPDX 2.3 JSON, as stored in the bundle) or `cyclonedx`
+    /// (CycloneDX 1.5 JSON, converted from it).
+    #[arg(long, default_value = "spdx", value_parser = ["spdx", "cyclonedx"])]
     pub format: String,
 }
 
@@ -76,20 +77,38 @@ fn recipes_of(target: &Path) -> Result<Vec<Recipe>> {
         debian::spec_of(&r)?;
         return Ok(vec![r]);
     }
+    // A definition: the images its stack template names (their own inputs are not Debian
+    // images), found in its recipe folders like the build finds them.
     let def = LoadedBundleDef::load(target)?;
+    let dirs = def.recipe_dirs();
+    let find = |name: &str| -> Result<PathBuf> {
+        dirs.iter()
+            .map(|d| d.join(format!("{name}.toml")))
+            .find(|p| p.is_file())
+            .with_context(|| format!("{}: unknown recipe {name:?}", def.path.display()))
+    };
+    let stack = Recipe::load(&find(def.def.stack.get_ref())?)?;
+    let RecipeKind::Stack(st) = &stack.kind else {
+        bail!(
+            "{}: recipe {:?} is not a stack recipe",
+            def.path.display(),
+            stack.name
+        );
+    };
+    let tpl = stack.dir().join(st.template.get_ref());
+    let text =
+        std::fs::read_to_string(&tpl).with_context(|| format!("reading {}", tpl.display()))?;
+    let mut names: Vec<String> = crate::builder::image_placeholders(&text)
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    names.sort();
+    names.dedup();
     let mut out = Vec::new();
-    for dir in def.recipe_dirs() {
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| format!("listing recipe folder {}", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect();
-        paths.sort();
-        for p in paths {
-            let r = Recipe::load(&p)?;
-            if matches!(&r.kind, RecipeKind::Image(i) if i.debian.is_some()) {
-                out.push(r);
-            }
+    for n in names {
+        let r = Recipe::load(&find(&n)?)?;
+        if matches!(&r.kind, RecipeKind::Image(i) if i.debian.is_some()) {
+            out.push(r);
         }
     }
     Ok(out)
@@ -172,6 +191,13 @@ pub fn lock(args: LockArgs) -> Result<i32> {
 /// `reemo-bundle fetch`.
 pub fn fetch(args: FetchArgs) -> Result<i32> {
     let recipes = recipes_of(&args.target)?;
+    if recipes.is_empty() {
+        println!(
+            "no image recipe with a [debian] section in {}",
+            args.target.display()
+        );
+        return Ok(0);
+    }
     let store = open_store(args.store)?;
     let progress = |m: &str| eprintln!("[fetch] {m}");
     let access = Access {
@@ -208,12 +234,6 @@ pub fn fetch(args: FetchArgs) -> Result<i32> {
 
 /// `reemo-bundle sbom`.
 pub fn sbom(args: SbomArgs) -> Result<i32> {
-    if args.format != "spdx" {
-        bail!(
-            "--format {}: only spdx is written for now (cyclonedx is not implemented)",
-            args.format
-        );
-    }
     let b = crate::bundle::reader::BundleFile::open(&args.file)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let names: Vec<String> = b.manifest().images.iter().map(|i| i.name.clone()).collect();
@@ -225,8 +245,13 @@ pub fn sbom(args: SbomArgs) -> Result<i32> {
                 args.file.display()
             );
         }
-        serde_json::from_slice(&b.read_entry(&p)?)
-            .with_context(|| format!("{}: parsing {p}", args.file.display()))
+        let doc: serde_json::Value = serde_json::from_slice(&b.read_entry(&p)?)
+            .with_context(|| format!("{}: parsing {p}", args.file.display()))?;
+        Ok(if args.format == "cyclonedx" {
+            crate::sbom::cyclonedx(&doc)
+        } else {
+            doc
+        })
     };
     let out = match &args.image {
         Some(n) => {

@@ -63,9 +63,10 @@ pub fn parse_status(status: &str) -> GpgvReport {
 /// Verify the clear-signed `data` (fetched from `what`) with `gpgv --keyring keyring`;
 /// returns the signed text (only what the signature covers) and the valid fingerprints.
 pub fn gpgv_verify(data: &[u8], what: &str, keyring: &Path) -> Result<(String, Vec<String>)> {
-    if !keyring.is_file() {
-        bail!("keyring {} does not exist", keyring.display());
-    }
+    // gpgv looks a keyring name without a slash up in its home folder: pass an absolute path.
+    let keyring = &keyring
+        .canonicalize()
+        .with_context(|| format!("{what}: keyring {} does not exist", keyring.display()))?;
     let dir = tempfile::tempdir().context("creating a temporary folder for gpgv")?;
     let input = dir.path().join("InRelease");
     let output = dir.path().join("signed");
@@ -106,11 +107,19 @@ pub fn gpgv_verify(data: &[u8], what: &str, keyring: &Path) -> Result<(String, V
 pub type Sums = BTreeMap<String, (String, u64)>;
 
 /// Parse the verified text of an `InRelease`: its `Date:` and `SHA256:` block.
-pub fn parse_release(text: &str, what: &str) -> Result<(String, Sums)> {
+pub fn parse_release(text: &str, what: &str, suite: &str) -> Result<(String, Sums)> {
     let paras = super::deb822::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
     let p = paras
         .first()
         .with_context(|| format!("{what}: empty Release"))?;
+    // A validly signed InRelease of another suite (replayed by a mirror) is not this one.
+    if p.get("Suite") != Some(suite) && p.get("Codename") != Some(suite) {
+        bail!(
+            "{what}: this is the InRelease of suite {:?} (codename {:?}), not {suite:?}",
+            p.get("Suite").unwrap_or(""),
+            p.get("Codename").unwrap_or("")
+        );
+    }
     let date = p
         .get("Date")
         .with_context(|| format!("{what}: no Date field"))?
@@ -137,7 +146,7 @@ pub fn fetch_suite(mirror: &str, suite: &str, keyring: &Path) -> Result<Suite> {
     let url = format!("{mirror}/dists/{suite}/InRelease");
     let data = super::mirror::get(&url)?;
     let (text, fingerprints) = gpgv_verify(&data, &url, keyring)?;
-    let (date, sha256) = parse_release(&text, &url)?;
+    let (date, sha256) = parse_release(&text, &url, suite)?;
     Ok(Suite {
         suite: suite.to_string(),
         mirror: mirror.to_string(),
@@ -199,14 +208,23 @@ mod tests {
     #[test]
     fn release_sha256_block() {
         let (date, s) = parse_release(
-            "Origin: Debian\nDate: Sat, 10 May 2025 09:00:00 UTC\nSHA256:\n 0123 10 main/binary-amd64/Packages\n ABCD 5 main/binary-amd64/Packages.xz\n",
+            "Origin: Debian\nSuite: stable\nCodename: bookworm\nDate: Sat, 10 May 2025 09:00:00 UTC\nSHA256:\n 0123 10 main/binary-amd64/Packages\n ABCD 5 main/binary-amd64/Packages.xz\n",
             "InRelease",
+            "bookworm",
         )
         .unwrap();
         assert_eq!(date, "Sat, 10 May 2025 09:00:00 UTC");
         assert_eq!(s["main/binary-amd64/Packages.xz"], ("abcd".into(), 5));
-        assert!(parse_release("Date: x\nSHA256:\n 1 x y\n", "R").is_err());
-        assert!(parse_release("Origin: x\n", "R")
+        assert!(parse_release("Suite: s\nDate: x\nSHA256:\n 1 x y\n", "R", "s").is_err());
+        let e = parse_release(
+            "Suite: stable-updates\nDate: x\nSHA256:\n",
+            "R",
+            "stable-security",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("InRelease of suite \"stable-updates\""), "{e}");
+        assert!(parse_release("Suite: s\nOrigin: x\n", "R", "s")
             .unwrap_err()
             .to_string()
             .contains("no Date"));
