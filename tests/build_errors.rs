@@ -152,3 +152,29 @@ fn unknown_stack_field_names_service_and_field() {
         &["tiny-stack.yml", "confgs"],
     );
 }
+
+#[test]
+fn private_key_in_a_config_is_refused_unless_allowed() {
+    let key = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+    expect_error(
+        |d| std::fs::write(d.join("recipes/files/app.conf"), key).unwrap(),
+        &[
+            "tiny-stack.toml:",
+            "config app.conf",
+            "holds a private key",
+            "allow_private_keys",
+        ],
+    );
+    // listed explicitly, it is shipped
+    let d = tempfile::tempdir().unwrap();
+    let def = common::write_tiny_appliance(d.path(), "1.0.0", "hello");
+    std::fs::write(d.path().join("recipes/files/app.conf"), key).unwrap();
+    edit_file(d.path(), "recipes/tiny-stack.toml", |t| {
+        t.replace(
+            "template = \"tiny-stack.yml\"\n",
+            "template = \"tiny-stack.yml\"\nallow_private_keys = [\"app.conf\"]\n",
+        )
+    });
+    let (ok, err) = build(&def, &d.path().join("store"), &d.path().join("out"));
+    assert!(ok, "{err}");
+}
