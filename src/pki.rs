@@ -174,6 +174,15 @@ pub struct Ca {
     pub name: String,
 }
 
+/// Never shows the key.
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct CaMeta {
     name: String,
@@ -266,7 +275,10 @@ impl Ca {
                 ExtendedKeyUsagePurpose::ClientAuth,
             ],
         };
-        let issuer = Issuer::new(ca_params(&self.name), &self.key);
+        // The issuer is the CA certificate itself (its whole subject, which an imported CA
+        // may carry), so that chains build.
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)
+            .map_err(|e| anyhow::anyhow!("reading the CA certificate: {e}"))?;
         let cert = p
             .signed_by(&key, &issuer)
             .with_context(|| format!("signing certificate {}", req.name))?;
@@ -288,6 +300,72 @@ impl Ca {
             key_pem,
         ))
     }
+}
+
+/// Check an operator's own CA before it is imported: the certificate is a PEM CA
+/// certificate, valid at `now`, and `key_pem` is its private key (ECDSA P-256/P-384 or
+/// Ed25519). Each failure names the file. Returns the CA (not yet saved).
+pub fn import_ca(
+    cert_pem: &str,
+    cert_file: &str,
+    key_pem: &str,
+    key_file: &str,
+    now: i64,
+) -> Result<Ca> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("{cert_file}: not a PEM certificate ({e})"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("{cert_file}: not an X.509 certificate ({e})"))?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|b| b.value.ca);
+    anyhow::ensure!(
+        is_ca,
+        "{cert_file}: not a CA certificate (no basicConstraints CA:TRUE)"
+    );
+    let (from, to) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    anyhow::ensure!(
+        from <= now && now < to,
+        "{cert_file}: not valid now (valid from {} to {})",
+        crate::oci::rfc3339(from.max(0) as u64),
+        crate::oci::rfc3339(to.max(0) as u64)
+    );
+    let key = KeyPair::from_pem(key_pem).map_err(|e| {
+        anyhow::anyhow!("{key_file}: not a private key this PKI can sign with (ECDSA P-256/P-384 or Ed25519 in PEM): {e}")
+    })?;
+    use rcgen::PublicKeyData;
+    anyhow::ensure!(
+        cert.public_key().subject_public_key.data.as_ref() == key.der_bytes(),
+        "{key_file} is not the key of {cert_file} (their public keys differ)"
+    );
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or("imported CA")
+        .to_string();
+    Ok(Ca {
+        key,
+        cert_pem: pem_text(cert_pem),
+        name,
+    })
+}
+
+/// The first PEM block of a text (an operator's file may carry comments or a chain).
+fn pem_text(text: &str) -> String {
+    let start = text.find("-----BEGIN CERTIFICATE-----").unwrap_or(0);
+    let end = text[start..]
+        .find("-----END CERTIFICATE-----")
+        .map(|e| start + e + "-----END CERTIFICATE-----".len())
+        .unwrap_or(text.len());
+    format!("{}\n", &text[start..end])
 }
 
 /// Store a PEM under `<state>/pki/objects/<sha256>` (0600).
@@ -387,6 +465,46 @@ mod tests {
         std::fs::write(dir(d.path()).join("objects").join(&issued.cert_sha256), "x").unwrap();
         assert!(part(d.path(), &issued, Part::Cert).is_err());
         assert_eq!(Part::parse("pem"), Some(Part::Combined));
+
+        // import: the CA's own files pass; a foreign key, a leaf and garbage are named
+        let other = Ca::create("other", now).unwrap();
+        let key_pem = ca.key.serialize_pem();
+        let imported = import_ca(&ca.cert_pem, "ca.pem", &key_pem, "ca.key", now).unwrap();
+        assert_eq!(imported.name, "reemo site CA");
+        let e = import_ca(
+            &ca.cert_pem,
+            "ca.pem",
+            &other.key.serialize_pem(),
+            "x.key",
+            now,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x.key is not the key of ca.pem (their public keys differ)"
+        );
+        let e = import_ca(&cert, "leaf.pem", &key, "leaf.key", now).unwrap_err();
+        assert!(
+            e.to_string().contains("leaf.pem: not a CA certificate"),
+            "{e}"
+        );
+        let e = import_ca("hello", "junk.pem", &key_pem, "ca.key", now).unwrap_err();
+        assert!(
+            e.to_string().starts_with("junk.pem: not a PEM certificate"),
+            "{e}"
+        );
+        let e = import_ca(
+            &ca.cert_pem,
+            "ca.pem",
+            &key_pem,
+            "ca.key",
+            now + 4000 * 86_400,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ca.pem: not valid now"), "{e}");
+        // a leaf issued by an imported CA names it as issuer
+        let (rec, _, _) = imported.issue(&r, now).unwrap();
+        assert_eq!(rec.issuer, "reemo site CA");
         assert_eq!(Part::parse("crt"), None);
     }
 }

@@ -204,3 +204,87 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// An ECDSA P-256 CA made by openssl in `dir` (`name.pem`, `name.key`).
+fn openssl_ca(
+    dir: &std::path::Path,
+    name: &str,
+    ca: bool,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "30", "-subj", &format!("/CN={name}/O=Customer")])
+        .args([
+            "-addext",
+            if ca {
+                "basicConstraints=critical,CA:TRUE"
+            } else {
+                "basicConstraints=critical,CA:FALSE"
+            },
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    (cert, key)
+}
+
+#[test]
+fn the_operators_ca_is_checked_before_it_is_imported() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state");
+    let (cert, key) = openssl_ca(d.path(), "site-root", true);
+    let (_, other_key) = openssl_ca(d.path(), "other", true);
+    let (leaf, leaf_key) = openssl_ca(d.path(), "leaf", false);
+    let import = |c: &std::path::Path, k: &std::path::Path| {
+        let mut cmd = loader(&state);
+        cmd.args(["pki", "import-ca", "--cert"])
+            .arg(c)
+            .arg("--key")
+            .arg(k);
+        cmd
+    };
+    let err = fails(&mut import(&cert, &other_key));
+    assert!(
+        err.contains(&format!(
+            "{} is not the key of {}",
+            other_key.display(),
+            cert.display()
+        )),
+        "{err}"
+    );
+    let err = fails(&mut import(&leaf, &leaf_key));
+    assert!(err.contains("not a CA certificate"), "{err}");
+    let junk = d.path().join("junk.pem");
+    std::fs::write(&junk, "not a pem").unwrap();
+    let err = fails(&mut import(&junk, &key));
+    assert!(
+        err.contains(&format!("{}: not a PEM certificate", junk.display())),
+        "{err}"
+    );
+    assert!(
+        !state.join("pki/ca.key").exists(),
+        "a refused import stored something"
+    );
+    let out = run_ok(&mut import(&cert, &key));
+    assert!(out.contains("imported CA \"site-root\""), "{out}");
+    let pem = run_ok(loader(&state).args(["pki", "ca-cert"]));
+    assert_eq!(pem.trim(), std::fs::read_to_string(&cert).unwrap().trim());
+    let err = fails(&mut import(&cert, &key));
+    assert!(err.contains("already has a CA"), "{err}");
+}

@@ -423,6 +423,35 @@ pub enum PkiCommand {
         #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
         state_dir: PathBuf,
     },
+    /// Use the operator's own CA (certificate and key, PEM) instead of making one; checked
+    /// first (a CA certificate, valid now, the key matching). Only on a host without a CA.
+    ImportCa {
+        /// CA certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PEM; ECDSA P-256/P-384 or Ed25519).
+        #[arg(long)]
+        key: PathBuf,
+        /// State directory.
+        #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Re-issue every certificate of the current generation with less than a third of its
+    /// lifetime left: a new generation (health-gated, rolled back as a whole on failure).
+    Renew {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Run one host-side command; returns the process exit code.
@@ -512,6 +541,40 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
             cmd: PkiCommand::CaCert { state_dir },
         } => {
             print!("{}", activate::ca_certificate(&state_dir)?);
+            Ok(0)
+        }
+        HostCommand::Pki {
+            cmd:
+                PkiCommand::ImportCa {
+                    cert,
+                    key,
+                    state_dir,
+                },
+        } => {
+            let name = activate::import_ca(&state_dir, &cert, &key)?;
+            println!(
+                "imported CA {name:?}: certificates are issued by it from the next activation"
+            );
+            Ok(0)
+        }
+        HostCommand::Pki {
+            cmd:
+                PkiCommand::Renew {
+                    dry_run,
+                    timing,
+                    host,
+                    json,
+                },
+        } => {
+            let host = host.host(events(json))?;
+            let opts = activate::ConfigureOptions {
+                dry_run,
+                timing: timing.timing(ACTIVATE_MONITOR),
+                site_file: None,
+                set: vec![],
+            };
+            let o = rt.block_on(activate::configure(&host, &opts))?;
+            print_outcome(&o, json)?;
             Ok(0)
         }
         HostCommand::Configure {

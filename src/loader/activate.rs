@@ -553,6 +553,30 @@ pub fn ca_certificate(state_dir: &Path) -> Result<String> {
     Ok(ca.cert_pem)
 }
 
+/// `pki import-ca`: check and store the operator's CA; its name.
+pub fn import_ca(state_dir: &Path, cert: &Path, key: &Path) -> Result<String> {
+    if crate::pki::Ca::load(state_dir)?.is_some() {
+        bail!(
+            "{} already has a CA ({}); nothing was changed",
+            state_dir.display(),
+            crate::pki::dir(state_dir).join("ca.pem").display()
+        );
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca = crate::pki::import_ca(
+        &read(cert)?,
+        &cert.display().to_string(),
+        &read(key)?,
+        &key.display().to_string(),
+        crate::state::now() as i64,
+    )?;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    ca.save(state_dir)?;
+    Ok(ca.name)
+}
+
 /// Options of `configure`.
 #[derive(Debug, Clone)]
 pub struct ConfigureOptions {
