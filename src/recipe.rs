@@ -378,21 +378,12 @@ impl StackRecipe {
         let mut out = Vec::new();
         for (name, decl) in &self.parameters {
             let d = decl.get_ref();
-            let default = match &d.default {
-                None => None,
-                Some(toml::Value::String(s)) => Some(s.clone()),
-                Some(toml::Value::Integer(n)) => Some(n.to_string()),
-                Some(toml::Value::Boolean(b)) => Some(b.to_string()),
-                Some(other) => {
-                    return Err(r.err_at(
-                        decl,
-                        format!(
-                        "parameter {name}: default must be a string, integer or boolean, not a {}",
-                        other.type_str()
-                    ),
-                    ))
-                }
-            };
+            let default = d
+                .default
+                .as_ref()
+                .map(crate::site::toml_text)
+                .transpose()
+                .map_err(|e| r.err_at(decl, format!("parameter {name}: default: {e}")))?;
             let p = crate::site::Parameter {
                 name: name.clone(),
                 kind: d.kind,

@@ -240,29 +240,33 @@ pub struct Given {
     pub origin: String,
 }
 
-/// The values of a site file: `NAME = value` lines of TOML (strings, integers, booleans, or
-/// arrays of strings for CIDR lists).
+/// The text of a TOML value given for a parameter (a site file's value or a declared
+/// default): a string, integer or boolean as written, an array of strings joined with commas
+/// (CIDR lists).
+pub fn toml_text(v: &toml::Value) -> Result<String, String> {
+    match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(n) => Ok(n.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(String::from))
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.join(","))
+            .ok_or_else(|| "an array must hold strings".to_string()),
+        other => Err(format!(
+            "a {} is not a parameter value (use a string, integer, boolean or array of strings)",
+            other.type_str()
+        )),
+    }
+}
+
+/// The values of a site file: `NAME = value` lines of TOML (see [`toml_text`]).
 pub fn parse_site_file(text: &str, origin: &str) -> Result<BTreeMap<String, Given>, String> {
     let table: toml::Table = text.parse().map_err(|e| format!("{origin}: {e}"))?;
     let mut out = BTreeMap::new();
     for (k, v) in table {
-        let value = match &v {
-            toml::Value::String(s) => s.clone(),
-            toml::Value::Integer(n) => n.to_string(),
-            toml::Value::Boolean(b) => b.to_string(),
-            toml::Value::Array(a) => {
-                let parts: Option<Vec<String>> =
-                    a.iter().map(|x| x.as_str().map(String::from)).collect();
-                parts.ok_or_else(|| format!("{origin}: {k}: an array must hold strings"))?
-                    .join(",")
-            }
-            other => {
-                return Err(format!(
-                    "{origin}: {k}: a {} is not a parameter value (use a string, integer, boolean or array of strings)",
-                    other.type_str()
-                ))
-            }
-        };
+        let value = toml_text(&v).map_err(|e| format!("{origin}: {k}: {e}"))?;
         out.insert(
             k,
             Given {
@@ -311,22 +315,6 @@ impl PartialEq for SiteValue {
 
 impl Eq for SiteValue {}
 
-/// The values of a generation as a resolution layer (`kept`).
-pub fn kept(values: &BTreeMap<String, SiteValue>) -> BTreeMap<String, Given> {
-    values
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                Given {
-                    value: v.value.clone(),
-                    origin: "kept".into(),
-                },
-            )
-        })
-        .collect()
-}
-
 /// What changes between two sets of values, as lines for a plan (secrets masked).
 pub fn changes(
     old: &BTreeMap<String, SiteValue>,
@@ -362,21 +350,30 @@ impl SiteValue {
     }
 }
 
-/// The values of a site: for each declared parameter, the site's value (later layers win:
-/// `kept` from the current generation, then the site file, then `--set`), else its default.
+/// The values of a site: for each declared parameter the site's value — given in `layers`
+/// (the site file, then `--set`; later layers win), else `kept` from the current generation
+/// (values of parameters the bundle no longer declares are dropped) —, else its default.
 /// Unknown names, missing required values and values of the wrong type are errors naming the
 /// parameter, the value and what was expected.
 pub fn resolve(
     params: &[Parameter],
+    kept: &BTreeMap<String, SiteValue>,
     layers: &[BTreeMap<String, Given>],
 ) -> Result<BTreeMap<String, SiteValue>, String> {
-    let mut given: BTreeMap<String, Given> = BTreeMap::new();
+    let mut given: BTreeMap<String, Given> = kept
+        .iter()
+        .filter(|(k, _)| params.iter().any(|p| &p.name == *k))
+        .map(|(k, v)| {
+            let g = Given {
+                value: v.value.clone(),
+                origin: "kept".into(),
+            };
+            (k.clone(), g)
+        })
+        .collect();
     for layer in layers {
         for (k, g) in layer {
             if !params.iter().any(|p| &p.name == k) {
-                if g.origin == "kept" {
-                    continue; // a parameter the new bundle no longer declares
-                }
                 let close: Vec<&str> = params
                     .iter()
                     .map(|p| p.name.as_str())
@@ -697,7 +694,8 @@ mod tests {
         )
         .unwrap();
         let set = BTreeMap::from([parse_set("RELAY_PORT=10443").unwrap()]);
-        let v = resolve(&params, &[site.clone(), set]).unwrap();
+        let none = BTreeMap::new();
+        let v = resolve(&params, &none, &[site.clone(), set]).unwrap();
         assert_eq!(v["PUBLIC_HOST"].value, "relay.example.org");
         assert_eq!(v["RELAY_PORT"].value, "10443");
         assert_eq!(v["RELAY_PORT"].origin, "--set");
@@ -705,31 +703,45 @@ mod tests {
         assert_eq!(v["ADMIN_TOKEN"].shown(), "********");
 
         assert_eq!(
-            resolve(&params, &[]).unwrap_err(),
+            resolve(&params, &none, &[]).unwrap_err(),
             "parameter PUBLIC_HOST is required (a host name (letters, digits, '-', dots) or an IP address): give it in the site file or with --set PUBLIC_HOST=…"
         );
         let typo = BTreeMap::from([parse_set("RELAY_PROT=1").unwrap()]);
         assert_eq!(
-            resolve(&params, &[site.clone(), typo]).unwrap_err(),
+            resolve(&params, &none, &[site.clone(), typo]).unwrap_err(),
             "--set: unknown parameter RELAY_PROT (did you mean RELAY_PORT?)"
         );
         let wrong = parse_site_file("PUBLIC_HOST = \"a b\"", "site.toml").unwrap();
         assert_eq!(
-            resolve(&params, &[wrong]).unwrap_err(),
+            resolve(&params, &none, &[wrong]).unwrap_err(),
             "site.toml: parameter PUBLIC_HOST = \"a b\": expected a host name (letters, digits, '-', dots) or an IP address"
         );
         let secret = BTreeMap::from([parse_set("ADMIN_TOKEN=two\nlines").unwrap()]);
-        let e = resolve(&params, &[site.clone(), secret]).unwrap_err();
+        let e = resolve(&params, &none, &[site.clone(), secret]).unwrap_err();
         assert!(!e.contains("two") && e.contains("********"), "{e}");
-        // a kept value of a parameter the bundle no longer declares is dropped
-        let kept = BTreeMap::from([(
-            "OLD".to_string(),
-            Given {
-                value: "1".into(),
-                origin: "kept".into(),
-            },
-        )]);
-        assert!(resolve(&params, &[kept, site]).is_ok());
+        // kept values stay unless given again; one the bundle no longer declares is dropped
+        let kept = BTreeMap::from([
+            ("OLD".to_string(), v["RELAY_PORT"].clone()),
+            ("RELAY_PORT".to_string(), v["RELAY_PORT"].clone()),
+        ]);
+        let again = resolve(&params, &kept, &[site.clone()]).unwrap();
+        assert!(!again.contains_key("OLD"));
+        assert_eq!(
+            again["RELAY_PORT"].value, "9443",
+            "the site file wins over kept"
+        );
+        let only_kept = resolve(&params, &kept, &[]).unwrap_err();
+        assert!(only_kept.contains("PUBLIC_HOST is required"), "{only_kept}");
+        let mut kept_host = kept.clone();
+        kept_host.insert("PUBLIC_HOST".into(), v["PUBLIC_HOST"].clone());
+        let k = resolve(&params, &kept_host, &[]).unwrap();
+        assert_eq!(
+            (
+                k["RELAY_PORT"].value.as_str(),
+                k["RELAY_PORT"].origin.as_str()
+            ),
+            ("10443", "kept")
+        );
         assert!(parse_site_file("X = 1.5", "s.toml")
             .unwrap_err()
             .contains("s.toml: X: a float is not a parameter value"));

@@ -65,6 +65,18 @@ pub struct TrustArgs {
     pub trusted_keys: Vec<PathBuf>,
 }
 
+/// Site parameter values given on the command line (activate, configure).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SiteArgs {
+    /// Site file: `NAME = value` lines (TOML) for the bundle's site parameters. Values of
+    /// the current generation are kept unless given here or with --set.
+    #[arg(long = "site", value_name = "FILE")]
+    pub site_file: Option<PathBuf>,
+    /// Set one site parameter (after the site file); repeatable.
+    #[arg(long, value_name = "NAME=VALUE")]
+    pub set: Vec<String>,
+}
+
 /// Convergence timing options.
 #[derive(Debug, Clone, Args)]
 pub struct TimingArgs {
@@ -125,13 +137,9 @@ pub enum HostCommand {
         /// bundle name). `rollback` needs no such flag.
         #[arg(long)]
         allow_downgrade: bool,
-        /// Site file: `NAME = value` lines (TOML) for the bundle's site parameters. Values of
-        /// the current generation are kept unless given here or with --set.
-        #[arg(long, value_name = "FILE")]
-        site: Option<PathBuf>,
-        /// Set one site parameter (after the site file); repeatable.
-        #[arg(long, value_name = "NAME=VALUE")]
-        set: Vec<String>,
+        /// Site parameter values.
+        #[command(flatten)]
+        site: SiteArgs,
         /// Trusted keys.
         #[command(flatten)]
         trust: TrustArgs,
@@ -175,12 +183,9 @@ pub enum HostCommand {
     /// host's store (no bundle file needed), as a new generation (same transaction, health
     /// gate and rollback as activate).
     Configure {
-        /// Site file: `NAME = value` lines (TOML).
-        #[arg(long, value_name = "FILE")]
-        site: Option<PathBuf>,
-        /// Set one site parameter (after the site file); repeatable.
-        #[arg(long, value_name = "NAME=VALUE")]
-        set: Vec<String>,
+        /// Site parameter values.
+        #[command(flatten)]
+        site: SiteArgs,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -454,6 +459,27 @@ pub enum PkiCommand {
     },
 }
 
+/// `configure` (and `pki renew`, which changes no value): the current generation again.
+fn configure(
+    rt: &tokio::runtime::Runtime,
+    site: SiteArgs,
+    dry_run: bool,
+    timing: TimingArgs,
+    host: HostArgs,
+    json: bool,
+) -> Result<i32> {
+    let host = host.host(events(json))?;
+    let opts = activate::ConfigureOptions {
+        dry_run,
+        timing: timing.timing(ACTIVATE_MONITOR),
+        site_file: site.site_file,
+        set: site.set,
+    };
+    let o = rt.block_on(activate::configure(&host, &opts))?;
+    print_outcome(&o, json)?;
+    Ok(0)
+}
+
 /// Run one host-side command; returns the process exit code.
 pub fn run(cmd: HostCommand) -> Result<i32> {
     let rt = runtime()?;
@@ -500,7 +526,6 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
             only,
             allow_downgrade,
             site,
-            set,
             trust,
             timing,
             host,
@@ -508,8 +533,8 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
         } => {
             let host = host.host(events(json))?;
             let opts = ActivateOptions {
-                site_file: site,
-                set,
+                site_file: site.site_file,
+                set: site.set,
                 dry_run,
                 only,
                 timing: timing.timing(ACTIVATE_MONITOR),
@@ -565,37 +590,14 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                     host,
                     json,
                 },
-        } => {
-            let host = host.host(events(json))?;
-            let opts = activate::ConfigureOptions {
-                dry_run,
-                timing: timing.timing(ACTIVATE_MONITOR),
-                site_file: None,
-                set: vec![],
-            };
-            let o = rt.block_on(activate::configure(&host, &opts))?;
-            print_outcome(&o, json)?;
-            Ok(0)
-        }
+        } => configure(&rt, SiteArgs::default(), dry_run, timing, host, json),
         HostCommand::Configure {
             site,
-            set,
             dry_run,
             timing,
             host,
             json,
-        } => {
-            let host = host.host(events(json))?;
-            let opts = activate::ConfigureOptions {
-                dry_run,
-                timing: timing.timing(ACTIVATE_MONITOR),
-                site_file: site,
-                set,
-            };
-            let o = rt.block_on(activate::configure(&host, &opts))?;
-            print_outcome(&o, json)?;
-            Ok(0)
-        }
+        } => configure(&rt, site, dry_run, timing, host, json),
         HostCommand::Recover { timing, host, json } => {
             let host = host.host(events(json))?;
             let r = rt.block_on(activate::recover(&host, timing.timing(ROLLBACK_MONITOR)))?;

@@ -352,17 +352,18 @@ fn site_layers(
 fn desire(
     manifest: &crate::bundle::manifest::BundleManifest,
     read: &dyn Fn(&str) -> Result<Vec<u8>>,
-    mut layers: Vec<BTreeMap<String, crate::site::Given>>,
+    layers: Vec<BTreeMap<String, crate::site::Given>>,
     state: &StateDir,
     current: Option<&crate::state::Generation>,
     dry_run: bool,
     only: &[String],
     notes: &mut Vec<String>,
 ) -> Result<(DesiredStack, BTreeMap<String, Vec<u8>>)> {
-    if let Some(g) = current.filter(|g| g.desired.bundle.name == manifest.name) {
-        layers.insert(0, crate::site::kept(&g.desired.site));
-    }
-    let site = crate::site::resolve(&manifest.parameters, &layers)
+    let no_values = BTreeMap::new();
+    let kept = current
+        .filter(|g| g.desired.bundle.name == manifest.name)
+        .map_or(&no_values, |g| &g.desired.site);
+    let site = crate::site::resolve(&manifest.parameters, kept, &layers)
         .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     notes.extend(crate::site::changes(
         current.map(|g| &g.desired.site).unwrap_or(&BTreeMap::new()),
