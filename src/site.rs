@@ -724,7 +724,7 @@ mod tests {
             ("OLD".to_string(), v["RELAY_PORT"].clone()),
             ("RELAY_PORT".to_string(), v["RELAY_PORT"].clone()),
         ]);
-        let again = resolve(&params, &kept, &[site.clone()]).unwrap();
+        let again = resolve(&params, &kept, std::slice::from_ref(&site)).unwrap();
         assert!(!again.contains_key("OLD"));
         assert_eq!(
             again["RELAY_PORT"].value, "9443",

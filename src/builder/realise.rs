@@ -80,7 +80,7 @@ pub(crate) fn realise(
         if usable(store, id, name, opts)? {
             cached.push(name.clone());
             if let RecipeKind::Fixed(f) = &r.kind {
-                check_fixed_input(r, f, opts);
+                check_fixed_input(r, f, &store.object(id), opts);
             }
             continue;
         }
@@ -180,9 +180,21 @@ fn usable(store: &Store, id: &str, name: &str, opts: &BuildOptions) -> Result<bo
     }
 }
 
-/// A fixed input whose store copy is used: say so if its file is gone or differs (the
-/// store copy, checked against the recipe's sha256 when it was stored, is still good).
-fn check_fixed_input(r: &Recipe, f: &FixedRecipe, opts: &BuildOptions) {
+/// Size and mtime of a fixed input when its store entry was made (`input.json`), so that a
+/// no-op build rehashes the input only when it looks changed.
+fn input_stat(p: &Path) -> Option<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(p).ok()?;
+    Some((
+        md.len(),
+        md.mtime() as i128 * 1_000_000_000 + md.mtime_nsec() as i128,
+    ))
+}
+
+/// A fixed input whose store copy (in `obj`) is used: say so if its file is gone or differs
+/// (the store copy, checked against the recipe's sha256 when it was stored, is still good).
+/// The file is hashed only when its size or mtime differ from those recorded.
+fn check_fixed_input(r: &Recipe, f: &FixedRecipe, obj: &Path, opts: &BuildOptions) {
     let p = crate::fsutil::normalize(&r.dir().join(f.path.get_ref()));
     let warn = |what: String| {
         (opts.progress)(&format!(
@@ -193,6 +205,12 @@ fn check_fixed_input(r: &Recipe, f: &FixedRecipe, opts: &BuildOptions) {
     };
     if !p.is_file() {
         warn(format!("fixed input {} is missing", p.display()));
+        return;
+    }
+    let recorded: Option<(u64, i128)> = std::fs::read(obj.join("input.json"))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok());
+    if recorded.is_some() && recorded == input_stat(&p) {
         return;
     }
     match sha256_file(&p) {
@@ -316,6 +334,9 @@ fn realise_fixed(r: &Recipe, f: &FixedRecipe, out: &Path) -> Result<()> {
         ));
     }
     std::fs::copy(&p, out.join("file")).with_context(|| format!("copying {}", p.display()))?;
+    if let Some(stat) = input_stat(&p) {
+        std::fs::write(out.join("input.json"), serde_json::to_vec(&stat)?)?;
+    }
     Ok(())
 }
 

@@ -224,6 +224,21 @@ pub struct Layout {
     pub mtime: u64,
 }
 
+/// What an entry of the archive is, by its place and name.
+enum Slot {
+    /// `bundle.json`, first.
+    Manifest,
+    /// `bundle.json.sig`, second.
+    Signature,
+    /// A file listed in `bundle.json`.
+    File {
+        /// Mode 0755 instead of 0644.
+        executable: bool,
+        /// Its listed sha256.
+        sha256: String,
+    },
+}
+
 /// Read until `buf` is full or the file ends; the number of bytes read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
@@ -541,14 +556,14 @@ impl BundleFile {
             })?;
             let offset = pos;
             // What the entry must be, from what is known before reading its data.
-            let (executable, limit) = match (&manifest, name.as_str()) {
+            let slot = match (&manifest, name.as_str()) {
                 (None, MANIFEST_NAME) => {
                     if size > MAX_MANIFEST_SIZE {
                         return Err(VerifyError::BadManifest(format!(
                             "too large ({size} bytes)"
                         )));
                     }
-                    (false, size)
+                    Slot::Manifest
                 }
                 (None, other) => {
                     return Err(VerifyError::ManifestNotFirst {
@@ -559,7 +574,7 @@ impl BundleFile {
                     if size > MAX_SIGNATURE_SIZE {
                         return Err(VerifyError::SignatureTooLarge { size });
                     }
-                    (false, size)
+                    Slot::Signature
                 }
                 (Some((m, _)), _) => {
                     let Some(expect) = m.file(&name) else {
@@ -575,17 +590,28 @@ impl BundleFile {
                             found: size,
                         });
                     }
-                    (expect.executable, 0)
+                    Slot::File {
+                        executable: expect.executable,
+                        sha256: expect.sha256.clone(),
+                    }
                 }
             };
+            let executable = matches!(
+                slot,
+                Slot::File {
+                    executable: true,
+                    ..
+                }
+            );
             // Data: kept for the two head entries (small, bounded above), hashed for files.
-            let mut kept = Vec::with_capacity(limit as usize);
+            let keep = !matches!(slot, Slot::File { .. });
+            let mut kept = Vec::with_capacity(if keep { size as usize } else { 0 });
             let mut hasher = Sha256::new();
             let mut left = size;
             while left > 0 {
                 let want = left.min(buf.len() as u64) as usize;
                 let n = read_full(&mut r, &mut buf[..want]).map_err(io)?;
-                if limit > 0 {
+                if keep {
                     kept.extend_from_slice(&buf[..n]);
                 } else {
                     hasher.update(&buf[..n]);
@@ -613,8 +639,8 @@ impl BundleFile {
                 });
             }
             pos += size + pad as u64;
-            match (&manifest, name.as_str()) {
-                (None, _) => {
+            match slot {
+                Slot::Manifest => {
                     let m = parse_manifest(&kept)?;
                     let mtime = match m.mtime {
                         Some(t) => t,
@@ -627,17 +653,16 @@ impl BundleFile {
                     layout.mtime = mtime;
                     manifest = Some((m, kept));
                 }
-                (Some(_), SIGNATURE_NAME) if signature.is_none() && entries.is_empty() => {
+                Slot::Signature => {
                     signature = Some(kept);
                     layout.signature_end = Some(pos);
                 }
-                (Some((m, _)), _) => {
-                    let expect = m.file(&name).expect("looked up above");
+                Slot::File { sha256, .. } => {
                     let found = hex::encode(hasher.finalize_reset());
-                    if found != expect.sha256 {
+                    if found != sha256 {
                         return Err(VerifyError::DigestMismatch {
                             path: name,
-                            expected: expect.sha256.clone(),
+                            expected: sha256,
                             found,
                         });
                     }

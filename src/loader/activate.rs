@@ -481,21 +481,22 @@ fn certificates(
             lifetime_secs: def.lifetime_secs()?,
         };
         let prev = current.and_then(|g| g.desired.certificates.iter().find(|c| &c.name == name));
-        let verdict = match prev {
+        // the previous certificate, with its PEMs, while it still serves the request
+        let reusable = match prev {
             None => Err("new".to_string()),
             Some(p) => p.serves(&req, &ca_sha, now).and_then(|()| {
                 let cert = pki::object(root, &p.cert_sha256).map_err(|e| format!("{e:#}"))?;
                 let key = pki::object(root, &p.key_sha256).map_err(|e| format!("{e:#}"))?;
-                Ok((cert, key))
+                Ok((p, cert, key))
             }),
         };
-        let record = match (prev, verdict) {
-            (Some(p), Ok((cert, key))) => {
+        let record = match reusable {
+            Ok((p, cert, key)) => {
                 keep(cert)?;
                 keep(key)?;
                 p.clone()
             }
-            (_, Err(why)) => {
+            Err(why) => {
                 let (rec, cert, key) = ca.issue(&req, now)?;
                 keep(cert.into_bytes())?;
                 keep(key.into_bytes())?;
@@ -507,7 +508,6 @@ fn certificates(
                 ));
                 rec
             }
-            (None, Ok(_)) => unreachable!("no previous certificate gives no objects"),
         };
         issued.push(record);
     }
