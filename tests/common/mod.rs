@@ -514,3 +514,28 @@ pub fn loader_json(cmd: &mut Command) -> serde_json::Value {
     );
     v
 }
+
+/// Fail unless `pyspdxtools` (PyPI `spdx-tools`, installed by scripts/test.sh) is there.
+pub fn require_pyspdxtools() {
+    let tool = Command::new("pyspdxtools").arg("--help").output();
+    assert!(
+        tool.is_ok_and(|o| o.status.success()),
+        "this test needs pyspdxtools (`pip install spdx-tools`; scripts/test.sh installs it)"
+    );
+}
+
+/// Validate an SPDX document with `pyspdxtools`; fails the test with its output if invalid.
+pub fn assert_valid_spdx(file: &std::path::Path) {
+    let o = Command::new("pyspdxtools")
+        .arg("-i")
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "pyspdxtools rejected the SBOM: {text}");
+    assert!(!text.to_lowercase().contains("invalid"), "{text}");
+}
