@@ -4,7 +4,8 @@
 # builds the default appliance bundle
 # (bundles/relayws.toml), initialises a single-node swarm with `reemo-bundle swarm init` if
 # none is active, activates the bundle, prints `status`, and relays a WebSocket session
-# through the published port with the bundle's own `ws-relay-server probe`.
+# through the published port with the bundle's own `ws-relay-server probe` over TLS, the
+# relay's certificate verified against the site CA exported by `reemo-bundle pki ca-cert`.
 # STATE_DIR overrides the state directory (default /var/lib/reemo-bundle).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,5 +32,7 @@ fi
 docker stack services relayws
 
 tar -xf "$BUNDLE" -C out bin/ws-relay-server
-out/bin/ws-relay-server probe --url http://127.0.0.1:8080 \
+"$B" pki ca-cert --state-dir "$STATE_DIR" > out/site-ca.pem
+out/bin/ws-relay-server probe --url https://localhost:8080 --ca-file out/site-ca.pem \
     --control-secret-file "$STATE_DIR/secrets/relay_control_secret" --wait-secs 30
+curl -sS --cacert out/site-ca.pem https://localhost:8080/healthz; echo

@@ -71,6 +71,18 @@ pub struct CertificateDef {
 }
 
 impl CertificateDef {
+    /// Its names in order, each once (site values may name the same address twice, e.g.
+    /// `PUBLIC_HOST` and `PUBLIC_IP` both `127.0.0.1`).
+    pub fn names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for s in &self.sans {
+            if !out.contains(s) {
+                out.push(s.clone());
+            }
+        }
+        out
+    }
+
     /// Lifetime in seconds.
     pub fn lifetime_secs(&self) -> Result<i64> {
         match self.lifetime.as_deref() {
@@ -1340,9 +1352,13 @@ services:
         let text = relay_template("reemo/ws-relay-server:1.0.0-0123456789ab");
         let f = parse(&text, "recipes/relayws-stack.yml").unwrap();
         let relay = &f.services["relay"];
-        assert_eq!(relay.secrets.len(), 2);
+        assert_eq!(relay.secrets.len(), 4);
         assert_eq!(relay.configs[0].long().mode, Some(0o444));
-        assert!(f.secrets.values().all(|s| s.generate.is_some()));
+        // two generated secrets, two parts of the relay's certificate
+        assert_eq!(f.secrets.values().filter(|s| s.generate.is_some()).count(), 2);
+        let parts: Vec<_> = f.secrets.values().filter_map(|s| s.certificate.clone()).collect();
+        assert_eq!(parts, ["relay.chain", "relay.key"]);
+        assert_eq!(f.certificates["relay"].usage, crate::pki::Usage::Server);
     }
 
     #[test]

@@ -449,7 +449,16 @@ fn two_node_swarm_init_load_placement_status_and_relay() {
 
     // --- the relay appliance on the 2-node swarm, served through a node's address ---
     let rstate = tmp.path().join("relay-state");
-    activate(&rstate, &relay_bundle, &both);
+    // the relay's certificate names both node addresses (site values), whichever runs it
+    run_ok(
+        loader(&rstate)
+            .arg("activate")
+            .arg(&relay_bundle)
+            .args(engine_args(&both))
+            .args(["--timeout", "120s", "--monitor", "1s"])
+            .arg(format!("--set=PUBLIC_HOST={}", n1.ip))
+            .arg(format!("--set=PUBLIC_IP={}", n2.ip)),
+    );
     let tasks = running_tasks(n1, "mnrelay_relay");
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     let node = if tasks[0].0 == n1_id { n1 } else { n2 };

@@ -11,24 +11,14 @@ use std::process::Command;
 
 const STACK: &str = "lpki";
 
-/// The relay stack serving TLS with a certificate of the internal CA (lifetime `lifetime`).
+/// The shipped relay stack (it serves TLS with a certificate of the internal CA) with the
+/// certificate's lifetime set to `lifetime`.
 fn tls_stack(template: String, lifetime: &str) -> String {
-    let t = template
-        .replace(
-            "      RELAY_CONTROL_SECRET_FILE: /run/secrets/relay_control_secret\n",
-            "      RELAY_CONTROL_SECRET_FILE: /run/secrets/relay_control_secret\n      RELAY_TLS_CERT_FILE: /run/secrets/relay_tls_cert\n      RELAY_TLS_KEY_FILE: /run/secrets/relay_tls_key\n",
-        )
-        .replace(
-            "      - source: relay_control_secret\n        target: relay_control_secret\n",
-            "      - source: relay_tls_cert\n        target: relay_tls_cert\n        mode: 256\n        uid: \"10001\"\n        gid: \"10001\"\n      - source: relay_tls_key\n        target: relay_tls_key\n        mode: 256\n        uid: \"10001\"\n        gid: \"10001\"\n      - source: relay_control_secret\n        target: relay_control_secret\n",
-        );
     assert!(
-        t.contains("RELAY_TLS_KEY_FILE") && t.contains("source: relay_tls_key"),
-        "{t}"
+        template.trim_end().ends_with("sans: [\"${PUBLIC_HOST}\", \"${PUBLIC_IP}\", relay, tasks.relay]"),
+        "the relay certificate ends the shipped template:\n{template}"
     );
-    format!(
-        "{t}  relay_tls_cert:\n    external: true\n    x-reemo-certificate: relay.cert\n  relay_tls_key:\n    external: true\n    x-reemo-certificate: relay.key\n\nx-reemo-certificates:\n  relay:\n    usage: server\n    sans: [localhost, 127.0.0.1, relay, tasks.relay]\n    lifetime: {lifetime}\n"
-    )
+    format!("{}\n    lifetime: {lifetime}\n", template.trim_end())
 }
 
 fn curl(args: &[&str]) -> std::process::Output {

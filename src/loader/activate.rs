@@ -477,7 +477,7 @@ fn certificates(
         let req = Request {
             name: name.clone(),
             usage: def.usage,
-            sans: def.sans.clone(),
+            sans: def.names(),
             lifetime_secs: def.lifetime_secs()?,
         };
         let prev = current.and_then(|g| g.desired.certificates.iter().find(|c| &c.name == name));

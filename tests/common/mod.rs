@@ -273,10 +273,16 @@ pub fn build_relay_variant_with(
     .unwrap();
     let config = std::fs::read_to_string(root.join("recipes/files/relay.toml")).unwrap();
     std::fs::write(recipes.join("files/relay.toml"), edit_config(config)).unwrap();
+    // the site parameters naming the relay's certificate stay parameters (their defaults
+    // are localhost and 127.0.0.1; a test may `--set` them)
+    let shipped = std::fs::read_to_string(root.join("recipes/relayws-stack.toml")).unwrap();
+    let public = &shipped[shipped
+        .find("[parameters.PUBLIC_HOST]")
+        .expect("the shipped stack declares PUBLIC_HOST")..];
     std::fs::write(
         recipes.join(format!("{stack}-stack.toml")),
         format!(
-            "kind = \"stack\"\ntemplate = \"{stack}-stack.yml\"\n[configs]\n\"relay.toml\" = \"files/relay.toml\"\n"
+            "kind = \"stack\"\ntemplate = \"{stack}-stack.yml\"\n[configs]\n\"relay.toml\" = \"files/relay.toml\"\n{public}"
         ),
     )
     .unwrap();
@@ -406,8 +412,11 @@ pub fn relay_probe_at(
     port: u16,
     state_dir: &std::path::Path,
 ) -> Result<String, String> {
+    // the relay serves TLS with a certificate of the host's internal CA: verified with it
     let o = Command::new(relay)
-        .args(["probe", "--url", &format!("http://{ip}:{port}")])
+        .args(["probe", "--url", &format!("https://{ip}:{port}")])
+        .arg("--ca-file")
+        .arg(state_dir.join("pki/ca.pem"))
         .arg("--control-secret-file")
         .arg(state_dir.join("secrets/relay_control_secret"))
         .args(["--wait-secs", "20", "--messages", "3"])
