@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
 };
 use serde::{Deserialize, Serialize};
+
+mod external;
+mod trust;
+
+pub use external::{check_import, covers, Imported};
+pub use trust::{may_switch_leaves, trust_bundle};
 
 use crate::fsutil::write_atomic_mode;
 use crate::hash::sha256_hex;
@@ -93,14 +99,27 @@ pub struct Issued {
     pub cert_sha256: String,
     /// See `cert_sha256`.
     pub key_sha256: String,
-    /// sha256 hex of the CA certificate PEM that signed it.
+    /// sha256 hex of the CA certificate PEM that signed it; for an imported certificate,
+    /// of the rest of its chain (empty when it came alone).
     pub ca_sha256: String,
+    /// The operator's own certificate (`cert import`): never re-issued by the host.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub imported: bool,
 }
 
 impl Issued {
-    /// Whether it serves `req` as it is: same SANs and usage, signed by the current CA and
-    /// more than a third of its lifetime left at `now`.
+    /// Whether it serves `req` as it is: same SANs and usage, signed by the CA `ca_sha256`
+    /// and more than a third of its lifetime left at `now`.
     pub fn serves(&self, req: &Request, ca_sha256: &str, now: i64) -> Result<(), String> {
+        self.serves_names(req, now)?;
+        if self.ca_sha256 != ca_sha256 {
+            return Err("the CA changed".into());
+        }
+        Ok(())
+    }
+
+    /// [`Issued::serves`] whatever CA signed it.
+    pub fn serves_names(&self, req: &Request, now: i64) -> Result<(), String> {
         if self.sans != req.sans {
             return Err(format!(
                 "its names changed ({} → {})",
@@ -110,9 +129,6 @@ impl Issued {
         }
         if self.usage != req.usage {
             return Err("its usage changed".into());
-        }
-        if self.ca_sha256 != ca_sha256 {
-            return Err("the CA changed".into());
         }
         let lifetime = self.not_after - self.not_before;
         if self.not_after - now < lifetime / 3 {
@@ -217,9 +233,16 @@ impl Ca {
             .map_err(|e| anyhow::anyhow!("{}: not a private key: {e}", key_path.display()))?;
         let meta: CaMeta = serde_json::from_str(&read(d.join("ca.json"))?)
             .with_context(|| format!("reading {}", d.join("ca.json").display()))?;
+        let cert_pem = read(d.join("ca.pem"))?;
+        anyhow::ensure!(
+            spki_bits(&cert_pem)? == key.der_bytes(),
+            "{} is not the key of {} (an interrupted CA rotation?): restore both from a backup",
+            key_path.display(),
+            d.join("ca.pem").display()
+        );
         Ok(Some(Ca {
             key,
-            cert_pem: read(d.join("ca.pem"))?,
+            cert_pem,
             name: meta.name,
         }))
     }
@@ -295,6 +318,7 @@ impl Ca {
                 cert_sha256: sha256_hex(cert_pem.as_bytes()),
                 key_sha256: sha256_hex(key_pem.as_bytes()),
                 ca_sha256: self.sha256(),
+                imported: false,
             },
             cert_pem,
             key_pem,
@@ -339,7 +363,6 @@ pub fn import_ca(
     let key = KeyPair::from_pem(key_pem).map_err(|e| {
         anyhow::anyhow!("{key_file}: not a private key this PKI can sign with (ECDSA P-256/P-384 or Ed25519 in PEM): {e}")
     })?;
-    use rcgen::PublicKeyData;
     anyhow::ensure!(
         cert.public_key().subject_public_key.data.as_ref() == key.der_bytes(),
         "{key_file} is not the key of {cert_file} (their public keys differ)"
@@ -356,6 +379,16 @@ pub fn import_ca(
         cert_pem: pem_text(cert_pem),
         name,
     })
+}
+
+/// The subject public key bits of a PEM certificate.
+fn spki_bits(cert_pem: &str) -> Result<Vec<u8>> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("not a PEM certificate ({e})"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate ({e})"))?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// The first PEM block of a text (an operator's file may carry comments or a chain).
@@ -389,17 +422,31 @@ pub fn object(state_root: &Path, sha256: &str) -> Result<Vec<u8>> {
     Ok(data)
 }
 
+impl Issued {
+    /// The PEM objects that make `part` of it, in order (an imported certificate that came
+    /// without a chain has no CA object).
+    pub fn part_objects(&self, part: Part) -> Vec<String> {
+        let chain = (!self.ca_sha256.is_empty()).then(|| self.ca_sha256.clone());
+        let (cert, key) = (self.cert_sha256.clone(), self.key_sha256.clone());
+        match part {
+            Part::Cert => vec![cert],
+            Part::Key => vec![key],
+            Part::Chain => std::iter::once(cert).chain(chain).collect(),
+            Part::Combined => std::iter::once(cert)
+                .chain(chain)
+                .chain(std::iter::once(key))
+                .collect(),
+        }
+    }
+}
+
 /// The content of `part` of an issued certificate.
 pub fn part(state_root: &Path, issued: &Issued, part: Part) -> Result<Vec<u8>> {
-    let cert = object(state_root, &issued.cert_sha256)?;
-    let key = || object(state_root, &issued.key_sha256);
-    let ca = || object(state_root, &issued.ca_sha256);
-    Ok(match part {
-        Part::Cert => cert,
-        Part::Key => key()?,
-        Part::Chain => [cert, ca()?].concat(),
-        Part::Combined => [cert, ca()?, key()?].concat(),
-    })
+    let mut out = Vec::new();
+    for sha in issued.part_objects(part) {
+        out.extend(object(state_root, &sha)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
