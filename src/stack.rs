@@ -68,6 +68,10 @@ pub struct CertificateDef {
     /// Lifetime, e.g. `397d` (the default), `30d`, `10m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<String>,
+    /// The site's public certificate: issued by the internal CA until the operator brings
+    /// their own with `cert import NAME` (then that one is served, and not re-issued).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 impl CertificateDef {
@@ -992,7 +996,7 @@ fn check_secret(name: &str, def: &SecretDef) -> Result<()> {
     Ok(())
 }
 
-fn check_name(kind: &str, name: &str) -> Result<()> {
+pub fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name
             .chars()
@@ -1355,8 +1359,15 @@ services:
         assert_eq!(relay.secrets.len(), 4);
         assert_eq!(relay.configs[0].long().mode, Some(0o444));
         // two generated secrets, two parts of the relay's certificate
-        assert_eq!(f.secrets.values().filter(|s| s.generate.is_some()).count(), 2);
-        let parts: Vec<_> = f.secrets.values().filter_map(|s| s.certificate.clone()).collect();
+        assert_eq!(
+            f.secrets.values().filter(|s| s.generate.is_some()).count(),
+            2
+        );
+        let parts: Vec<_> = f
+            .secrets
+            .values()
+            .filter_map(|s| s.certificate.clone())
+            .collect();
         assert_eq!(parts, ["relay.chain", "relay.key"]);
         assert_eq!(f.certificates["relay"].usage, crate::pki::Usage::Server);
     }

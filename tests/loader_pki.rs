@@ -15,7 +15,9 @@ const STACK: &str = "lpki";
 /// certificate's lifetime set to `lifetime`.
 fn tls_stack(template: String, lifetime: &str) -> String {
     assert!(
-        template.trim_end().ends_with("sans: [\"${PUBLIC_HOST}\", \"${PUBLIC_IP}\", relay, tasks.relay]"),
+        template
+            .trim_end()
+            .ends_with("sans: [\"${PUBLIC_HOST}\", \"${PUBLIC_IP}\", relay, tasks.relay]"),
         "the relay certificate ends the shipped template:\n{template}"
     );
     format!("{}\n    lifetime: {lifetime}\n", template.trim_end())

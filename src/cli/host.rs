@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::output::{events, print_json};
@@ -18,7 +18,7 @@ use crate::engine::docker::DockerEngine;
 use crate::engine::Engine;
 use crate::events::{Event, Events};
 use crate::loader::activate::{self, ActivateOptions, Outcome, OutcomeResult};
-use crate::loader::{gc, images, status, Host, Timing, ACTIVATE_MONITOR, ROLLBACK_MONITOR};
+use crate::loader::{certs, gc, images, status, Host, Timing, ACTIVATE_MONITOR, ROLLBACK_MONITOR};
 use crate::swarm::init::InitOptions;
 
 /// Engines and state directory, shared by the host commands.
@@ -178,6 +178,12 @@ pub enum HostCommand {
         /// What to do.
         #[command(subcommand)]
         cmd: PkiCommand,
+    },
+    /// The operator's own certificates (for the stack's external certificates).
+    Cert {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: CertCommand,
     },
     /// Change site parameter values of the current generation: its bundle again, from the
     /// host's store (no bundle file needed), as a new generation (same transaction, health
@@ -441,10 +447,97 @@ pub enum PkiCommand {
         #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
         state_dir: PathBuf,
     },
+    /// Move to a new CA (made here, or the operator's `--cert`/`--key`) with overlapping
+    /// trust: services first trust both CAs, then their certificates are re-issued, then
+    /// the old CA leaves the trust bundle — each step a generation (health-gated, rolled
+    /// back as a whole on failure).
+    RotateCa {
+        /// The operator's new CA certificate (PEM); default: a new internal CA.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a client certificate of the internal CA for an integrator: NAME.crt, NAME.key
+    /// (0600) and ca.pem in --out (for mutual TLS with the stack's services).
+    IssueClient {
+        /// The client's name (its certificate's common name).
+        name: String,
+        /// Folder to write the files to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime, e.g. 397d (the default), 30d, 10m.
+        #[arg(long, default_value = "397d")]
+        lifetime: String,
+        /// State directory.
+        #[arg(long, env = "REEMO_BUNDLE_STATE_DIR", default_value = crate::state::DEFAULT_DIR)]
+        state_dir: PathBuf,
+    },
     /// Re-issue every certificate of the current generation with less than a third of its
     /// lifetime left: a new generation (health-gated, rolled back as a whole on failure).
     Renew {
         /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `reemo-bundle cert …`: the operator's own certificates for a stack's external ones.
+#[derive(Debug, clap::Subcommand)]
+pub enum CertCommand {
+    /// Serve the operator's certificate for the stack's external certificate NAME, checked
+    /// first (the key matches, the chain is in order and links, valid now and for at least
+    /// 7 more days, ECDSA or RSA ≥ 2048, its names cover the site's host name); then a new
+    /// generation (or the next activation, on a host without one) serves it.
+    Import {
+        /// The stack's certificate name (an `external: true` entry of x-reemo-certificates).
+        name: String,
+        /// Certificate chain (PEM): the server certificate, then its intermediates.
+        #[arg(long)]
+        cert: PathBuf,
+        /// Its private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Site values to change in the same generation (e.g. --set PUBLIC_HOST=…).
+        #[command(flatten)]
+        site: SiteArgs,
+        /// Check and print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Timing.
+        #[command(flatten)]
+        timing: TimingArgs,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving the operator's certificate NAME: back to one of the site CA.
+    Remove {
+        /// The stack's certificate name.
+        name: String,
+        /// Print the plan; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Timing.
@@ -468,15 +561,84 @@ fn configure(
     host: HostArgs,
     json: bool,
 ) -> Result<i32> {
+    configure_with(rt, site, certs::Imports::new(), dry_run, timing, host, json).map(|_| 0)
+}
+
+/// [`configure`] with operator certificates to use or drop; the outcome's result.
+fn configure_with(
+    rt: &tokio::runtime::Runtime,
+    site: SiteArgs,
+    imports: certs::Imports,
+    dry_run: bool,
+    timing: TimingArgs,
+    host: HostArgs,
+    json: bool,
+) -> Result<OutcomeResult> {
     let host = host.host(events(json))?;
     let opts = activate::ConfigureOptions {
         dry_run,
         timing: timing.timing(ACTIVATE_MONITOR),
         site_file: site.site_file,
         set: site.set,
+        imports,
     };
     let o = rt.block_on(activate::configure(&host, &opts))?;
     print_outcome(&o, json)?;
+    Ok(o.result)
+}
+
+/// `cert import` / `cert remove`: check what can be checked alone, then make the current
+/// generation serve it (recorded on the host only once that generation succeeded); on a host
+/// without a generation, record it for the next activation.
+fn cert_change(rt: &tokio::runtime::Runtime, cmd: CertCommand) -> Result<i32> {
+    let (name, site, dry_run, timing, host, json, import) = match cmd {
+        CertCommand::Import {
+            name,
+            cert,
+            key,
+            site,
+            dry_run,
+            timing,
+            host,
+            json,
+        } => {
+            let i = certs::check_and_store_import(&host.state_dir, &name, &cert, &key)?;
+            for w in &i.warnings {
+                eprintln!("warning: {w}");
+            }
+            (name, site, dry_run, timing, host, json, Some(i.record))
+        }
+        CertCommand::Remove {
+            name,
+            dry_run,
+            timing,
+            host,
+            json,
+        } => (name, SiteArgs::default(), dry_run, timing, host, json, None),
+    };
+    let imports = certs::Imports::from([(name.clone(), import.clone())]);
+    let has_generation = crate::state::StateDir::open_existing(&host.state_dir)
+        .current_generation()?
+        .is_some();
+    if !has_generation {
+        if !dry_run {
+            certs::commit_imports(&host.state_dir, &imports)?;
+        }
+        println!(
+            "certificate {name}: {} by the next activation",
+            if import.is_some() {
+                "served"
+            } else {
+                "issued by the site CA"
+            }
+        );
+        return Ok(0);
+    }
+    let state_dir = host.state_dir.clone();
+    let r = configure_with(rt, site, imports.clone(), dry_run, timing, host, json)?;
+    if matches!(r, OutcomeResult::Activated | OutcomeResult::Unchanged) {
+        certs::commit_imports(&state_dir, &imports)?;
+    }
     Ok(0)
 }
 
@@ -565,9 +727,68 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
         HostCommand::Pki {
             cmd: PkiCommand::CaCert { state_dir },
         } => {
-            print!("{}", activate::ca_certificate(&state_dir)?);
+            print!("{}", certs::ca_certificate(&state_dir)?);
             Ok(0)
         }
+        HostCommand::Pki {
+            cmd:
+                PkiCommand::RotateCa {
+                    cert,
+                    key,
+                    timing,
+                    host,
+                    json,
+                },
+        } => {
+            let operator = cert.as_deref().zip(key.as_deref());
+            let name = certs::rotate_ca(&host.state_dir, operator)?;
+            eprintln!("new signing CA {name:?}: moving the stack's certificates to it");
+            // trust both, move the leaves, drop the old CA: at most three generations
+            for _ in 0..4 {
+                let r = configure_with(
+                    &rt,
+                    SiteArgs::default(),
+                    certs::Imports::new(),
+                    false,
+                    timing.clone(),
+                    host.clone(),
+                    json,
+                )?;
+                match r {
+                    OutcomeResult::Activated => continue,
+                    OutcomeResult::Unchanged => break,
+                    other => bail!("CA rotation stopped: the generation was {other:?}; the next activation or `pki rotate-ca` continues it"),
+                }
+            }
+            Ok(0)
+        }
+        HostCommand::Pki {
+            cmd:
+                PkiCommand::IssueClient {
+                    name,
+                    out,
+                    lifetime,
+                    state_dir,
+                },
+        } => {
+            let secs = crate::stack::CertificateDef {
+                usage: crate::pki::Usage::Client,
+                sans: vec![],
+                lifetime: Some(lifetime.clone()),
+                external: false,
+            }
+            .lifetime_secs()
+            .with_context(|| format!("--lifetime {lifetime:?}"))?;
+            let rec = certs::issue_client(&state_dir, &name, &out, secs)?;
+            println!(
+                "client certificate {name}: {}/{name}.crt and {name}.key, issued by {}, valid until {}",
+                out.display(),
+                rec.issuer,
+                crate::oci::rfc3339(rec.not_after.max(0) as u64)
+            );
+            Ok(0)
+        }
+        HostCommand::Cert { cmd } => cert_change(&rt, cmd),
         HostCommand::Pki {
             cmd:
                 PkiCommand::ImportCa {
@@ -576,7 +797,7 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                     state_dir,
                 },
         } => {
-            let name = activate::import_ca(&state_dir, &cert, &key)?;
+            let name = certs::import_ca(&state_dir, &cert, &key)?;
             println!(
                 "imported CA {name:?}: certificates are issued by it from the next activation"
             );

@@ -296,6 +296,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
         layers,
         &s.state,
         current.as_ref(),
+        &super::certs::Imports::new(),
         opts.dry_run,
         &opts.only,
         &mut notes,
@@ -355,6 +356,7 @@ fn desire(
     layers: Vec<BTreeMap<String, crate::site::Given>>,
     state: &StateDir,
     current: Option<&crate::state::Generation>,
+    imports: &super::certs::Imports,
     dry_run: bool,
     only: &[String],
     notes: &mut Vec<String>,
@@ -402,180 +404,25 @@ fn desire(
             None => {}
         }
     }
-    let (pki, certificates) = certificates(&compose, state, current, dry_run, notes)?;
+    let made = super::certs::certificates(&compose, state, current, imports, dry_run, notes)?;
     let mut new = desired::build(
         manifest,
         &compose,
         &Contents {
             files: &files,
             generated: &generated,
-            pki: &pki,
+            pki: &made.contents,
         },
     )?;
     new.site = site;
-    new.certificates = certificates;
+    new.certificates = made.issued;
+    new.trust = made.trust;
     let desired = if only.is_empty() {
         new
     } else {
         desired::merge_only(&new, current.map(|g| &g.desired), only)?
     };
     Ok((desired, new_secrets))
-}
-
-/// The certificates the stack declares, from the host's internal CA (made now if the host
-/// has none): each one the current generation has is kept while it still serves (same names,
-/// usage and CA, more than a third of its lifetime left), else issued anew. A dry run stores
-/// nothing (what it would issue is only named). Returns the secret and config contents by
-/// `secret:<key>` / `config:<key>` and the records of the certificates.
-fn certificates(
-    compose: &crate::stack::ComposeFile,
-    state: &StateDir,
-    current: Option<&crate::state::Generation>,
-    dry_run: bool,
-    notes: &mut Vec<String>,
-) -> Result<(
-    BTreeMap<String, desired::PkiContent>,
-    Vec<crate::pki::Issued>,
-)> {
-    use crate::pki::{self, Ca, Request};
-    let mut out = BTreeMap::new();
-    let wants_ca = compose.configs.values().any(|c| c.ca == Some(true));
-    if compose.certificates.is_empty() && !wants_ca {
-        return Ok((out, vec![]));
-    }
-    let root = state.root();
-    let now = crate::state::now() as i64;
-    let ca = match Ca::load(root)? {
-        Some(ca) => ca,
-        None => {
-            let ca = Ca::create("reemo-bundle site CA", now)?;
-            if dry_run {
-                notes.push("internal CA: would be created (ECDSA P-256)".into());
-            } else {
-                ca.save(root)?;
-                notes.push(format!(
-                    "internal CA created (ECDSA P-256, key in {})",
-                    pki::dir(root).join("ca.key").display()
-                ));
-            }
-            ca
-        }
-    };
-    // PEM objects by sha256: what is stored, and what a dry run only holds in memory
-    let mut objects: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    let mut keep = |data: Vec<u8>| -> Result<String> {
-        let sha = crate::hash::sha256_hex(&data);
-        if !dry_run {
-            pki::put_object(root, &data)?;
-        }
-        objects.insert(sha.clone(), data);
-        Ok(sha)
-    };
-    let ca_sha = keep(ca.cert_pem.clone().into_bytes())?;
-    let mut issued = Vec::new();
-    for (name, def) in &compose.certificates {
-        let req = Request {
-            name: name.clone(),
-            usage: def.usage,
-            sans: def.names(),
-            lifetime_secs: def.lifetime_secs()?,
-        };
-        let prev = current.and_then(|g| g.desired.certificates.iter().find(|c| &c.name == name));
-        // the previous certificate, with its PEMs, while it still serves the request
-        let reusable = match prev {
-            None => Err("new".to_string()),
-            Some(p) => p.serves(&req, &ca_sha, now).and_then(|()| {
-                let cert = pki::object(root, &p.cert_sha256).map_err(|e| format!("{e:#}"))?;
-                let key = pki::object(root, &p.key_sha256).map_err(|e| format!("{e:#}"))?;
-                Ok((p, cert, key))
-            }),
-        };
-        let record = match reusable {
-            Ok((p, cert, key)) => {
-                keep(cert)?;
-                keep(key)?;
-                p.clone()
-            }
-            Err(why) => {
-                let (rec, cert, key) = ca.issue(&req, now)?;
-                keep(cert.into_bytes())?;
-                keep(key.into_bytes())?;
-                notes.push(format!(
-                    "certificate {name}: {} ({why}), valid until {}, for {}",
-                    if dry_run { "would be issued" } else { "issued" },
-                    crate::oci::rfc3339(rec.not_after.max(0) as u64),
-                    rec.sans.join(", ")
-                ));
-                rec
-            }
-        };
-        issued.push(record);
-    }
-    let content = |shas: Vec<String>| desired::PkiContent {
-        data: shas.iter().flat_map(|s| objects[s].clone()).collect(),
-        objects: shas,
-    };
-    for (key, def) in &compose.secrets {
-        let Some((cert, part)) = def.certificate_part() else {
-            continue;
-        };
-        let rec = issued
-            .iter()
-            .find(|c| c.name == cert)
-            .with_context(|| format!("secret {key}: no certificate {cert}"))?;
-        let shas = match part.context("checked by the stack parser")? {
-            pki::Part::Cert => vec![rec.cert_sha256.clone()],
-            pki::Part::Key => vec![rec.key_sha256.clone()],
-            pki::Part::Chain => vec![rec.cert_sha256.clone(), rec.ca_sha256.clone()],
-            pki::Part::Combined => vec![
-                rec.cert_sha256.clone(),
-                rec.ca_sha256.clone(),
-                rec.key_sha256.clone(),
-            ],
-        };
-        out.insert(format!("secret:{key}"), content(shas));
-    }
-    for (key, def) in &compose.configs {
-        if def.ca == Some(true) {
-            out.insert(format!("config:{key}"), content(vec![ca_sha.clone()]));
-        }
-    }
-    Ok((out, issued))
-}
-
-/// The internal CA's certificate (PEM), for clients to trust.
-pub fn ca_certificate(state_dir: &Path) -> Result<String> {
-    let ca = crate::pki::Ca::load(state_dir)?.with_context(|| {
-        format!(
-            "{} has no internal CA yet: it is made by the first activation of a stack that declares certificates",
-            state_dir.display()
-        )
-    })?;
-    Ok(ca.cert_pem)
-}
-
-/// `pki import-ca`: check and store the operator's CA; its name.
-pub fn import_ca(state_dir: &Path, cert: &Path, key: &Path) -> Result<String> {
-    if crate::pki::Ca::load(state_dir)?.is_some() {
-        bail!(
-            "{} already has a CA ({}); nothing was changed",
-            state_dir.display(),
-            crate::pki::dir(state_dir).join("ca.pem").display()
-        );
-    }
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let ca = crate::pki::import_ca(
-        &read(cert)?,
-        &cert.display().to_string(),
-        &read(key)?,
-        &key.display().to_string(),
-        crate::state::now() as i64,
-    )?;
-    std::fs::create_dir_all(state_dir)
-        .with_context(|| format!("creating {}", state_dir.display()))?;
-    ca.save(state_dir)?;
-    Ok(ca.name)
 }
 
 /// Options of `configure`.
@@ -589,6 +436,9 @@ pub struct ConfigureOptions {
     pub site_file: Option<PathBuf>,
     /// `--set NAME=VALUE`.
     pub set: Vec<String>,
+    /// Operator certificates to use (`Some`) or to stop using (`None`) from this
+    /// generation on (`cert import` / `cert remove`); the rest as stored.
+    pub imports: super::certs::Imports,
 }
 
 /// `configure`: the current generation's bundle again, from the host's store (no bundle
@@ -625,6 +475,7 @@ pub async fn configure(host: &Host, opts: &ConfigureOptions) -> Result<Outcome> 
         layers,
         &s.state,
         Some(&current),
+        &opts.imports,
         opts.dry_run,
         &[],
         &mut notes,

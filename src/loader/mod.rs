@@ -6,6 +6,7 @@
 //! or reverts what a crashed process left. `status` and `gc` report and clean up.
 
 pub mod activate;
+pub mod certs;
 pub mod converge;
 pub mod gc;
 pub mod images;

@@ -35,7 +35,10 @@ fn rfc3339(t: i64) -> String {
 
 /// The PEM blocks of `tag` in a text, each as its own text.
 fn pem_blocks(text: &str, tag: &str) -> Vec<String> {
-    let (begin, end) = (format!("-----BEGIN {tag}-----"), format!("-----END {tag}-----"));
+    let (begin, end) = (
+        format!("-----BEGIN {tag}-----"),
+        format!("-----END {tag}-----"),
+    );
     let mut out = Vec::new();
     let mut rest = text;
     while let Some(s) = rest.find(&begin) {
@@ -54,8 +57,12 @@ fn san_names(cert: &X509Certificate<'_>) -> Vec<String> {
             match n {
                 GeneralName::DNSName(d) => out.push(d.to_string()),
                 GeneralName::IPAddress(b) => match b.len() {
-                    4 => out.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string()),
-                    16 => out.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string()),
+                    4 => out.push(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap()).to_string(),
+                    ),
+                    16 => out.push(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap()).to_string(),
+                    ),
                     _ => {}
                 },
                 _ => {}
@@ -165,15 +172,17 @@ pub fn check_import(
             i + 2,
             subject(parent)
         );
-        child.verify_signature(Some(parent.public_key())).map_err(|e| {
-            anyhow!(
-                "{cert_file}: certificate {} ({}) is not signed by certificate {} ({}): {e}",
-                i + 1,
-                subject(child),
-                i + 2,
-                subject(parent)
-            )
-        })?;
+        child
+            .verify_signature(Some(parent.public_key()))
+            .map_err(|e| {
+                anyhow!(
+                    "{cert_file}: certificate {} ({}) is not signed by certificate {} ({}): {e}",
+                    i + 1,
+                    subject(child),
+                    i + 2,
+                    subject(parent)
+                )
+            })?;
         ensure!(
             parent.is_ca(),
             "{cert_file}: certificate {} ({}) signs another but is not a CA",
@@ -236,7 +245,10 @@ pub fn check_import(
     };
     let record = Issued {
         name: name.to_string(),
-        subject: cn.clone().or_else(|| sans.first().cloned()).unwrap_or_default(),
+        subject: cn
+            .clone()
+            .or_else(|| sans.first().cloned())
+            .unwrap_or_default(),
         sans,
         usage: Usage::Server,
         issuer: common_name(leaf.issuer()).unwrap_or_else(|| leaf.issuer().to_string()),
@@ -316,7 +328,11 @@ mod tests {
         // 20 days left: imported with a warning
         let (c20, k20) = leaf(&root, &["relay.example.com"], 20);
         let i = check_import("entry", &c20, "c.pem", &k20, "k.pem", NOW).unwrap();
-        assert!(i.warnings[0].contains("expires in 20 day(s)"), "{:?}", i.warnings);
+        assert!(
+            i.warnings[0].contains("expires in 20 day(s)"),
+            "{:?}",
+            i.warnings
+        );
     }
 
     #[test]
@@ -352,19 +368,56 @@ mod tests {
             "k.pem",
             NOW,
         ));
-        assert!(e.contains("full.pem: the chain is out of order: certificate 1"), "{e}");
+        assert!(
+            e.contains("full.pem: the chain is out of order: certificate 1"),
+            "{e}"
+        );
         // expired, not yet valid, about to expire
-        let e = err(check_import("e", &cert, "c.pem", &key, "k.pem", NOW + 91 * 86_400));
-        assert!(e.contains("c.pem: certificate 1 (CN=relay.example.com) expired on"), "{e}");
-        let e = err(check_import("e", &cert, "c.pem", &key, "k.pem", NOW - 86_400));
+        let e = err(check_import(
+            "e",
+            &cert,
+            "c.pem",
+            &key,
+            "k.pem",
+            NOW + 91 * 86_400,
+        ));
+        assert!(
+            e.contains("c.pem: certificate 1 (CN=relay.example.com) expired on"),
+            "{e}"
+        );
+        let e = err(check_import(
+            "e",
+            &cert,
+            "c.pem",
+            &key,
+            "k.pem",
+            NOW - 86_400,
+        ));
         assert!(e.contains("is not valid yet"), "{e}");
-        let e = err(check_import("e", &cert, "c.pem", &key, "k.pem", NOW + 85 * 86_400));
-        assert!(e.contains("c.pem: expires on") && e.contains("at least 7"), "{e}");
+        let e = err(check_import(
+            "e",
+            &cert,
+            "c.pem",
+            &key,
+            "k.pem",
+            NOW + 85 * 86_400,
+        ));
+        assert!(
+            e.contains("c.pem: expires on") && e.contains("at least 7"),
+            "{e}"
+        );
         // an Ed25519 key
         let ed = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let p = rcgen::CertificateParams::new(vec!["relay.example.com".into()]).unwrap();
         let c = p.self_signed(&ed).unwrap();
-        let e = err(check_import("e", &c.pem(), "c.pem", &ed.serialize_pem(), "k.pem", NOW));
+        let e = err(check_import(
+            "e",
+            &c.pem(),
+            "c.pem",
+            &ed.serialize_pem(),
+            "k.pem",
+            NOW,
+        ));
         assert!(e.contains("k.pem: the key must be ECDSA"), "{e}");
     }
 }

@@ -18,7 +18,11 @@ pub fn may_switch_leaves(signing: &str, live_trust: &[String], live_leaf_cas: &[
 /// The CAs the next generation's trust bundle holds, the signing CA first: every CA that
 /// signed a leaf of the next generation, or of the live one (its tasks keep presenting those
 /// leaves until they are replaced).
-pub fn trust_bundle(signing: &str, next_leaf_cas: &[String], live_leaf_cas: &[String]) -> Vec<String> {
+pub fn trust_bundle(
+    signing: &str,
+    next_leaf_cas: &[String],
+    live_leaf_cas: &[String],
+) -> Vec<String> {
     let mut out = vec![signing.to_string()];
     for c in next_leaf_cas.iter().chain(live_leaf_cas) {
         if !out.contains(c) {
@@ -58,7 +62,10 @@ mod tests {
                 assert!(trust.contains(c), "new leaf of {c}, live trust {trust:?}");
             }
             for c in &cas {
-                assert!(next_trust.contains(c), "old leaf of {c}, next trust {next_trust:?}");
+                assert!(
+                    next_trust.contains(c),
+                    "old leaf of {c}, next trust {next_trust:?}"
+                );
             }
             if next_trust == trust && next_cas == cas {
                 break;

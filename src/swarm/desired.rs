@@ -277,6 +277,7 @@ pub fn build(
         secrets,
         services,
         certificates: vec![],
+        trust: vec![],
         site: BTreeMap::new(),
     };
     d.prune();

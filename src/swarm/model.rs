@@ -126,6 +126,10 @@ pub struct DesiredStack {
     /// Certificates issued for the stack by the host's internal CA.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<crate::pki::Issued>,
+    /// The CAs (sha256 of their certificate PEM) of the trust bundle its `x-reemo-ca`
+    /// configs carry, the signing CA first; empty when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust: Vec<String>,
     /// Site parameter values the stack was rendered with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub site: BTreeMap<String, crate::site::SiteValue>,

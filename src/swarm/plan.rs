@@ -224,6 +224,7 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         secrets: vec![],
         services: vec![],
         certificates: vec![],
+        trust: vec![],
         site: BTreeMap::new(),
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
@@ -317,6 +318,7 @@ mod tests {
             secrets: vec![],
             services,
             certificates: vec![],
+            trust: vec![],
             site: BTreeMap::new(),
         }
     }
