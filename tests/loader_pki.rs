@@ -564,10 +564,7 @@ fn the_operators_certificate_is_checked_then_served() {
             "{err}"
         );
     };
-    let (full, leaf_key) = (
-        p("full.pem").display().to_string(),
-        p("leaf.key").display().to_string(),
-    );
+    let full = p("full.pem").display().to_string();
     // the key of another certificate
     refused(
         "full.pem",
@@ -654,7 +651,6 @@ fn the_operators_certificate_is_checked_then_served() {
         )),
         "{st}"
     );
-    let _ = (&full, &leaf_key);
     // an activation keeps serving it
     let o = loader_json(fx.loader().arg("activate").arg(&bundle));
     assert_eq!(o["result"], "unchanged", "{o}");

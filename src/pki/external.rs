@@ -190,16 +190,8 @@ pub fn check_import(
             subject(parent)
         );
     }
-    // the key: of the leaf, of a kind browsers and haproxy take
-    let key = KeyPair::from_pem(key_text).map_err(|e| {
-        anyhow!(
-            "{key_file}: not a private key in PKCS#8 PEM (\"BEGIN PRIVATE KEY\"; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}"
-        )
-    })?;
-    ensure!(
-        leaf.public_key().subject_public_key.data.as_ref() == key.der_bytes(),
-        "{key_file} is not the key of {cert_file} (their public keys differ)"
-    );
+    // the key: of a kind browsers and haproxy take (read from the certificate first: the
+    // crypto library refuses short RSA keys outright), and the leaf's
     match leaf.public_key().parsed() {
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => {
             let bits = rsa.key_size();
@@ -209,10 +201,15 @@ pub fn check_import(
             );
         }
         Ok(x509_parser::public_key::PublicKey::EC(_)) => {
-            let p256 = key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256;
-            let p384 = key.algorithm() == &rcgen::PKCS_ECDSA_P384_SHA384;
+            use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384};
+            let curve = leaf
+                .public_key()
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok());
             ensure!(
-                p256 || p384,
+                curve == Some(OID_EC_P256) || curve == Some(OID_NIST_EC_P384),
                 "{key_file}: an ECDSA key on a curve other than P-256 or P-384"
             );
         }
@@ -220,6 +217,15 @@ pub fn check_import(
             "{key_file}: the key must be ECDSA (P-256 or P-384) or RSA of at least 2048 bits (browsers refuse Ed25519 server certificates)"
         ),
     }
+    let key = KeyPair::from_pem(key_text).map_err(|e| {
+        anyhow!(
+            "{key_file}: not a private key in PKCS#8 PEM (\"BEGIN PRIVATE KEY\"; convert with `openssl pkcs8 -topk8 -nocrypt`): {e}"
+        )
+    })?;
+    ensure!(
+        leaf.public_key().subject_public_key.data.as_ref() == key.der_bytes(),
+        "{key_file} is not the key of {cert_file} (their public keys differ)"
+    );
     let not_after = leaf.validity().not_after.timestamp();
     let days_left = (not_after - now).div_euclid(86_400);
     ensure!(
