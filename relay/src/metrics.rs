@@ -18,6 +18,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "global_cap",
     "ip_cap",
     "handshake_timeout",
+    "head_too_large",
 ];
 
 /// All metrics.
@@ -49,7 +50,7 @@ pub struct Metrics {
     pub pair_timeouts: AtomicU64,
     /// Messages or frames over the limits (closed with 1009).
     pub too_big: AtomicU64,
-    rejected: [AtomicU64; 13],
+    rejected: [AtomicU64; 14],
 }
 
 impl Metrics {

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole};
@@ -604,6 +604,9 @@ async fn pump(
 fn classify(e: &WsError) -> PumpEnd {
     match e {
         WsError::Capacity(_) => PumpEnd::SourceTooBig,
+        // End of stream (FIN) without a close frame: the peer went away, it did not break
+        // the protocol.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => PumpEnd::SourceGone,
         WsError::Protocol(_) | WsError::Utf8(_) => PumpEnd::SourceProtocol,
         _ => PumpEnd::SourceGone,
     }

@@ -24,6 +24,9 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most connections over a cap answered at once; more are closed without an answer.
+pub const MAX_REFUSALS: usize = 64;
+
 /// Everything the connection tasks share.
 pub struct Shared {
     /// Effective configuration.
@@ -44,6 +47,8 @@ pub struct Shared {
     pub ws_config: WebSocketConfig,
     /// Set when TLS is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Connections over a cap that are being answered (TLS handshake, head, status).
+    pub refusals: Arc<tokio::sync::Semaphore>,
     next_gen: AtomicU64,
 }
 
@@ -171,6 +176,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             ws_config,
             tls,
+            refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
             next_gen: AtomicU64::new(1),
         }
     }
