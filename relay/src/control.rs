@@ -57,7 +57,10 @@ async fn route(shared: &Arc<Shared>, conn: &mut Conn, req: &mut Request) -> (u16
                 (200, Body::Json(json!({"status": "OK", "version": VERSION})))
             }
         }
-        ("GET", "/metrics") => (200, Body::Text(shared.metrics.render(shared.is_draining()))),
+        ("GET", "/metrics") => (
+            200,
+            Body::Text(shared.metrics.render(shared.is_draining(), &shared.budget)),
+        ),
         (_, p) if p == "/v1/sessions" || p.starts_with("/v1/sessions/") => {
             let Some(secret) = &shared.control_secret else {
                 return err(404, "control api disabled");
