@@ -438,6 +438,12 @@ impl SessionTask {
 
     /// Closes the remaining sides concurrently.
     async fn finish(&self, slots: [Option<Box<Side>>; 2], fates: [Fate; 2]) {
+        // what was read and not forwarded is dropped: give it back to the budget now rather
+        // than after the close handshakes
+        for side in slots.iter().flatten() {
+            side.charge.message_read();
+            side.charge.release();
+        }
         let [a, u] = slots;
         let [fa, fu] = fates;
         let ca = async {
