@@ -419,6 +419,8 @@ impl SessionTask {
             peer = new.peer.to_string()
         );
         if let Some(old) = slots[r].replace(new) {
+            old.charge.message_read();
+            old.charge.release();
             self.shared.metrics.replaced.fetch_add(1, Relaxed);
             log!(
                 Info,
