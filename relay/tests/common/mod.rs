@@ -338,3 +338,23 @@ pub fn raw_request(addr: SocketAddr, pieces: &[&[u8]]) -> std::io::Result<(u16, 
     s.read_to_end(&mut out)?;
     Ok(parse_response(&String::from_utf8_lossy(&out)))
 }
+
+/// Connects like [`Relay::connect`], retrying (bounded) while refused by a cap: the server
+/// releases a finished connection's slot just after the client has seen it close, so a
+/// readiness or metrics request may still be counted for a moment.
+pub async fn connect_under_cap(relay: &Relay, session: &str, role: Role) -> Client {
+    let url = relay.url(session, role, &relay.token(session, role));
+    for _ in 0..50 {
+        let req = url.as_str().into_client_request().unwrap();
+        match tokio_tungstenite::connect_async_with_config(req, Some(client_config()), true).await {
+            Ok((ws, _)) => return ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r))
+                if matches!(r.status().as_u16(), 429 | 503) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("connecting {session}: {e}"),
+        }
+    }
+    panic!("connecting {session}: still refused by a cap after 50 tries");
+}
