@@ -42,6 +42,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Read buffer per WebSocket connection, bytes.
     pub read_buffer_bytes: usize,
+    /// Budget for bytes read from senders and not yet written to their peers, all sessions
+    /// together; beyond it reading pauses (backpressure), bytes.
+    pub max_bytes_in_flight: u64,
     /// Maximum number of open client connections.
     pub max_connections: usize,
     /// Maximum number of open connections from one IP address.
@@ -78,6 +81,7 @@ impl Default for Config {
             max_frame_bytes: 1 << 20,
             max_message_bytes: 4 << 20,
             read_buffer_bytes: 4096,
+            max_bytes_in_flight: 256 << 20,
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
             log_level: "info".into(),
@@ -137,6 +141,7 @@ impl Config {
                 "MAX_FRAME_BYTES" => self.max_frame_bytes = num(k, v)?,
                 "MAX_MESSAGE_BYTES" => self.max_message_bytes = num(k, v)?,
                 "READ_BUFFER_BYTES" => self.read_buffer_bytes = num(k, v)?,
+                "MAX_BYTES_IN_FLIGHT" => self.max_bytes_in_flight = num(k, v)?,
                 "MAX_CONNECTIONS" => self.max_connections = num(k, v)?,
                 "MAX_CONNECTIONS_PER_IP" => self.max_connections_per_ip = num(k, v)?,
                 "LOG_LEVEL" => self.log_level = v.clone(),
@@ -182,6 +187,9 @@ impl Config {
         }
         if self.max_frame_bytes == 0 || self.max_message_bytes < self.max_frame_bytes {
             bail!("max_message_bytes must be at least max_frame_bytes (and both positive)");
+        }
+        if self.max_bytes_in_flight < self.max_message_bytes as u64 {
+            bail!("max_bytes_in_flight must be at least max_message_bytes");
         }
         if !(256..=1 << 20).contains(&self.read_buffer_bytes) {
             bail!("read_buffer_bytes must be between 256 and 1048576");
@@ -296,6 +304,11 @@ mod tests {
             ),
             ("handshake_timeout_secs = 30", vec![], "between 1 and 10"),
             ("max_message_bytes = 10", vec![], "at least max_frame_bytes"),
+            (
+                "",
+                vec![("RELAY_MAX_BYTES_IN_FLIGHT", "1000")],
+                "max_bytes_in_flight must be at least max_message_bytes",
+            ),
             ("log_level = \"loud\"", vec![], "log_level"),
             ("public_url = \"relay.example\"", vec![], "public_url"),
         ];

@@ -57,22 +57,21 @@ async fn route(shared: &Arc<Shared>, conn: &mut Conn, req: &mut Request) -> (u16
                 (200, Body::Json(json!({"status": "OK", "version": VERSION})))
             }
         }
-        ("GET", "/metrics") => (200, Body::Text(shared.metrics.render(shared.is_draining()))),
+        ("GET", "/metrics") => (
+            200,
+            Body::Text(shared.metrics.render(shared.is_draining(), &shared.budget)),
+        ),
         (_, p) if p == "/v1/sessions" || p.starts_with("/v1/sessions/") => {
             let Some(secret) = &shared.control_secret else {
                 return err(404, "control api disabled");
             };
-            let given = req
-                .header("authorization")
-                .and_then(|v| v.strip_prefix("Bearer "))
-                .unwrap_or("")
-                .trim();
+            let given = req.header("authorization").and_then(bearer).unwrap_or("");
             if !ct_eq(given.as_bytes(), secret) {
                 return err(401, "unauthorized");
             }
             let body = match http::read_body(conn, req).await {
                 Ok(b) => b,
-                Err(e) => return err(400, &format!("{e:#}")),
+                Err(e) => return err(e.status().unwrap_or(400), &e.to_string()),
             };
             match (req.method.as_str(), p.strip_prefix("/v1/sessions/")) {
                 ("POST", None) => create(shared, req, &body),
@@ -83,6 +82,16 @@ async fn route(shared: &Arc<Shared>, conn: &mut Conn, req: &mut Request) -> (u16
         }
         _ => err(404, "not found"),
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme name is
+/// case-insensitive (RFC 7235 section 2.1), separated from the token by spaces or tabs.
+fn bearer(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let split = value.find([' ', '\t'])?;
+    let (scheme, token) = value.split_at(split);
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// `POST /v1/sessions` with an optional body `{"ttl_secs": N}`.
@@ -202,4 +211,28 @@ fn close(shared: &Shared, id: &str) -> (u16, Body) {
     }
     log!(Info, "session closed by control api", session = id);
     (200, Body::Json(json!({ "id": id, "state": "closed" })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let cases = [
+            ("Bearer s3cret", Some("s3cret")),
+            ("bearer s3cret", Some("s3cret")),
+            ("BEARER s3cret", Some("s3cret")),
+            ("bEaReR   s3cret ", Some("s3cret")),
+            ("Bearer\ts3cret", Some("s3cret")),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Basic s3cret", None),
+            ("Bearers3cret", None),
+            ("", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(bearer(value), want, "{value:?}");
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! ws-relay-server library: the WebSocket relay of the RELAYWS environment (token check,
 //! pairing, bounded forwarding, control API, health and metrics), used by the thin `main.rs`.
 
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod conn;

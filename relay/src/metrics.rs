@@ -1,5 +1,6 @@
 //! Process-wide counters and gauges, rendered in the Prometheus text format at `/metrics`.
 
+use crate::budget::Budget;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -18,6 +19,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "global_cap",
     "ip_cap",
     "handshake_timeout",
+    "head_too_large",
 ];
 
 /// All metrics.
@@ -49,7 +51,7 @@ pub struct Metrics {
     pub pair_timeouts: AtomicU64,
     /// Messages or frames over the limits (closed with 1009).
     pub too_big: AtomicU64,
-    rejected: [AtomicU64; 13],
+    rejected: [AtomicU64; 14],
 }
 
 impl Metrics {
@@ -72,7 +74,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, draining: bool) -> String {
+    pub fn render(&self, draining: bool, budget: &Budget) -> String {
         let mut s = String::with_capacity(4096);
         let mut one = |name: &str, kind: &str, help: &str, v: u64| {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
@@ -106,6 +108,18 @@ impl Metrics {
             "gauge",
             "1 while draining after SIGTERM.",
             draining as u64,
+        );
+        one(
+            "relay_bytes_in_flight",
+            "gauge",
+            "Bytes read from senders and not yet written to their peers.",
+            budget.in_flight(),
+        );
+        one(
+            "relay_budget_paused_total",
+            "counter",
+            "Times reading from a sender was paused because max_bytes_in_flight was reached.",
+            budget.paused_total(),
         );
         one(
             "relay_messages_total",
@@ -180,9 +194,11 @@ mod tests {
         m.reject("expired_token");
         m.reject("expired_token");
         m.reject("what");
-        let text = m.render(false);
+        let text = m.render(false, &Budget::new(10, 10));
         assert!(text.contains("relay_rejected_total{reason=\"expired_token\"} 2"));
         assert!(text.contains("relay_rejected_total{reason=\"bad_request\"} 1"));
+        assert!(text.contains("\nrelay_bytes_in_flight 0\n"));
+        assert!(text.contains("\nrelay_budget_paused_total 0\n"));
         assert_eq!(REJECT_REASONS.len(), m.rejected.len());
         assert_eq!(REJECT_REASONS[6], "bad_request");
     }

@@ -2,6 +2,7 @@
 //! the two sides of a session in one task and forward messages with one message in flight
 //! per direction.
 
+use crate::budget::{Charge, Metered};
 use crate::conn::Conn;
 use crate::http::{self, Request};
 use crate::log;
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::error::Error as WsError;
+use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole};
@@ -109,8 +110,9 @@ pub async fn handle(
         return;
     }
     guard.set_ws();
+    let charge = Charge::new(shared.budget.clone());
     let ws = WebSocketStream::from_partially_read(
-        conn,
+        Metered::new(conn, charge.clone()),
         req.rest,
         WsRole::Server,
         Some(shared.ws_config),
@@ -127,6 +129,7 @@ pub async fn handle(
         ws,
         role,
         peer,
+        charge,
         pending: None,
         _guard: guard,
     });
@@ -270,6 +273,8 @@ enum PumpEnd {
     SourceGone,
     SourceTooBig,
     SourceProtocol,
+    /// The sender stopped inside a message while the in-flight budget was spent.
+    SourceStuck,
     SinkStalled,
     SinkGone,
 }
@@ -414,6 +419,8 @@ impl SessionTask {
             peer = new.peer.to_string()
         );
         if let Some(old) = slots[r].replace(new) {
+            old.charge.message_read();
+            old.charge.release();
             self.shared.metrics.replaced.fetch_add(1, Relaxed);
             log!(
                 Info,
@@ -433,6 +440,12 @@ impl SessionTask {
 
     /// Closes the remaining sides concurrently.
     async fn finish(&self, slots: [Option<Box<Side>>; 2], fates: [Fate; 2]) {
+        // what was read and not forwarded is dropped: give it back to the budget now rather
+        // than after the close handshakes
+        for side in slots.iter().flatten() {
+            side.charge.message_read();
+            side.charge.release();
+        }
         let [a, u] = slots;
         let [fa, fu] = fates;
         let ca = async {
@@ -482,10 +495,11 @@ impl SessionTask {
         let m = &self.shared.metrics;
         let (mut a_tx, mut a_rx) = (&mut a.ws).split();
         let (mut u_tx, mut u_rx) = (&mut u.ws).split();
+        let read_size = cfg.read_buffer_bytes as u64;
         let ab = pump(
             &mut a_rx,
             &mut u_tx,
-            a.pending.take(),
+            (a.pending.take(), &a.charge, read_size),
             [
                 &self.stats.agent_to_user,
                 &m.bytes_agent_to_user,
@@ -497,7 +511,7 @@ impl SessionTask {
         let ba = pump(
             &mut u_rx,
             &mut a_tx,
-            u.pending.take(),
+            (u.pending.take(), &u.charge, read_size),
             [
                 &self.stats.user_to_agent,
                 &m.bytes_user_to_agent,
@@ -547,6 +561,13 @@ fn fates(shared: &Shared, end: PumpEnd) -> (Fate, Fate) {
             Fate::Close(Some(close_frame(1002, "protocol error"))),
             Fate::Close(Some(close_frame(1001, "peer protocol error"))),
         ),
+        PumpEnd::SourceStuck => {
+            m.stalled.fetch_add(1, Relaxed);
+            (
+                Fate::Close(Some(close_frame(1001, "too slow"))),
+                Fate::Close(Some(close_frame(1001, "peer too slow"))),
+            )
+        }
         PumpEnd::SinkStalled => {
             m.stalled.fetch_add(1, Relaxed);
             (
@@ -562,23 +583,32 @@ fn fates(shared: &Shared, end: PumpEnd) -> (Fate, Fate) {
 }
 
 /// Relays messages from `rx` to `tx`, one at a time: the next message is read only once the
-/// previous one has been written to the destination socket.
+/// previous one has been written to the destination socket, which then releases its bytes
+/// from the in-flight budget.
 async fn pump(
     rx: &mut SplitStream<&mut Ws>,
     tx: &mut SplitSink<&mut Ws, Message>,
-    pending: Option<Message>,
+    (pending, charge, read_size): (Option<Message>, &Charge, u64),
     counters: [&AtomicU64; 3],
     stall: Duration,
     (last, start): (&AtomicU64, Instant),
 ) -> PumpEnd {
     let mut next = pending;
+    let stuck = stuck_sender(charge, stall, read_size);
+    tokio::pin!(stuck);
     loop {
         let msg = match next.take() {
             Some(m) => m,
-            None => match rx.next().await {
-                None => return PumpEnd::SourceGone,
-                Some(Err(e)) => return classify(&e),
-                Some(Ok(m)) => m,
+            None => tokio::select! {
+                r = rx.next() => match r {
+                    None => return PumpEnd::SourceGone,
+                    Some(Err(e)) => return classify(&e),
+                    Some(Ok(m)) => {
+                        charge.message_read();
+                        m
+                    }
+                },
+                () = &mut stuck => return PumpEnd::SourceStuck,
             },
         };
         let len = match &msg {
@@ -586,13 +616,20 @@ async fn pump(
             Message::Binary(b) => b.len(),
             Message::Close(f) => return PumpEnd::SourceClosed(f.clone()),
             // Pings are answered per hop by tungstenite; pongs and raw frames stop here.
-            _ => continue,
+            _ => {
+                charge.release();
+                continue;
+            }
         };
         last.store(start.elapsed().as_millis() as u64, Relaxed);
-        match timeout(stall, tx.send(msg)).await {
+        charge.set_forwarding(true);
+        let sent = timeout(stall, tx.send(msg)).await;
+        charge.set_forwarding(false);
+        match sent {
             Err(_) => return PumpEnd::SinkStalled,
             Ok(Err(_)) => return PumpEnd::SinkGone,
             Ok(Ok(())) => {
+                charge.release();
                 counters[0].fetch_add(len as u64, Relaxed);
                 counters[1].fetch_add(len as u64, Relaxed);
                 counters[2].fetch_add(1, Relaxed);
@@ -601,9 +638,27 @@ async fn pump(
     }
 }
 
+/// Ends when, while the in-flight budget is spent, the sender holds part of a message and
+/// sent nothing for a whole `period`: it would keep its share of the budget (and with it
+/// everyone's reading paused) for as long as it likes.
+async fn stuck_sender(charge: &Charge, period: Duration, read_size: u64) {
+    let mut seen = charge.read_total();
+    loop {
+        tokio::time::sleep(period).await;
+        let now = charge.read_total();
+        if now == seen && charge.budget().exhausted(read_size) && charge.holds_partial_message() {
+            return;
+        }
+        seen = now;
+    }
+}
+
 fn classify(e: &WsError) -> PumpEnd {
     match e {
         WsError::Capacity(_) => PumpEnd::SourceTooBig,
+        // End of stream (FIN) without a close frame: the peer went away, it did not break
+        // the protocol.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => PumpEnd::SourceGone,
         WsError::Protocol(_) | WsError::Utf8(_) => PumpEnd::SourceProtocol,
         _ => PumpEnd::SourceGone,
     }
@@ -626,8 +681,15 @@ async fn wait_peer(side: &mut Side, rx: &mut mpsc::Receiver<Cmd>, deadline: Inst
                     _ => WaitEnd::Gone,
                 },
                 Some(Ok(Message::Close(_))) => return WaitEnd::Gone,
-                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => side.pending = Some(m),
-                Some(Ok(_)) => {}
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    // its bytes stay charged until the message is forwarded
+                    side.charge.message_read();
+                    side.pending = Some(m);
+                }
+                Some(Ok(_)) => {
+                    side.charge.message_read();
+                    side.charge.release();
+                }
             },
         }
     }

@@ -3,7 +3,7 @@
 
 use crate::config::{read_control_secret, read_keys, Config};
 use crate::conn::Conn;
-use crate::http;
+use crate::http::{self, HttpError};
 use crate::log;
 use crate::state::{ConnGuard, Shared};
 use anyhow::{Context, Result};
@@ -111,17 +111,33 @@ fn accept(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             } else {
                 (503, shared.cfg.max_connections)
             };
-            let plain = shared.tls.is_none();
+            // Over the cap: answer with the status after the TLS handshake (if any) and the
+            // request head, so that clients see why. At most MAX_REFUSALS of these run at once
+            // (they are not counted by the caps); beyond that the connection is just closed.
+            let Ok(permit) = shared.refusals.clone().try_acquire_owned() else {
+                return;
+            };
+            let tls = shared.tls.clone();
+            let limit_time = Duration::from_secs(shared.cfg.handshake_timeout_secs.min(3));
             tokio::spawn(async move {
-                // Over the cap: answer plain HTTP clients with a status, close TLS ones.
-                if plain {
-                    let mut c = Conn::Plain(tcp);
-                    let _ = timeout(
-                        Duration::from_secs(1),
-                        http::respond_error(&mut c, status, &format!("{reason} ({limit})")),
-                    )
-                    .await;
-                }
+                let _permit = permit;
+                let _ = timeout(limit_time, async move {
+                    let mut c = match tls {
+                        Some(acc) => match acc.accept(tcp).await {
+                            Ok(s) => Conn::Tls(Box::new(s)),
+                            Err(_) => return,
+                        },
+                        None => Conn::Plain(tcp),
+                    };
+                    if let Ok(None) | Err(HttpError::Io(_)) = http::read_head(&mut c).await {
+                        return;
+                    }
+                    let body = format!("{reason} ({limit})");
+                    if http::respond_error(&mut c, status, &body).await.is_ok() {
+                        http::linger(&mut c).await;
+                    }
+                })
+                .await;
             });
         }
     }
@@ -132,11 +148,16 @@ async fn handle_conn(guard: ConnGuard, tcp: TcpStream, peer: SocketAddr) {
     let hs = Duration::from_secs(shared.cfg.handshake_timeout_secs);
     let r = timeout(hs, async {
         let mut conn = match &shared.tls {
-            Some(acc) => Conn::Tls(Box::new(acc.accept(tcp).await.context("tls handshake")?)),
+            Some(acc) => match acc.accept(tcp).await {
+                Ok(s) => Conn::Tls(Box::new(s)),
+                Err(e) => return Err((None, e.into())),
+            },
             None => Conn::Plain(tcp),
         };
-        let req = http::read_head(&mut conn).await?;
-        Ok::<_, anyhow::Error>((conn, req))
+        match http::read_head(&mut conn).await {
+            Ok(req) => Ok((conn, req)),
+            Err(e) => Err((Some(conn), e)),
+        }
     })
     .await;
     let (mut conn, req) = match r {
@@ -145,13 +166,25 @@ async fn handle_conn(guard: ConnGuard, tcp: TcpStream, peer: SocketAddr) {
             log!(Debug, "handshake timeout", peer = peer.to_string());
             return;
         }
-        Ok(Err(e)) => {
+        Ok(Err((conn, e))) => {
             log!(
                 Debug,
                 "bad handshake",
                 peer = peer.to_string(),
-                error = format!("{e:#}")
+                error = e.to_string()
             );
+            if let (Some(mut conn), Some(status)) = (conn, e.status()) {
+                shared.metrics.reject(if status == 431 {
+                    "head_too_large"
+                } else {
+                    "bad_request"
+                });
+                let answer = async {
+                    let _ = http::respond_error(&mut conn, status, &e.to_string()).await;
+                    http::linger(&mut conn).await;
+                };
+                let _ = timeout(hs, answer).await;
+            }
             return;
         }
         Ok(Ok((_, None))) => return,

@@ -2,6 +2,7 @@
 //! registry that pairs an agent with a user, with what the registry hands a session's task
 //! (the commands and the connections, [`Side`]).
 
+use crate::budget::{Budget, Charge, Metered};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
@@ -24,6 +25,9 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most connections over a cap answered at once; more are closed without an answer.
+pub const MAX_REFUSALS: usize = 64;
+
 /// Everything the connection tasks share.
 pub struct Shared {
     /// Effective configuration.
@@ -44,6 +48,10 @@ pub struct Shared {
     pub ws_config: WebSocketConfig,
     /// Set when TLS is configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Bytes read from senders and not yet written to their peers.
+    pub budget: Arc<Budget>,
+    /// Connections over a cap that are being answered (TLS handshake, head, status).
+    pub refusals: Arc<tokio::sync::Semaphore>,
     next_gen: AtomicU64,
 }
 
@@ -78,14 +86,16 @@ impl State {
     }
 }
 
-/// An upgraded client connection.
-pub type Ws = WebSocketStream<Conn>;
+/// An upgraded client connection; its reads count against the in-flight budget.
+pub type Ws = WebSocketStream<Metered<Conn>>;
 
 /// One authenticated, upgraded connection (built and driven by the relay endpoint).
 pub struct Side {
     pub(crate) ws: Ws,
     pub(crate) role: Role,
     pub(crate) peer: SocketAddr,
+    /// This connection's share of the in-flight budget (released once a message is forwarded).
+    pub(crate) charge: Arc<Charge>,
     /// A message read while waiting for the peer (reading then pauses: backpressure).
     pub(crate) pending: Option<Message>,
     pub(crate) _guard: ConnGuard,
@@ -161,7 +171,9 @@ impl Shared {
         ws_config.max_write_buffer_size = cfg.max_message_bytes + (64 << 10);
         ws_config.max_frame_size = Some(cfg.max_frame_bytes);
         ws_config.max_message_size = Some(cfg.max_message_bytes);
+        let budget = Budget::new(cfg.max_bytes_in_flight, cfg.max_message_bytes as u64);
         Shared {
+            budget,
             cfg,
             keys,
             control_secret,
@@ -171,6 +183,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             ws_config,
             tls,
+            refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
             next_gen: AtomicU64::new(1),
         }
     }

@@ -147,6 +147,35 @@ async fn close_code_and_reason_propagate_both_ways() {
     }
 }
 
+/// Issue 12: a peer whose TCP connection ends (FIN) without a close frame was reported to
+/// the other side as "peer protocol error"; it went away.
+#[tokio::test]
+async fn peer_ending_tcp_without_close_frame_is_reported_as_gone() {
+    let relay = Relay::start(&[]);
+    for (i, how) in [std::net::Shutdown::Write, std::net::Shutdown::Both]
+        .into_iter()
+        .enumerate()
+    {
+        let s = format!("fin{i}");
+        let mut a = relay.connect(&s, Role::Agent).await;
+        let t = relay.token(&s, Role::User);
+        let target = format!("/v1/relay/{s}?role=user&token={t}");
+        let addr = relay.addr;
+        let mut raw = tokio::task::spawn_blocking(move || raw_ws_connect(addr, &target))
+            .await
+            .unwrap();
+        raw_ws_text(&mut raw, "hello from a raw client");
+        assert_eq!(recv(&mut a).await, Message::text("hello from a raw client"));
+        raw.shutdown(how).unwrap();
+        assert_eq!(
+            recv_close(&mut a).await,
+            (1001, "peer went away".to_string()),
+            "{how:?}"
+        );
+        drop(raw);
+    }
+}
+
 #[tokio::test]
 async fn pings_are_answered_per_hop() {
     let relay = Relay::start(&[]);

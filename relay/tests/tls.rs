@@ -253,3 +253,66 @@ fn healthcheck_and_probe_subcommands_over_tls() {
     let out = probe(&https_url, Some(&pki.other_ca_file));
     assert!(!out.status.success());
 }
+
+/// Issue 12: over a connection cap, a TLS client saw a bare connection close instead of the
+/// documented 503 / 429; the refusal now comes after the TLS handshake, certificate verified.
+#[tokio::test]
+async fn caps_are_answered_with_a_status_over_tls() {
+    let pki = pki();
+    let trusting = ws_relay_server::tls::verifying_client(Some(&pki.ca_file)).unwrap();
+    let cert = pki.cert_file.to_str().unwrap();
+    let key = pki.key_file.to_str().unwrap();
+    for (var, status, reason) in [
+        ("RELAY_MAX_CONNECTIONS", 503, "global_cap"),
+        ("RELAY_MAX_CONNECTIONS_PER_IP", 429, "ip_cap"),
+    ] {
+        let relay = Relay::start(&[
+            ("RELAY_TLS_CERT_FILE", cert),
+            ("RELAY_TLS_KEY_FILE", key),
+            (var, "2"),
+        ]);
+        // fill the cap with two waiting sides (the readiness probe's connection may still be
+        // counted for a moment: retry, bounded)
+        let mut held = Vec::new();
+        for s in ["cap1", "cap2"] {
+            let url = wss_url(&relay, "localhost", s, Role::Agent);
+            let mut tries = 0;
+            loop {
+                let req = url.as_str().into_client_request().unwrap();
+                let c = Some(Connector::Rustls(trusting.clone()));
+                match tokio_tungstenite::connect_async_tls_with_config(req, None, false, c).await {
+                    Ok((ws, _)) => break held.push(ws),
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        eprintln!("{var}: {s}: {e}, retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{var}: {s}: {e}"),
+                }
+            }
+        }
+        // a WebSocket client gets the status and the JSON body naming the cap
+        let req = wss_url(&relay, "localhost", "cap3", Role::Agent)
+            .into_client_request()
+            .unwrap();
+        let c = Some(Connector::Rustls(trusting.clone()));
+        match tokio_tungstenite::connect_async_tls_with_config(req, None, false, c).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status().as_u16(), status, "{var}");
+                let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default());
+                assert!(body.contains(reason), "{var}: {body}");
+            }
+            other => panic!(
+                "{var}: expected an http refusal, got {:?}",
+                other.map(|_| ())
+            ),
+        }
+        // so does a plain https client, by IP address
+        let (st, body) = https(&trusting, &relay, "127.0.0.1", "/healthz")
+            .await
+            .unwrap_or_else(|e| panic!("{var}: https over the cap: {e}"));
+        assert_eq!(st, status, "{var}: {body}");
+        assert!(body.contains(reason), "{var}: {body}");
+        drop(held);
+    }
+}

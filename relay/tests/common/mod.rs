@@ -286,3 +286,75 @@ pub async fn recv_close(ws: &mut Client) -> (u16, String) {
 pub async fn send(ws: &mut Client, m: Message) {
     ws.send(m).await.expect("send");
 }
+
+/// A WebSocket client on a plain blocking socket: sends the upgrade request for `target`
+/// (path and query) and reads the 101 answer, so that a test can then misbehave at the TCP
+/// level (half-close, reset) in ways tungstenite clients do not.
+pub fn raw_ws_connect(addr: SocketAddr, target: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .unwrap();
+    // read the answer byte by byte so that nothing after the head is consumed
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            other => panic!("reading the upgrade answer: {other:?}"),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s
+}
+
+/// Writes one masked text frame (payload < 126 bytes), as a client must.
+pub fn raw_ws_text(s: &mut TcpStream, text: &str) {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    assert!(text.len() < 126);
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&f).unwrap();
+}
+
+/// Sends a request exactly as given, one write per piece (a short pause between them so that
+/// the relay reads them separately), then reads the whole answer.
+pub fn raw_request(addr: SocketAddr, pieces: &[&[u8]]) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    for (i, p) in pieces.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.write_all(p)?;
+    }
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    Ok(parse_response(&String::from_utf8_lossy(&out)))
+}
+
+/// Connects like [`Relay::connect`], retrying (bounded) while refused by a cap: the server
+/// releases a finished connection's slot just after the client has seen it close, so a
+/// readiness or metrics request may still be counted for a moment.
+pub async fn connect_under_cap(relay: &Relay, session: &str, role: Role) -> Client {
+    let url = relay.url(session, role, &relay.token(session, role));
+    for _ in 0..50 {
+        let req = url.as_str().into_client_request().unwrap();
+        match tokio_tungstenite::connect_async_with_config(req, Some(client_config()), true).await {
+            Ok((ws, _)) => return ws,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r))
+                if matches!(r.status().as_u16(), 429 | 503) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("connecting {session}: {e}"),
+        }
+    }
+    panic!("connecting {session}: still refused by a cap after 50 tries");
+}
