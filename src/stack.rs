@@ -808,11 +808,11 @@ pub fn resolve_relative(stack_file: &str, file: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// The shipped relay stack template with `image` for its image and every site parameter at
+/// The relay test fixture's stack template with `image` for its image and every site parameter at
 /// its default, as the host renders it (for tests).
 #[cfg(test)]
 pub(crate) fn relay_template(image: &str) -> String {
-    include_str!("../recipes/relayws-stack.yml")
+    include_str!("../tests/fixtures/relay-stack.yml")
         .replace("${image:relay-image}", image)
         .replace("${RELAY_PORT}", "8080")
         .replace("${RELAY_MAX_CONNECTIONS}", "100000")
@@ -1354,7 +1354,7 @@ services:
     #[test]
     fn relay_template_is_valid() {
         let text = relay_template("reemo/ws-relay-server:1.0.0-0123456789ab");
-        let f = parse(&text, "recipes/relayws-stack.yml").unwrap();
+        let f = parse(&text, "tests/fixtures/relay-stack.yml").unwrap();
         let relay = &f.services["relay"];
         assert_eq!(relay.secrets.len(), 4);
         assert_eq!(relay.configs[0].long().mode, Some(0o444));

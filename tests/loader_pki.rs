@@ -11,14 +11,14 @@ use std::process::Command;
 
 const STACK: &str = "lpki";
 
-/// The shipped relay stack (it serves TLS with a certificate of the internal CA) with the
+/// The relay fixture stack (it serves TLS with a certificate of the internal CA) with the
 /// certificate's lifetime set to `lifetime`.
 fn tls_stack(template: String, lifetime: &str) -> String {
     assert!(
         template
             .trim_end()
             .ends_with("sans: [\"${PUBLIC_HOST}\", \"${PUBLIC_IP}\"]"),
-        "the relay certificate ends the shipped template:\n{template}"
+        "the relay certificate ends the fixture template:\n{template}"
     );
     format!("{}\n    lifetime: {lifetime}\n", template.trim_end())
 }

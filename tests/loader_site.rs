@@ -10,7 +10,7 @@ use common::*;
 
 const STACK: &str = "lsite";
 
-/// The relay appliance with the shipped stack recipe (its parameters included).
+/// The relay appliance with the test fixture's stack recipe (its parameters included).
 fn build(fx: &StackFixture) -> std::path::PathBuf {
     let root = repo_root();
     let dir = fx.path("b");
@@ -18,18 +18,18 @@ fn build(fx: &StackFixture) -> std::path::PathBuf {
     std::fs::create_dir_all(recipes.join("files")).unwrap();
     std::fs::create_dir_all(dir.join("bundles")).unwrap();
     std::fs::copy(
-        root.join("recipes/relayws-stack.yml"),
+        root.join("tests/fixtures/relay-stack.yml"),
         recipes.join("site-stack.yml"),
     )
     .unwrap();
     std::fs::copy(
-        root.join("recipes/files/relay.toml"),
-        recipes.join("files/relay.toml"),
+        root.join("tests/fixtures/relay.toml"),
+        recipes.join("relay.toml"),
     )
     .unwrap();
-    let toml = std::fs::read_to_string(root.join("recipes/relayws-stack.toml"))
+    let toml = std::fs::read_to_string(root.join("tests/fixtures/relay-stack.toml"))
         .unwrap()
-        .replace("relayws-stack.yml", "site-stack.yml");
+        .replace("relay-stack.yml", "site-stack.yml");
     assert!(toml.contains("[parameters.RELAY_PORT]"), "{toml}");
     std::fs::write(recipes.join("site-stack.toml"), toml).unwrap();
     let def = dir.join("bundles/site.toml");

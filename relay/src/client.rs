@@ -145,6 +145,9 @@ pub struct ProbeOpts {
     pub base: BaseUrl,
     /// For https: how the relay's certificate is verified.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Where the control API is, and how it is reached (its own TLS config, e.g. with a
+    /// client certificate), when not at `base`.
+    pub control: Option<(BaseUrl, Option<Arc<rustls::ClientConfig>>)>,
     /// Control secret.
     pub secret: String,
     /// Messages per direction.
@@ -164,9 +167,13 @@ pub async fn probe(o: &ProbeOpts) -> Result<serde_json::Value> {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
+    let (control, control_tls) = match &o.control {
+        Some((b, t)) => (b, t.as_ref()),
+        None => (&o.base, o.tls.as_ref()),
+    };
     let (status, body) = http_request(
-        &o.base,
-        o.tls.as_ref(),
+        control,
+        control_tls,
         "POST",
         "/v1/sessions",
         Some(&o.secret),
@@ -250,6 +257,21 @@ pub async fn probe(o: &ProbeOpts) -> Result<serde_json::Value> {
             bail!("message {i} user to agent arrived changed or out of order");
         }
         rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    // the control API sees the session paired (behind a proxy: on the replica holding it)
+    let (status, body) = http_request(
+        control,
+        control_tls,
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(&o.secret),
+        "",
+    )
+    .await
+    .context("reading the session through the control API")?;
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if status != 200 || state["state"] != "paired" {
+        bail!("the control API does not see session {id} paired: http {status}: {body}");
     }
     agent
         .send(Message::Close(Some(CloseFrame {

@@ -41,6 +41,16 @@ enum Cmd {
         /// roots built into the binary).
         #[arg(long)]
         ca_file: Option<PathBuf>,
+        /// Control API base URL when it is not at --url (behind the RELAYWS entry proxy:
+        /// https://HOST:8443, with a client certificate).
+        #[arg(long)]
+        control_url: Option<String>,
+        /// Client certificate (PEM) for the control API's mutual TLS.
+        #[arg(long, requires = "client_key")]
+        client_cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long, requires = "client_cert")]
+        client_key: Option<PathBuf>,
         /// File holding the control API secret.
         #[arg(long)]
         control_secret_file: PathBuf,
@@ -103,6 +113,9 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Probe {
             url,
             ca_file,
+            control_url,
+            client_cert,
+            client_key,
             control_secret_file,
             messages,
             wait_secs,
@@ -111,13 +124,33 @@ fn run(cli: Cli) -> Result<i32> {
                 format!("reading control secret {}", control_secret_file.display())
             })?;
             let base = BaseUrl::parse(&url)?;
+            let client = client_cert.as_deref().zip(client_key.as_deref());
             let tls = if base.tls {
-                Some(ws_relay_server::tls::verifying_client(ca_file.as_deref())?)
+                Some(ws_relay_server::tls::verifying_client_with(
+                    ca_file.as_deref(),
+                    client,
+                )?)
             } else {
                 None
             };
+            let control = match control_url {
+                Some(u) => {
+                    let b = BaseUrl::parse(&u)?;
+                    let t = if b.tls {
+                        Some(ws_relay_server::tls::verifying_client_with(
+                            ca_file.as_deref(),
+                            client,
+                        )?)
+                    } else {
+                        None
+                    };
+                    Some((b, t))
+                }
+                None => None,
+            };
             let opts = ProbeOpts {
                 base,
+                control,
                 tls,
                 secret: secret.trim().to_string(),
                 messages: messages.max(1),

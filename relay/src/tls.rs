@@ -52,6 +52,15 @@ pub fn loopback_client() -> Result<Arc<rustls::ClientConfig>> {
 /// certificates of `ca_file` (PEM) if given, else against the Mozilla roots built into the
 /// binary (a scratch image has no system store).
 pub fn verifying_client(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+    verifying_client_with(ca_file, None)
+}
+
+/// [`verifying_client`] that also presents a client certificate (`cert` chain and `key`,
+/// PEM) when given: mutual TLS.
+pub fn verifying_client_with(
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(f) => {
@@ -69,8 +78,20 @@ pub fn verifying_client(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConf
     let cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("tls protocol versions")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let cfg = match client {
+        None => cfg.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("reading client certificate {}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parsing client certificate {}", cert.display()))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading client key {}", key.display()))?;
+            cfg.with_client_auth_cert(certs, key)
+                .context("client certificate and key do not match")?
+        }
+    };
     Ok(Arc::new(cfg))
 }
 

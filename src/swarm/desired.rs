@@ -375,6 +375,18 @@ mod tests {
         .unwrap()
     }
 
+    /// The relay certificate's two secrets, as the host's PKI makes them.
+    fn pki() -> BTreeMap<String, PkiContent> {
+        let part = |data: &[u8]| PkiContent {
+            objects: vec![sha256_hex(data)],
+            data: data.to_vec(),
+        };
+        BTreeMap::from([
+            ("secret:relay_tls_chain".to_string(), part(b"chain")),
+            ("secret:relay_tls_key".to_string(), part(b"key")),
+        ])
+    }
+
     #[test]
     fn desired_state_pins_image_id_and_names_objects_by_content() {
         let files = BTreeMap::from([("configs/relay.toml".to_string(), b"listen = 1\n".to_vec())]);
@@ -388,7 +400,7 @@ mod tests {
             &Contents {
                 files: &files,
                 generated: &generated,
-                pki: &BTreeMap::new(),
+                pki: &pki(),
             },
         )
         .unwrap();
@@ -411,11 +423,24 @@ mod tests {
                 path: "configs/relay.toml".into()
             }
         );
-        assert_eq!(relay.secrets.len(), 2);
-        assert!(d
+        assert_eq!(relay.secrets.len(), 4);
+        let generated_count = d
             .secrets
             .iter()
-            .all(|s| matches!(s.source, ObjectSource::Generated { .. })));
+            .filter(|s| matches!(s.source, ObjectSource::Generated { .. }))
+            .count();
+        assert_eq!(generated_count, 2);
+        let key = d.secrets.iter().find(|s| s.key == "relay_tls_key").unwrap();
+        assert_eq!(
+            key.source,
+            ObjectSource::Pki {
+                objects: vec![sha256_hex(b"key")]
+            }
+        );
+        assert_eq!(
+            key.name,
+            format!("relayws_relay_tls_key_{}", &sha256_hex(b"key")[..8])
+        );
         assert!(d.networks.is_empty(), "the relay joins no overlay network");
 
         // a changed config changes the config name and the spec hash, nothing else
@@ -426,7 +451,7 @@ mod tests {
             &Contents {
                 files: &files2,
                 generated: &generated,
-                pki: &BTreeMap::new(),
+                pki: &pki(),
             },
         )
         .unwrap();
@@ -445,7 +470,7 @@ mod tests {
             &Contents {
                 files: &BTreeMap::from([("configs/relay.toml".to_string(), vec![])]),
                 generated: &BTreeMap::new(),
-                pki: &BTreeMap::new(),
+                pki: &pki(),
             },
         )
         .unwrap_err()

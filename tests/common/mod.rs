@@ -262,7 +262,7 @@ pub fn build_relay_variant_with(
     let recipes = dir.join("recipes");
     std::fs::create_dir_all(recipes.join("files")).unwrap();
     std::fs::create_dir_all(dir.join("bundles")).unwrap();
-    let template = std::fs::read_to_string(root.join("recipes/relayws-stack.yml"))
+    let template = std::fs::read_to_string(root.join("tests/fixtures/relay-stack.yml"))
         .unwrap()
         .replace("published: ${RELAY_PORT}", &format!("published: {port}"))
         .replace("${RELAY_MAX_CONNECTIONS}", "\"100000\"");
@@ -271,14 +271,14 @@ pub fn build_relay_variant_with(
         edit_stack(template),
     )
     .unwrap();
-    let config = std::fs::read_to_string(root.join("recipes/files/relay.toml")).unwrap();
+    let config = std::fs::read_to_string(root.join("tests/fixtures/relay.toml")).unwrap();
     std::fs::write(recipes.join("files/relay.toml"), edit_config(config)).unwrap();
     // the site parameters naming the relay's certificate stay parameters (their defaults
     // are localhost and 127.0.0.1; a test may `--set` them)
-    let shipped = std::fs::read_to_string(root.join("recipes/relayws-stack.toml")).unwrap();
+    let shipped = std::fs::read_to_string(root.join("tests/fixtures/relay-stack.toml")).unwrap();
     let public = &shipped[shipped
         .find("[parameters.PUBLIC_HOST]")
-        .expect("the shipped stack declares PUBLIC_HOST")..];
+        .expect("the fixture declares PUBLIC_HOST")..];
     std::fs::write(
         recipes.join(format!("{stack}-stack.toml")),
         format!(
