@@ -260,7 +260,7 @@ pub async fn status(host: &Host) -> Result<Status> {
         }
         for e in &host.engines {
             for img in &d.images {
-                let present = e.has_image(&img.id).await?;
+                let present = e.has_image(&img.into()).await?;
                 if !present {
                     warnings.push(format!("image {} is missing on {}", img.reference, e.url()));
                 }
