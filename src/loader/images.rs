@@ -181,7 +181,7 @@ pub fn archive_size(images: &[&ImageEntry]) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoadMismatch {
     /// Nothing answers to the ID the engine's store should give the image.
-    #[error("engine {engine} ({store} image store) does not hold image {image} as {id} after loading; it lists {reference} as {found}")]
+    #[error("engine {engine} ({store} image store) does not hold image {image} as {id} after loading; the tag names {found} there")]
     Missing {
         /// Engine address.
         engine: String,
@@ -191,9 +191,7 @@ pub enum LoadMismatch {
         image: String,
         /// The ID expected on that store.
         id: String,
-        /// What the engine resolves the tag to, or `nothing`.
-        reference: String,
-        /// The ID the tag resolves to there (`nothing` when absent).
+        /// The ID the tag names on that engine (`no image` when absent).
         found: String,
     },
     /// The image has other layers than ours.
@@ -227,8 +225,7 @@ pub fn check_loaded(
             store: facts.store,
             image: image.reference.clone(),
             id: image.id_on(facts.store).unwrap_or("(unknown)").to_string(),
-            reference: image.reference.clone(),
-            found: by_tag.map_or("nothing".to_string(), |t| t.id.clone()),
+            found: by_tag.map_or("no image".to_string(), |t| t.id.clone()),
         });
     };
     if i.layers != diff_ids {
@@ -434,4 +431,133 @@ pub async fn load_all(
         .map(|e| load_into(bundle.clone(), e.clone(), ids, events.clone()));
     let results = futures_util::future::join_all(futs).await;
     results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ApiVersion;
+
+    #[test]
+    fn names_in_the_oci_index_are_qualified_as_the_containerd_store_keeps_them() {
+        for (r, want) in [
+            (
+                "reemo/ws-relay-server:1.0.0-a0452bf7f296",
+                "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
+            ),
+            ("busybox:1", "docker.io/library/busybox:1"),
+            ("registry.local/x/y:1", "registry.local/x/y:1"),
+            ("localhost/x:1", "localhost/x:1"),
+            ("host:5000/x:1", "host:5000/x:1"),
+        ] {
+            assert_eq!(qualified(r), want, "{r}");
+        }
+    }
+
+    fn entry() -> ImageEntry {
+        let blob = |d: &str| crate::bundle::manifest::BlobRef {
+            digest: d.into(),
+            size: 1,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            diff_id: None,
+            uncompressed_size: None,
+        };
+        ImageEntry {
+            name: "relay-image".into(),
+            repository: "reemo/ws-relay-server".into(),
+            tag: "1.0.0-a0452bf7f296".into(),
+            config_digest: "sha256:cc".into(),
+            manifest_digest: "sha256:mm".into(),
+            layers: vec![blob("sha256:l1")],
+            config: blob("sha256:cc"),
+            size: 2,
+        }
+    }
+
+    #[test]
+    fn the_oci_index_names_each_manifest() {
+        let e = entry();
+        let v: serde_json::Value = serde_json::from_slice(&archive_index(&[(&e, 727)])).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:mm",
+                    "size": 727,
+                    "annotations": {
+                        "io.containerd.image.name": "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
+                        "org.opencontainers.image.ref.name": "1.0.0-a0452bf7f296",
+                    },
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn a_loaded_image_must_be_ours_by_id_and_layers() {
+        let key = ImageKey::from(&entry());
+        let diff = vec!["sha256:d1".to_string()];
+        let facts = |store| EngineFacts {
+            version: "26.1.5".into(),
+            api: ApiVersion(1, 45),
+            store,
+        };
+        let img = |id: &str, layers: &[&str]| ImageFacts {
+            id: id.into(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        };
+        let ctrd = facts(ImageStore::Containerd);
+        let classic = facts(ImageStore::Classic);
+        check_loaded(
+            "e",
+            &ctrd,
+            &key,
+            &diff,
+            Some(&img("sha256:mm", &["sha256:d1"])),
+            None,
+        )
+        .unwrap();
+        check_loaded(
+            "e",
+            &classic,
+            &key,
+            &diff,
+            Some(&img("sha256:cc", &["sha256:d1"])),
+            None,
+        )
+        .unwrap();
+        // what the containerd store made of a docker-archive: another manifest
+        let e = check_loaded(
+            "unix:///e.sock",
+            &ctrd,
+            &key,
+            &diff,
+            None,
+            Some(&img("sha256:56d3", &["sha256:d1"])),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "engine unix:///e.sock (containerd image store) does not hold image reemo/ws-relay-server:1.0.0-a0452bf7f296 as sha256:mm after loading; the tag names sha256:56d3 there"
+        );
+        let e = check_loaded(
+            "e",
+            &classic,
+            &key,
+            &diff,
+            Some(&img("sha256:cc", &["sha256:x"])),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, LoadMismatch::Layers { .. }), "{e}");
+        let e = check_loaded("e", &classic, &key, &diff, None, None).unwrap_err();
+        assert!(
+            e.to_string().ends_with("the tag names no image there"),
+            "{e}"
+        );
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`Cluster::start`] creates a Linux bridge on the host (with an address, so the host can
 //! reach the nodes), one network namespace per node joined to it by a veth pair, allows
-//! forwarding on the bridge, and starts one `dockerd` per node with
+//! forwarding on the bridge (and rejects forwarding off it), and starts one `dockerd` per node with
 //! `nsenter --net=/var/run/netns/NAME dockerd …` (`ip netns exec` would hide the cgroup
 //! mounts). Each engine keeps a working default bridge (`--bip`, distinct per node) so that
 //! containers on it can publish host-mode ports on the node's address. Optionally the engines
@@ -193,13 +193,33 @@ fn must(r: Result<String, String>) -> String {
     r.unwrap_or_else(|e| panic!("setting up namespaced engines: {e}"))
 }
 
+/// Insert (`-I`: true when both went in) or delete (`-D`: true when one was deleted) the
+/// FORWARD rules of a bridge: traffic between its nodes is accepted (dockerd sets the policy
+/// to DROP), traffic from its nodes to anywhere else is rejected at once, so that what an
+/// engine tries outside (a registry lookup for a service pinned by tag) fails at once
+/// instead of waiting for a DNS timeout.
 fn iptables_forward(op: &str, bridge: &str) -> bool {
-    Command::new("iptables")
-        .args([op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let rules: [&[&str]; 2] = [
+        &["-i", bridge, "-o", bridge, "-j", "ACCEPT"],
+        &["-i", bridge, "!", "-o", bridge, "-j", "REJECT"],
+    ];
+    let done: Vec<bool> = rules
+        .iter()
+        .map(|r| {
+            Command::new("iptables")
+                .args([op, "FORWARD"])
+                .args(*r)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if op == "-I" {
+        done.iter().all(|d| *d)
+    } else {
+        done.iter().any(|d| *d)
+    }
 }
 
 /// An exclusive lock on a file in the temp dir (held while a /24 is chosen and the bridge
@@ -694,12 +714,13 @@ impl Cluster {
         };
         // dockerd sets the FORWARD policy to DROP; nodes talk to each other across the
         // bridge (swarm control, VXLAN), which goes through FORWARD with br_netfilter.
-        assert!(
-            iptables_forward("-I", &bridge),
-            "iptables -I FORWARD -i {bridge} -o {bridge} -j ACCEPT failed"
-        );
+        // Set before the assert, so that a half-inserted pair is deleted too.
         cluster.teardown.forward_rule = true;
         cluster.teardown.save();
+        assert!(
+            iptables_forward("-I", &bridge),
+            "iptables -I FORWARD -i {bridge} [-o | ! -o] {bridge} -j ACCEPT | REJECT failed"
+        );
 
         let ips: Vec<String> = (1..=n)
             .map(|i| format!("{NET_PREFIX}.{net}.{}", 10 + i))
