@@ -77,6 +77,8 @@ struct State {
     logs: BTreeMap<String, String>,
     /// Diff IDs of the images loaded from an archive, by image ID.
     layers: BTreeMap<String, Vec<String>>,
+    /// `repository:tag` → image ID, for services pinned by tag.
+    tags: BTreeMap<String, String>,
     injected: Vec<Injected>,
     mutations: Vec<String>,
     counter: u64,
@@ -141,10 +143,13 @@ impl State {
                 .or_else(|| mode["ReplicatedJob"]["TotalCompletions"].as_u64())
                 .unwrap_or(1)
         };
+        // a tag (with or without `@digest`) names the image it was given to
+        let tag = image.split('@').next().unwrap_or_default();
+        let resolved = self.tags.get(tag).cloned().unwrap_or_else(|| image.clone());
         let holder = self
             .nodes
             .iter()
-            .find(|(_, n)| n.images.contains(&image))
+            .find(|(_, n)| n.images.contains(&resolved))
             .map(|(id, _)| id.clone());
         let script = self.scripts.get(name).cloned().unwrap_or(Script::Run);
         for t in self.tasks.entry(name.to_string()).or_default() {
@@ -340,6 +345,14 @@ impl FakeEngine {
         if let Some(n) = self.lock().nodes.get_mut(&node) {
             n.images.insert(id.to_string());
         }
+    }
+
+    /// Name an image by `repository:tag` (swarm-wide in the fake, as if every node that
+    /// holds the image had the tag).
+    pub fn tag_image(&self, id: &str, reference: &str) {
+        self.lock()
+            .tags
+            .insert(reference.to_string(), id.to_string());
     }
 
     /// Remove an image from this engine's node (an operator's `docker rmi`).
