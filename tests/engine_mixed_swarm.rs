@@ -112,6 +112,29 @@ fn mixed_swarm_of_docker20_and_docker26_containerd_runs_the_relay() {
             "{labels}"
         );
     }
+    let st = loader_json(loader(&state).arg("status").args(engine_args(&[n1, n2])));
+    let stores: Vec<_> = st["engines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["api"].clone(), e["store"].clone()))
+        .collect();
+    assert_eq!(
+        stores,
+        vec![
+            (serde_json::json!("1.41"), serde_json::json!("classic")),
+            (serde_json::json!("1.45"), serde_json::json!("containerd")),
+        ],
+        "{st}"
+    );
+    assert!(
+        st["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["present"] == true),
+        "{st}"
+    );
     let (image, cfg_v1) = service_image_and_configs(n1, &service);
     assert_eq!(image, img.reference, "a mixed swarm pins by repository:tag");
     serves_on_both("v1");

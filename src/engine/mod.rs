@@ -124,9 +124,15 @@ impl std::fmt::Display for ImageStore {
     }
 }
 
-/// An Engine API version, `major.minor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+/// An Engine API version, `major.minor` (serialized as `"1.45"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ApiVersion(pub u32, pub u32);
+
+impl serde::Serialize for ApiVersion {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 impl ApiVersion {
     /// Docker 20.10: the oldest engine the loader supports.
@@ -419,6 +425,10 @@ mod tests {
         assert!(e.contains("needs API 1.41 (Docker 20.10) or newer"), "{e}");
         assert!(facts("one", &[]).unwrap_err().contains("not major.minor"));
         assert!(ApiVersion(1, 100) > ApiVersion(1, 45));
+        assert_eq!(
+            serde_json::to_value(&c26).unwrap(),
+            serde_json::json!({"version": "x", "api": "1.45", "store": "containerd"})
+        );
     }
 
     #[test]

@@ -240,6 +240,16 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
         store_name(kind),
         "{labels}"
     );
+    let st = loader_json(loader(&state).arg("status").args(engine_args(&[n])));
+    assert_eq!(
+        (&st["engines"][0]["store"], &st["engines"][0]["api"]),
+        (
+            &serde_json::json!(store_name(kind)),
+            &serde_json::json!("1.45")
+        ),
+        "{st}"
+    );
+    assert_eq!(st["images"][0]["present"], true, "{st}");
     let relay = super::extract_relay(&v1, tmp.path());
     super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves");
     lap(tag, "v1 activated and probed", &mut t);
