@@ -90,10 +90,10 @@ REEMO_DEB_CACHE="${REEMO_DEB_CACHE:-/var/cache/reemo-bundle/debs}"
 debian_mirror() {
     local m
     m=$(grep -hoE '^URIs:[[:space:]]*[^[:space:]]+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null |
-        head -1 | sed -E 's/^URIs:[[:space:]]*//')
+        head -1 | sed -E 's/^URIs:[[:space:]]*//' || true)
     if [ -z "$m" ]; then
         m=$(grep -hoE '^deb[[:space:]]+[^[:space:]]+/debian/?[[:space:]]' /etc/apt/sources.list 2>/dev/null |
-            head -1 | awk '{print $2}')
+            head -1 | awk '{print $2}' || true)
     fi
     echo "${DEBIAN_MIRROR:-${m:-http://deb.debian.org/debian}}" | sed 's:/*$::'
 }

@@ -267,13 +267,16 @@ pub fn write_archive(bundle: &BundleFile, images: &[&ImageEntry], w: impl Write)
         &mut &OCI_LAYOUT[..],
     )?;
     add(&mut tar, "index.json", index.len() as u64, &mut &index[..])?;
+    let mut seen = BTreeSet::new();
     for (i, size) in &sized {
+        if !seen.insert(i.manifest_digest.clone()) {
+            continue;
+        }
         let r = bundle
             .open_entry(&manifest_entry(i))
             .with_context(|| format!("image {}: manifest {}", i.reference(), i.manifest_digest))?;
         add(&mut tar, &blob_path(&i.manifest_digest), *size, &mut { r })?;
     }
-    let mut seen = BTreeSet::new();
     for i in images {
         // Each layer passes through a check of its expansion: one that inflates past its
         // declared size, or to other content than its diff-id, ends the stream with an error
