@@ -71,3 +71,62 @@ ensure_swarm() {
         docker swarm init --advertise-addr 127.0.0.1 >/dev/null
     fi
 }
+
+# Docker 26 beside the system's 20.10, for the engine matrix (tests/engine_matrix.rs):
+# Debian trixie's docker.io and containerd, fetched from the pool of the configured Debian
+# mirror, checked against these sha256 pins (fixed inputs, like any other), and extracted
+# with `dpkg-deb -x` into $REEMO_DOCKER26_ROOT. Nothing is installed: no maintainer
+# scripts run, and the engine runs with bookworm's runc (trixie's needs glibc 2.38).
+# A .deb already in $REEMO_DEB_CACHE with the right sha256 is not fetched again (an
+# offline CI can seed that folder).
+DOCKER26_DEBS=(
+    "pool/main/d/docker.io/docker.io_26.1.5+dfsg1-9+deb13u1+b1_amd64.deb 53ae1a99f15113f0a0d2226808ec0d24ee31b3b87b87ab8ec35be09a1a2ee13b"
+    "pool/main/c/containerd/containerd_1.7.24~ds1-6+deb13u1_amd64.deb ed708deb96fe476a3bce4efa5c0538dfbcf717ab9a7c7944ba7260342c25899c"
+)
+export REEMO_DOCKER26_ROOT="${REEMO_DOCKER26_ROOT:-/var/cache/reemo-bundle/docker-26.1.5}"
+REEMO_DEB_CACHE="${REEMO_DEB_CACHE:-/var/cache/reemo-bundle/debs}"
+
+# The Debian mirror apt uses (first `URIs:` of a deb822 source, else a `deb` line).
+debian_mirror() {
+    local m
+    m=$(grep -hoE '^URIs:[[:space:]]*[^[:space:]]+/debian/?$' /etc/apt/sources.list.d/*.sources 2>/dev/null |
+        head -1 | sed -E 's/^URIs:[[:space:]]*//' || true)
+    if [ -z "$m" ]; then
+        m=$(grep -hoE '^deb[[:space:]]+[^[:space:]]+/debian/?[[:space:]]' /etc/apt/sources.list 2>/dev/null |
+            head -1 | awk '{print $2}' || true)
+    fi
+    echo "${DEBIAN_MIRROR:-${m:-http://deb.debian.org/debian}}" | sed 's:/*$::'
+}
+
+ensure_docker26() {
+    local stamp="$REEMO_DOCKER26_ROOT/.reemo-extracted"
+    local want
+    want=$(printf '%s\n' "${DOCKER26_DEBS[@]}" | sha256sum | cut -c1-64)
+    if [ -x "$REEMO_DOCKER26_ROOT/usr/sbin/dockerd" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        return
+    fi
+    local mirror entry path sum deb
+    mirror=$(debian_mirror)
+    mkdir -p "$REEMO_DEB_CACHE"
+    rm -rf "$REEMO_DOCKER26_ROOT.tmp"
+    mkdir -p "$REEMO_DOCKER26_ROOT.tmp"
+    for entry in "${DOCKER26_DEBS[@]}"; do
+        read -r path sum <<<"$entry"
+        deb="$REEMO_DEB_CACHE/$(basename "$path")"
+        if ! echo "$sum  $deb" | sha256sum -c --status 2>/dev/null; then
+            echo "== fetching $mirror/$path"
+            curl -fsS --retry 3 -o "$deb.part" "$mirror/$path"
+            if ! echo "$sum  $deb.part" | sha256sum -c --status; then
+                echo "$(basename "$path"): sha256 $(sha256sum "$deb.part" | cut -c1-64), expected $sum" >&2
+                rm -f "$deb.part"
+                exit 1
+            fi
+            mv "$deb.part" "$deb"
+        fi
+        dpkg-deb -x "$deb" "$REEMO_DOCKER26_ROOT.tmp"
+    done
+    echo "$want" >"$REEMO_DOCKER26_ROOT.tmp/.reemo-extracted"
+    rm -rf "$REEMO_DOCKER26_ROOT"
+    mv "$REEMO_DOCKER26_ROOT.tmp" "$REEMO_DOCKER26_ROOT"
+    echo "== Docker $("$REEMO_DOCKER26_ROOT/usr/sbin/dockerd" --version | cut -d' ' -f3 | tr -d ,) extracted into $REEMO_DOCKER26_ROOT"
+}

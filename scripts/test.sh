@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian machine (root): installs what the tests need
 # (Debian's docker.io, busybox-static, nix-bin, gpg, dpkg, xz-utils; spdx-tools from PyPI), starts dockerd in the background if it does
-# not answer, initialises a single-node swarm, then runs the gates:
+# not answer, extracts Debian trixie's Docker 26 for the engine matrix (ensure_docker26, .debs
+# pinned by sha256), initialises a single-node swarm, then runs the gates:
 # cargo fmt --check, cargo clippy -D warnings, nix-instantiate --parse flake.nix, cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."

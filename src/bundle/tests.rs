@@ -508,7 +508,7 @@ fn the_loader_loads_a_good_image_and_refuses_a_bomb() {
         let p = d.path().join("b.bundle");
         f.write(&p);
         let b = Arc::new(BundleFile::open(&p).unwrap());
-        let id = b.manifest().images[0].config_digest.clone();
+        let key = crate::engine::ImageKey::from(&b.manifest().images[0]);
         let engine = Arc::new(FakeEngine::manager("m"));
         let res = rt.block_on(crate::loader::images::load_into(
             b,
@@ -516,7 +516,7 @@ fn the_loader_loads_a_good_image_and_refuses_a_bomb() {
             None,
             Arc::new(crate::events::Quiet),
         ));
-        let present = rt.block_on(engine.has_image(&id)).unwrap();
+        let present = rt.block_on(engine.has_image(&key)).unwrap();
         (res.map(|_| ()), present)
     };
     let (res, present) = load(&Fixture::default());

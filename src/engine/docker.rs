@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
 
-use super::{ArchiveStream, Engine, EngineError, EngineResult};
+use super::{ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts, ImageKey};
 use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL};
 use crate::swarm::observed::{
     Id, LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo, TaskState,
@@ -36,6 +36,8 @@ pub struct DockerEngine {
     url: String,
     /// Directory of the TLS client certificates, for `tcp://` engines that use TLS.
     tls_dir: Option<std::path::PathBuf>,
+    /// Version, API and store, read at first use.
+    facts: std::sync::Arc<tokio::sync::OnceCell<EngineFacts>>,
 }
 
 fn stack_filter(stack: &str) -> HashMap<String, Vec<String>> {
@@ -290,6 +292,7 @@ impl DockerEngine {
             docker,
             url,
             tls_dir,
+            facts: Default::default(),
         })
     }
 
@@ -430,14 +433,49 @@ impl Engine for DockerEngine {
             .map_err(|e| self.err(e, &op))
     }
 
-    async fn has_image(&self, id: &str) -> EngineResult<bool> {
-        match self.docker.inspect_image(id).await {
-            Ok(i) => Ok(i.id.as_deref() == Some(id)),
-            Err(e) => match self.err(e, &format!("inspecting image {id} on {}", self.url)) {
-                EngineError::NotFound { .. } => Ok(false),
+    async fn facts(&self) -> EngineResult<EngineFacts> {
+        let f = self
+            .facts
+            .get_or_try_init(|| async {
+                let op = format!("reading the version of the engine at {}", self.url);
+                let v = self.docker.version().await.map_err(|e| self.err(e, &op))?;
+                let info = self.docker.info().await.map_err(|e| self.err(e, &op))?;
+                EngineFacts::negotiate(
+                    &self.url,
+                    v.version.as_deref().unwrap_or_default(),
+                    v.api_version.as_deref().unwrap_or_default(),
+                    &info.driver_status.unwrap_or_default(),
+                )
+                .map_err(|message| EngineError::Other { op, message })
+            })
+            .await?;
+        Ok(f.clone())
+    }
+
+    async fn inspect_image(&self, reference: &str) -> EngineResult<Option<ImageFacts>> {
+        match self.docker.inspect_image(reference).await {
+            Ok(i) => Ok(Some(ImageFacts {
+                id: i.id.unwrap_or_default(),
+                descriptor: i.descriptor.and_then(|d| d.digest),
+                layers: i.root_fs.and_then(|r| r.layers).unwrap_or_default(),
+                repo_tags: i.repo_tags.unwrap_or_default(),
+            })),
+            Err(e) => match self.err(e, &format!("inspecting image {reference} on {}", self.url)) {
+                EngineError::NotFound { .. } => Ok(None),
                 e => Err(e),
             },
         }
+    }
+
+    async fn has_image(&self, image: &ImageKey) -> EngineResult<bool> {
+        let f = self.facts().await?;
+        let Some(id) = image.id_on(f.store) else {
+            return Ok(false);
+        };
+        Ok(self
+            .inspect_image(id)
+            .await?
+            .is_some_and(|i| super::holds(&f, image, &i)))
     }
 
     async fn load_archive(&self, archive: ArchiveStream) -> EngineResult<()> {
@@ -449,7 +487,11 @@ impl Engine for DockerEngine {
         Ok(())
     }
 
-    async fn remove_image(&self, id: &str) -> EngineResult<bool> {
+    async fn remove_image(&self, image: &ImageKey) -> EngineResult<bool> {
+        let store = self.facts().await?.store;
+        let Some(id) = image.id_on(store) else {
+            return Ok(false);
+        };
         let opts = RemoveImageOptionsBuilder::default().build();
         match self.docker.remove_image(id, Some(opts), None).await {
             Ok(_) => Ok(true),

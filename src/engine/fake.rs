@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use super::{ArchiveStream, Engine, EngineError, EngineResult};
+use super::{
+    ApiVersion, ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts,
+    ImageKey, ImageStore,
+};
 use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL};
 use crate::swarm::observed::{
     Id, LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo, TaskState,
@@ -72,6 +75,10 @@ struct State {
     networks: BTreeMap<String, BTreeMap<String, String>>,
     scripts: BTreeMap<String, Script>,
     logs: BTreeMap<String, String>,
+    /// Diff IDs of the images loaded from an archive, by image ID.
+    layers: BTreeMap<String, Vec<String>>,
+    /// `repository:tag` → image ID, for services pinned by tag.
+    tags: BTreeMap<String, String>,
     injected: Vec<Injected>,
     mutations: Vec<String>,
     counter: u64,
@@ -136,10 +143,13 @@ impl State {
                 .or_else(|| mode["ReplicatedJob"]["TotalCompletions"].as_u64())
                 .unwrap_or(1)
         };
+        // a tag (with or without `@digest`) names the image it was given to
+        let tag = image.split('@').next().unwrap_or_default();
+        let resolved = self.tags.get(tag).cloned().unwrap_or_else(|| image.clone());
         let holder = self
             .nodes
             .iter()
-            .find(|(_, n)| n.images.contains(&image))
+            .find(|(_, n)| n.images.contains(&resolved))
             .map(|(id, _)| id.clone());
         let script = self.scripts.get(name).cloned().unwrap_or(Script::Run);
         for t in self.tasks.entry(name.to_string()).or_default() {
@@ -337,6 +347,14 @@ impl FakeEngine {
         }
     }
 
+    /// Name an image by `repository:tag` (swarm-wide in the fake, as if every node that
+    /// holds the image had the tag).
+    pub fn tag_image(&self, id: &str, reference: &str) {
+        self.lock()
+            .tags
+            .insert(reference.to_string(), id.to_string());
+    }
+
     /// Remove an image from this engine's node (an operator's `docker rmi`).
     pub fn drop_image(&self, id: &str) {
         let node = self.node.clone();
@@ -468,7 +486,30 @@ impl Engine for FakeEngine {
         })
     }
 
-    async fn has_image(&self, id: &str) -> EngineResult<bool> {
+    async fn facts(&self) -> EngineResult<EngineFacts> {
+        Ok(EngineFacts {
+            version: "fake".into(),
+            api: ApiVersion::MIN,
+            store: ImageStore::Classic,
+        })
+    }
+
+    async fn inspect_image(&self, reference: &str) -> EngineResult<Option<ImageFacts>> {
+        let st = self.lock();
+        let held = st
+            .nodes
+            .get(&self.node)
+            .is_some_and(|n| n.images.contains(reference));
+        Ok(held.then(|| ImageFacts {
+            id: reference.to_string(),
+            descriptor: None,
+            layers: st.layers.get(reference).cloned().unwrap_or_default(),
+            repo_tags: vec![],
+        }))
+    }
+
+    async fn has_image(&self, image: &ImageKey) -> EngineResult<bool> {
+        let id = image.config.as_str();
         let mut st = self.lock();
         st.injected("has_image", id)?;
         Ok(st
@@ -490,21 +531,28 @@ impl Engine for FakeEngine {
             op: format!("loading images into {}", self.url),
             message: m,
         };
-        let mut manifest = None;
+        // the small JSON entries (manifest.json, configs); layers are only counted
+        let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut tar = tar::Archive::new(&data[..]);
         for entry in tar.entries().map_err(|e| bad(e.to_string()))? {
             let mut entry = entry.map_err(|e| bad(e.to_string()))?;
-            if entry.path().map_err(|e| bad(e.to_string()))?.to_str() == Some("manifest.json") {
-                let mut s = String::new();
-                entry
-                    .read_to_string(&mut s)
-                    .map_err(|e| bad(e.to_string()))?;
-                manifest = Some(s);
+            let path = entry
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
+            let mut b = Vec::new();
+            entry.read_to_end(&mut b).map_err(|e| bad(e.to_string()))?;
+            if b.first() == Some(&b'{') || b.first() == Some(&b'[') {
+                small.insert(path, b);
             }
         }
-        let manifest: Value =
-            serde_json::from_str(&manifest.ok_or_else(|| bad("no manifest.json".into()))?)
-                .map_err(|e| bad(e.to_string()))?;
+        let manifest: Value = serde_json::from_slice(
+            small
+                .get("manifest.json")
+                .ok_or_else(|| bad("no manifest.json".into()))?,
+        )
+        .map_err(|e| bad(e.to_string()))?;
         let mut st = self.lock();
         st.mutate("load_archive", &self.url)?;
         let node = st.nodes.entry(self.node.clone()).or_insert_with(|| Node {
@@ -512,15 +560,30 @@ impl Engine for FakeEngine {
             labels: BTreeMap::new(),
             images: BTreeSet::new(),
         });
+        let mut loaded = Vec::new();
         for img in manifest.as_array().into_iter().flatten() {
             let cfg = img["Config"].as_str().unwrap_or_default();
             let hex = cfg.rsplit('/').next().unwrap_or_default();
-            node.images.insert(format!("sha256:{hex}"));
+            let id = format!("sha256:{hex}");
+            node.images.insert(id.clone());
+            let config: Value = small
+                .get(cfg)
+                .and_then(|b| serde_json::from_slice(b).ok())
+                .unwrap_or_default();
+            let diff_ids = config["rootfs"]["diff_ids"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str().map(str::to_string))
+                .collect();
+            loaded.push((id, diff_ids));
         }
+        st.layers.extend(loaded);
         Ok(())
     }
 
-    async fn remove_image(&self, id: &str) -> EngineResult<bool> {
+    async fn remove_image(&self, image: &ImageKey) -> EngineResult<bool> {
+        let id = image.config.as_str();
         let mut st = self.lock();
         let in_use = st
             .services

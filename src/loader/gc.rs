@@ -2,7 +2,7 @@
 //! current generation and the newest succeeded ones up to K are kept, and nothing a kept
 //! generation still uses (image, config, secret, store entry) is ever selected.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -122,7 +122,14 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
     if let Some(r) = recover::recover(&state, engine, timing, host.events.as_ref()).await? {
         host.emit(Event::info(r));
     }
-    let sel = select(&state.generations()?, state.current()?, keep);
+    let gens = state.generations()?;
+    let sel = select(&gens, state.current()?, keep);
+    // the manifest digest too: the containerd store knows an image by it
+    let keys: BTreeMap<&str, crate::engine::ImageKey> = gens
+        .iter()
+        .flat_map(|g| &g.desired.images)
+        .map(|i| (i.id.as_str(), i.into()))
+        .collect();
     let mut r = GcReport::default();
     for stack in &sel.stacks {
         let live_cfg = engine.stack_configs(stack).await?;
@@ -143,10 +150,13 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
     for e in &host.engines {
         let node = e.swarm_facts().await?.node_id;
         for id in &sel.images {
-            if e.remove_image(id).await? {
+            let Some(key) = keys.get(id.as_str()) else {
+                continue;
+            };
+            if e.remove_image(key).await? {
                 engine.set_node_label(&node, &image_label(id), None).await?;
                 r.images.push(id.clone());
-            } else if e.has_image(id).await? {
+            } else if e.has_image(key).await? {
                 r.kept_in_use
                     .push(format!("image {id} on {} (in use by a container)", e.url()));
             }

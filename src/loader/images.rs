@@ -1,7 +1,13 @@
-//! Registry-less image loading: a docker-archive tar (manifest.json + the needed blobs) is
-//! generated on the fly from the bundle's OCI blobs and streamed into `POST /images/load`
-//! of every engine in parallel; images an engine already holds (by ID) are skipped, and the
-//! resulting IDs are checked against `bundle.json`.
+//! Registry-less image loading: an image archive is generated on the fly from the bundle's
+//! OCI blobs and streamed into `POST /images/load` of every engine in parallel; images an
+//! engine already holds are skipped, and what each engine reports afterwards is checked
+//! against `bundle.json`.
+//!
+//! The archive is a docker-archive and an OCI layout over the same blobs, as Docker 25+'s
+//! `docker save` writes: the classic store (Docker 20.10 …) reads `manifest.json` and names
+//! the image by its config digest; the containerd store reads `index.json` and keeps our
+//! manifest, so the image's ID there is our manifest digest. (Given only `manifest.json`,
+//! the containerd store writes a manifest of its own and the ID is neither of ours.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -9,13 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 
 use crate::bundle::layers::{CheckedReader, Expected};
 use crate::bundle::manifest::ImageEntry;
 use crate::bundle::reader::BundleFile;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineFacts, ImageFacts, ImageKey, ImageStore};
 use crate::events::{Event, Events};
 use crate::oci::{blob_path, DockerArchiveImage};
 
@@ -87,7 +93,77 @@ pub fn archive_manifest(images: &[&ImageEntry]) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-/// Bytes the archive of `images` carries (blobs, deduplicated).
+/// `reference` as the containerd store names images: with its registry
+/// (`docker.io/reemo/relay:1`, `docker.io/library/busybox:1`). The store takes
+/// `io.containerd.image.name` verbatim; Docker finds only fully qualified names.
+pub fn qualified(reference: &str) -> String {
+    match reference.split_once('/') {
+        None => format!("docker.io/library/{reference}"),
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+            reference.to_string()
+        }
+        Some(_) => format!("docker.io/{reference}"),
+    }
+}
+
+/// The OCI layout `index.json` for `images`: one manifest descriptor each, named.
+pub fn archive_index(bundle_images: &[(&ImageEntry, u64)]) -> Vec<u8> {
+    let manifests: Vec<_> = bundle_images
+        .iter()
+        .map(|(i, size)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": i.manifest_digest,
+                "size": size,
+                "annotations": {
+                    "io.containerd.image.name": qualified(&i.reference()),
+                    "org.opencontainers.image.ref.name": i.tag,
+                },
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": manifests,
+    }))
+    .unwrap_or_default()
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Path of an image's manifest blob in the bundle.
+fn manifest_entry(i: &ImageEntry) -> String {
+    format!(
+        "oci/blobs/sha256/{}",
+        i.manifest_digest.trim_start_matches("sha256:")
+    )
+}
+
+/// The size of each image's manifest blob, from the bundle's file list.
+fn manifest_sizes<'a>(
+    bundle: &BundleFile,
+    images: &[&'a ImageEntry],
+) -> Result<Vec<(&'a ImageEntry, u64)>> {
+    images
+        .iter()
+        .map(|i| {
+            let f = bundle
+                .manifest()
+                .file(&manifest_entry(i))
+                .with_context(|| {
+                    format!(
+                        "image {}: manifest {} is not in the bundle",
+                        i.reference(),
+                        i.manifest_digest
+                    )
+                })?;
+            Ok((*i, f.size))
+        })
+        .collect()
+}
+
+/// Bytes the archive of `images` carries (blobs, deduplicated; manifests not counted).
 pub fn archive_size(images: &[&ImageEntry]) -> u64 {
     let mut seen = BTreeSet::new();
     let mut n = 0;
@@ -99,6 +175,68 @@ pub fn archive_size(images: &[&ImageEntry]) -> u64 {
         }
     }
     n
+}
+
+/// Why an engine does not hold exactly our image after loading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadMismatch {
+    /// Nothing answers to the ID the engine's store should give the image.
+    #[error("engine {engine} ({store} image store) does not hold image {image} as {id} after loading; the tag names {found} there")]
+    Missing {
+        /// Engine address.
+        engine: String,
+        /// Its store.
+        store: ImageStore,
+        /// `repository:tag`.
+        image: String,
+        /// The ID expected on that store.
+        id: String,
+        /// The ID the tag names on that engine (`no image` when absent).
+        found: String,
+    },
+    /// The image has other layers than ours.
+    #[error("engine {engine} holds image {image} with layers {found:?}, not {expected:?}")]
+    Layers {
+        /// Engine address.
+        engine: String,
+        /// `repository:tag`.
+        image: String,
+        /// Our diff IDs.
+        expected: Vec<String>,
+        /// The engine's.
+        found: Vec<String>,
+    },
+}
+
+/// Check what an engine reports after loading `image`: `by_id` inspected by the ID its
+/// store gives the image, `by_tag` by its `repository:tag`; the layers must be `diff_ids`.
+pub fn check_loaded(
+    engine: &str,
+    facts: &EngineFacts,
+    image: &ImageKey,
+    diff_ids: &[String],
+    by_id: Option<&ImageFacts>,
+    by_tag: Option<&ImageFacts>,
+) -> Result<(), LoadMismatch> {
+    let ok = by_id.filter(|i| crate::engine::holds(facts, image, i));
+    let Some(i) = ok else {
+        return Err(LoadMismatch::Missing {
+            engine: engine.to_string(),
+            store: facts.store,
+            image: image.reference.clone(),
+            id: image.id_on(facts.store).unwrap_or("(unknown)").to_string(),
+            found: by_tag.map_or("no image".to_string(), |t| t.id.clone()),
+        });
+    };
+    if i.layers != diff_ids {
+        return Err(LoadMismatch::Layers {
+            engine: engine.to_string(),
+            image: image.reference.clone(),
+            expected: diff_ids.to_vec(),
+            found: i.layers.clone(),
+        });
+    }
+    Ok(())
 }
 
 /// Write the docker-archive tar of `images` to `w`, reading blobs straight from the bundle.
@@ -120,7 +258,25 @@ pub fn write_archive(bundle: &BundleFile, images: &[&ImageEntry], w: impl Write)
         manifest.len() as u64,
         &mut &manifest[..],
     )?;
+    let sized = manifest_sizes(bundle, images)?;
+    let index = archive_index(&sized);
+    add(
+        &mut tar,
+        "oci-layout",
+        OCI_LAYOUT.len() as u64,
+        &mut &OCI_LAYOUT[..],
+    )?;
+    add(&mut tar, "index.json", index.len() as u64, &mut &index[..])?;
     let mut seen = BTreeSet::new();
+    for (i, size) in &sized {
+        if !seen.insert(i.manifest_digest.clone()) {
+            continue;
+        }
+        let r = bundle
+            .open_entry(&manifest_entry(i))
+            .with_context(|| format!("image {}: manifest {}", i.reference(), i.manifest_digest))?;
+        add(&mut tar, &blob_path(&i.manifest_digest), *size, &mut { r })?;
+    }
     for i in images {
         // Each layer passes through a check of its expansion: one that inflates past its
         // declared size, or to other content than its diff-id, ends the stream with an error
@@ -170,7 +326,7 @@ pub async fn load_into(
         if ids.is_some_and(|ids| !ids.contains(&img.config_digest)) {
             continue;
         }
-        if engine.has_image(&img.config_digest).await? {
+        if engine.has_image(&img.into()).await? {
             skipped += 1;
         } else {
             missing.push(img.clone());
@@ -234,15 +390,27 @@ pub async fn load_into(
     res?;
     produced?;
     report.bytes = sent.load(Ordering::Relaxed);
+    let facts = engine.facts().await?;
     for img in &missing {
-        if !engine.has_image(&img.config_digest).await? {
-            bail!(
-                "engine {} did not end up with image {} ({}) after loading; the daemon computed a different ID",
-                engine.url(),
-                img.reference(),
-                img.config_digest
-            );
-        }
+        let key = ImageKey::from(img);
+        let by_id = match key.id_on(facts.store) {
+            Some(id) => engine.inspect_image(id).await?,
+            None => None,
+        };
+        let by_tag = engine.inspect_image(&key.reference).await?;
+        let diff_ids: Vec<String> = bundle
+            .layer_expectations(img)?
+            .into_iter()
+            .map(|(_, e)| e.diff_id)
+            .collect();
+        check_loaded(
+            engine.url(),
+            &facts,
+            &key,
+            &diff_ids,
+            by_id.as_ref(),
+            by_tag.as_ref(),
+        )?;
     }
     events.emit(Event::info(format!(
         "loaded {} image(s), {} into {} in {:.1}s",
@@ -266,4 +434,133 @@ pub async fn load_all(
         .map(|e| load_into(bundle.clone(), e.clone(), ids, events.clone()));
     let results = futures_util::future::join_all(futs).await;
     results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ApiVersion;
+
+    #[test]
+    fn names_in_the_oci_index_are_qualified_as_the_containerd_store_keeps_them() {
+        for (r, want) in [
+            (
+                "reemo/ws-relay-server:1.0.0-a0452bf7f296",
+                "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
+            ),
+            ("busybox:1", "docker.io/library/busybox:1"),
+            ("registry.local/x/y:1", "registry.local/x/y:1"),
+            ("localhost/x:1", "localhost/x:1"),
+            ("host:5000/x:1", "host:5000/x:1"),
+        ] {
+            assert_eq!(qualified(r), want, "{r}");
+        }
+    }
+
+    fn entry() -> ImageEntry {
+        let blob = |d: &str| crate::bundle::manifest::BlobRef {
+            digest: d.into(),
+            size: 1,
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            diff_id: None,
+            uncompressed_size: None,
+        };
+        ImageEntry {
+            name: "relay-image".into(),
+            repository: "reemo/ws-relay-server".into(),
+            tag: "1.0.0-a0452bf7f296".into(),
+            config_digest: "sha256:cc".into(),
+            manifest_digest: "sha256:mm".into(),
+            layers: vec![blob("sha256:l1")],
+            config: blob("sha256:cc"),
+            size: 2,
+        }
+    }
+
+    #[test]
+    fn the_oci_index_names_each_manifest() {
+        let e = entry();
+        let v: serde_json::Value = serde_json::from_slice(&archive_index(&[(&e, 727)])).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": [{
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    "digest": "sha256:mm",
+                    "size": 727,
+                    "annotations": {
+                        "io.containerd.image.name": "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
+                        "org.opencontainers.image.ref.name": "1.0.0-a0452bf7f296",
+                    },
+                }],
+            })
+        );
+    }
+
+    #[test]
+    fn a_loaded_image_must_be_ours_by_id_and_layers() {
+        let key = ImageKey::from(&entry());
+        let diff = vec!["sha256:d1".to_string()];
+        let facts = |store| EngineFacts {
+            version: "26.1.5".into(),
+            api: ApiVersion(1, 45),
+            store,
+        };
+        let img = |id: &str, layers: &[&str]| ImageFacts {
+            id: id.into(),
+            layers: layers.iter().map(|l| l.to_string()).collect(),
+            ..Default::default()
+        };
+        let ctrd = facts(ImageStore::Containerd);
+        let classic = facts(ImageStore::Classic);
+        check_loaded(
+            "e",
+            &ctrd,
+            &key,
+            &diff,
+            Some(&img("sha256:mm", &["sha256:d1"])),
+            None,
+        )
+        .unwrap();
+        check_loaded(
+            "e",
+            &classic,
+            &key,
+            &diff,
+            Some(&img("sha256:cc", &["sha256:d1"])),
+            None,
+        )
+        .unwrap();
+        // what the containerd store made of a docker-archive: another manifest
+        let e = check_loaded(
+            "unix:///e.sock",
+            &ctrd,
+            &key,
+            &diff,
+            None,
+            Some(&img("sha256:56d3", &["sha256:d1"])),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "engine unix:///e.sock (containerd image store) does not hold image reemo/ws-relay-server:1.0.0-a0452bf7f296 as sha256:mm after loading; the tag names sha256:56d3 there"
+        );
+        let e = check_loaded(
+            "e",
+            &classic,
+            &key,
+            &diff,
+            Some(&img("sha256:cc", &["sha256:x"])),
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, LoadMismatch::Layers { .. }), "{e}");
+        let e = check_loaded("e", &classic, &key, &diff, None, None).unwrap_err();
+        assert!(
+            e.to_string().ends_with("the tag names no image there"),
+            "{e}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::bundle::reader::BundleFile;
 use crate::state::journal::Kind;
 use crate::state::{now, GenResult, Generation, StateDir};
 use crate::swarm::desired::DesiredStack;
-use crate::swarm::labels::image_label;
+use crate::swarm::labels::{image_label, STORE_LABEL};
 use crate::swarm::observed::Observed;
 use crate::swarm::plan::{self, Plan, Step};
 
@@ -160,7 +160,7 @@ pub async fn observe(
     for e in &host.engines {
         let mut have = BTreeSet::new();
         for img in &desired.images {
-            if e.has_image(&img.id).await? {
+            if e.has_image(&img.into()).await? {
                 have.insert(img.id.clone());
             }
         }
@@ -318,6 +318,17 @@ pub async fn apply(
         host.manager()
             .set_node_label(&l.node, &image_label(&l.image), Some("present"))
             .await?;
+    }
+    // The store of every engine's node decides how services are pinned to images (see
+    // `spec::image_pin`); a node whose engine changed store since is relabelled here.
+    for e in &host.engines {
+        let node = e.swarm_facts().await?.node_id;
+        if !node.is_empty() {
+            let store = e.facts().await?.store;
+            host.manager()
+                .set_node_label(&node, STORE_LABEL, Some(store.as_str()))
+                .await?;
+        }
     }
     fault("load");
 

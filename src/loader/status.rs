@@ -115,9 +115,21 @@ pub struct ImagePresence {
     pub present: bool,
 }
 
+/// One engine as it reports itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct EngineStatus {
+    /// Address.
+    pub engine: String,
+    /// Docker version, API version used, image store.
+    #[serde(flatten)]
+    pub facts: crate::engine::EngineFacts,
+}
+
 /// `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
+    /// Every engine given: version, API version, image store.
+    pub engines: Vec<EngineStatus>,
     /// Current generation number.
     pub generation: Option<u64>,
     /// Stack.
@@ -176,7 +188,15 @@ pub async fn status(host: &Host) -> Result<Status> {
         ));
     }
     let current = state.current_generation()?;
+    let mut engines = Vec::new();
+    for e in &host.engines {
+        engines.push(EngineStatus {
+            engine: e.url().to_string(),
+            facts: e.facts().await?,
+        });
+    }
     let mut st = Status {
+        engines,
         generation: current.as_ref().map(|g| g.number),
         stack: None,
         bundle: None,
@@ -260,7 +280,7 @@ pub async fn status(host: &Host) -> Result<Status> {
         }
         for e in &host.engines {
             for img in &d.images {
-                let present = e.has_image(&img.id).await?;
+                let present = e.has_image(&img.into()).await?;
                 if !present {
                     warnings.push(format!("image {} is missing on {}", img.reference, e.url()));
                 }

@@ -8,12 +8,12 @@ use anyhow::{bail, Context, Result};
 
 use super::converge::converge;
 use super::Timing;
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, ImageStore};
 use crate::state::StateDir;
 use crate::swarm::desired::{
     DesiredNetwork, DesiredObject, DesiredService, DesiredStack, ObjectSource,
 };
-use crate::swarm::labels::object_labels;
+use crate::swarm::labels::{image_label, object_labels, STORE_LABEL};
 use crate::swarm::plan::Step;
 use crate::swarm::spec;
 
@@ -117,6 +117,20 @@ pub async fn apply_step(
     Ok(())
 }
 
+/// The reference that every node holding `img` resolves (see [`spec::image_pin`]), from
+/// the stores the loader recorded on those nodes.
+async fn pin(engine: &dyn Engine, img: &crate::swarm::model::DesiredImage) -> Result<String> {
+    let label = image_label(&img.id);
+    let stores = engine
+        .nodes()
+        .await?
+        .iter()
+        .filter(|n| n.labels.get(&label).is_some_and(|v| v == "present"))
+        .map(|n| ImageStore::from_label(n.labels.get(STORE_LABEL).map(String::as_str)))
+        .collect();
+    Ok(spec::image_pin(&img.into(), &stores))
+}
+
 /// Create the service, or replace its spec: re-read its version when the update went out
 /// of sequence, and create a network again that vanished under it.
 async fn put_service(
@@ -130,6 +144,10 @@ async fn put_service(
     let sec = engine.stack_secrets(stack).await?;
     let full =
         spec::fill_ids(&s.spec, &cfg, &sec).with_context(|| format!("service {}", s.full_name))?;
+    let full = match desired.images.iter().find(|i| i.id == s.image_id) {
+        Some(img) => spec::pin_image(&full, &pin(engine, img).await?),
+        None => full,
+    };
     let (mut stale, mut recreated) = (0, 0);
     loop {
         let live = engine

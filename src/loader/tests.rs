@@ -157,6 +157,45 @@ async fn activate_update_and_unchanged_on_the_fake() {
         .any(|l| l.contains("create service app_worker")));
 }
 
+/// The reference a service is pinned by follows the stores of the nodes that hold its image
+/// (as the loader labelled them): the config digest while every such node is classic,
+/// `repository:tag` once a containerd-store node holds it too.
+#[tokio::test]
+async fn services_are_pinned_by_what_the_stores_of_the_holding_nodes_resolve() {
+    use crate::engine::Engine as _;
+    use crate::swarm::labels::{image_label, STORE_LABEL};
+    let fx = Fx::new();
+    let id = testkit::image_id(STACK);
+    let image = |fx: &Fx| fx.specs()["app_web"]["TaskTemplate"]["ContainerSpec"]["Image"].clone();
+    activate(&fx.host, &v1()).await.unwrap();
+    assert_eq!(image(&fx), id.as_str());
+    let node = fx.engine.swarm_facts().await.unwrap().node_id;
+    let labels = fx.engine.node(&node).await.unwrap().labels;
+    assert_eq!(labels[STORE_LABEL], "classic", "{labels:?}");
+
+    let reference = v1().images[0].reference.clone();
+    fx.engine.tag_image(&id, &reference);
+    let _worker = fx.engine.join("w", false);
+    for (k, v) in [
+        (image_label(&id), "present"),
+        (STORE_LABEL.to_string(), "containerd"),
+    ] {
+        fx.engine
+            .set_node_label("node-w", &k, Some(v))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        activate(&fx.host, &v2()).await.unwrap(),
+        Applied::Current(2)
+    );
+    assert_eq!(
+        image(&fx),
+        reference.as_str(),
+        "mixed stores: pinned by tag"
+    );
+}
+
 /// How a case makes the second activation fail.
 enum Break {
     /// The engine refuses this operation on this object.

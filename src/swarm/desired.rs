@@ -214,6 +214,7 @@ pub fn build(
                 name: img.name.clone(),
                 reference: img.reference(),
                 id: img.config_digest.clone(),
+                manifest: Some(img.manifest_digest.clone()),
             });
         }
         let cfg_names: Vec<String> = svc

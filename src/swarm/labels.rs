@@ -10,6 +10,10 @@ pub const SPEC_LABEL: &str = "com.reemo-bundle.spec";
 /// Label of configs and secrets holding the sha256 of their content.
 pub const SHA256_LABEL: &str = "com.reemo-bundle.sha256";
 
+/// Node label naming the image store of the node's engine (`classic`, `containerd`): how
+/// services are pinned to images the node can resolve (see `spec::image_pin`).
+pub const STORE_LABEL: &str = "com.reemo-bundle.image-store";
+
 /// Node label that says a node holds an image (`com.reemo-bundle.image.<hex12>`).
 pub fn image_label(image_id: &str) -> String {
     format!(

@@ -26,8 +26,12 @@ pub struct DesiredImage {
     pub name: String,
     /// `repository:tag`.
     pub reference: String,
-    /// Image ID `sha256:…`.
+    /// Image ID `sha256:…`: the config digest (the ID on the classic store).
     pub id: String,
+    /// `sha256:` of the OCI manifest (the ID on the containerd store); absent in
+    /// generations recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// Where the content of a config or secret comes from on the host.

@@ -362,6 +362,43 @@ pub fn seal(mut spec: Value) -> (Value, String) {
     (spec, hash)
 }
 
+/// The image reference a service is pinned by, so that every node that may run its tasks
+/// (the nodes holding the image, whose stores are `stores`) resolves it to the same content
+/// without a registry:
+/// - only classic stores: the full ID `sha256:<config>` (exact, never pulled);
+/// - only containerd stores: `repository:tag@sha256:<manifest>` (exact; the containerd
+///   store does not know config digests, and skips the pull of a digest it holds);
+/// - both (a swarm in the middle of an upgrade): `repository:tag`, the one reference both
+///   stores resolve; the loader checked on every engine that the tag names our content, the
+///   tag carries the config digest's prefix, and placement keeps tasks on those nodes. Each
+///   task start tries a registry first and goes on with the local image when it fails.
+pub fn image_pin(
+    image: &crate::engine::ImageKey,
+    stores: &std::collections::BTreeSet<crate::engine::ImageStore>,
+) -> String {
+    use crate::engine::ImageStore;
+    let containerd = stores.contains(&ImageStore::Containerd);
+    let classic = stores.contains(&ImageStore::Classic) || stores.is_empty();
+    match (classic, containerd, &image.manifest) {
+        (true, false, _) => image.config.clone(),
+        (false, true, Some(m)) => format!("{}@{m}", image.reference),
+        _ => image.reference.clone(),
+    }
+}
+
+/// `spec` with its container image set to `reference` (see [`image_pin`]); the spec hash
+/// stays that of the desired spec, which names the image by config digest.
+pub fn pin_image(spec: &Value, reference: &str) -> Value {
+    let mut spec = spec.clone();
+    if let Some(c) = spec
+        .pointer_mut("/TaskTemplate/ContainerSpec")
+        .and_then(Value::as_object_mut)
+    {
+        c.insert("Image".into(), json!(reference));
+    }
+    spec
+}
+
 /// Fill config and secret IDs by name; an unknown name is an error naming it.
 pub fn fill_ids(
     spec: &Value,
@@ -481,6 +518,40 @@ mod tests {
         let mut changed = relay_spec();
         changed["Mode"]["Replicated"]["Replicas"] = json!(2);
         assert_ne!(seal(changed).1, ha);
+    }
+
+    #[test]
+    fn images_are_pinned_by_what_every_holding_store_resolves() {
+        use crate::engine::{ImageKey, ImageStore::*};
+        use std::collections::BTreeSet;
+        let key = ImageKey {
+            config: "sha256:cc".into(),
+            manifest: Some("sha256:mm".into()),
+            reference: "reemo/relay:1.0.0-cc".into(),
+        };
+        let old = ImageKey {
+            manifest: None,
+            ..key.clone()
+        };
+        let set = |v: &[crate::engine::ImageStore]| v.iter().copied().collect::<BTreeSet<_>>();
+        let cases = [
+            (&key, set(&[]), "sha256:cc"),
+            (&key, set(&[Classic]), "sha256:cc"),
+            (&key, set(&[Containerd]), "reemo/relay:1.0.0-cc@sha256:mm"),
+            (&key, set(&[Classic, Containerd]), "reemo/relay:1.0.0-cc"),
+            (&old, set(&[Containerd]), "reemo/relay:1.0.0-cc"),
+            (&old, set(&[Classic]), "sha256:cc"),
+        ];
+        for (k, stores, want) in cases {
+            assert_eq!(image_pin(k, &stores), want, "{stores:?} {k:?}");
+        }
+        let (s, hash) = seal(relay_spec());
+        let p = pin_image(&s, "reemo/relay:1.0.0-cc");
+        assert_eq!(
+            p["TaskTemplate"]["ContainerSpec"]["Image"],
+            "reemo/relay:1.0.0-cc"
+        );
+        assert_eq!(p["Labels"][SPEC_LABEL], hash, "the spec hash is kept");
     }
 
     #[test]

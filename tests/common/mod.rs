@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod debian;
+pub mod matrix;
 pub mod nodes;
 
 use std::path::PathBuf;

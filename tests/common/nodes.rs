@@ -2,7 +2,7 @@
 //!
 //! [`Cluster::start`] creates a Linux bridge on the host (with an address, so the host can
 //! reach the nodes), one network namespace per node joined to it by a veth pair, allows
-//! forwarding on the bridge, and starts one `dockerd` per node with
+//! forwarding on the bridge (and rejects forwarding off it), and starts one `dockerd` per node with
 //! `nsenter --net=/var/run/netns/NAME dockerd …` (`ip netns exec` would hide the cgroup
 //! mounts). Each engine keeps a working default bridge (`--bip`, distinct per node) so that
 //! containers on it can publish host-mode ports on the node's address. Optionally the engines
@@ -15,6 +15,11 @@
 //! bridge, iptables rule, cgroups and directories. Leftovers of a test process that died
 //! without dropping its cluster are removed by the next [`Cluster::start`].
 //! The host's own dockerd and its swarm are never touched.
+//!
+//! A node runs the system's dockerd (Debian's 20.10) or, with [`EngineKind::Docker26`],
+//! Debian trixie's Docker 26.1.5 extracted by `ensure_docker26` (scripts/lib.sh) into
+//! `$REEMO_DOCKER26_ROOT`, with its own containerd, bookworm's runc, and the classic or the
+//! containerd image store (`daemon.json` `features.containerd-snapshotter`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,6 +37,33 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 /// How long a dockerd may take to stop after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Which Docker engine a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    /// The system's dockerd (Debian bookworm's 20.10).
+    System,
+    /// Debian trixie's Docker 26.1.5, with the containerd image store or the classic one.
+    Docker26 {
+        /// `features.containerd-snapshotter` in its daemon.json.
+        containerd: bool,
+    },
+}
+
+/// Where `ensure_docker26` (scripts/lib.sh) extracted Docker 26; fails with advice when it
+/// is not there.
+pub fn docker26_root() -> PathBuf {
+    let root = PathBuf::from(
+        std::env::var("REEMO_DOCKER26_ROOT")
+            .unwrap_or_else(|_| "/var/cache/reemo-bundle/docker-26.1.5".into()),
+    );
+    assert!(
+        root.join("usr/sbin/dockerd").is_file() && root.join("usr/bin/containerd").is_file(),
+        "the engine matrix needs Docker 26 extracted into {} (run `source scripts/lib.sh; ensure_docker26`, which the README's test command does)",
+        root.display()
+    );
+    root
+}
+
 /// One engine in its network namespace.
 pub struct Node {
     /// 1-based index.
@@ -46,6 +78,8 @@ pub struct Node {
     pub sock: PathBuf,
     /// Whether it also listens on `tcp://IP:2376` with TLS.
     pub tls: bool,
+    /// The engine it runs.
+    pub kind: EngineKind,
     child: Option<Child>,
 }
 
@@ -159,13 +193,33 @@ fn must(r: Result<String, String>) -> String {
     r.unwrap_or_else(|e| panic!("setting up namespaced engines: {e}"))
 }
 
+/// Insert (`-I`: true when both went in) or delete (`-D`: true when one was deleted) the
+/// FORWARD rules of a bridge: traffic between its nodes is accepted (dockerd sets the policy
+/// to DROP), traffic from its nodes to anywhere else is rejected at once, so that what an
+/// engine tries outside (a registry lookup for a service pinned by tag) fails at once
+/// instead of waiting for a DNS timeout.
 fn iptables_forward(op: &str, bridge: &str) -> bool {
-    Command::new("iptables")
-        .args([op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"])
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    let rules: [&[&str]; 2] = [
+        &["-i", bridge, "-o", bridge, "-j", "ACCEPT"],
+        &["-i", bridge, "!", "-o", bridge, "-j", "REJECT"],
+    ];
+    let done: Vec<bool> = rules
+        .iter()
+        .map(|r| {
+            Command::new("iptables")
+                .args([op, "FORWARD"])
+                .args(*r)
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .collect();
+    if op == "-I" {
+        done.iter().all(|d| *d)
+    } else {
+        done.iter().any(|d| *d)
+    }
 }
 
 /// An exclusive lock on a file in the temp dir (held while a /24 is chosen and the bridge
@@ -605,7 +659,17 @@ impl Cluster {
     /// Start `n` engines (in parallel) and wait until each answers. With `tls`, each also
     /// listens on `tcp://IP:2376` with `--tlsverify` (see [`Cluster::tls`]).
     pub fn start(n: usize, tls: bool) -> Cluster {
+        Cluster::start_engines(&vec![EngineKind::System; n], tls)
+    }
+
+    /// Start one node per entry of `kinds`, running that engine (see [`Cluster::start`]).
+    pub fn start_engines(kinds: &[EngineKind], tls: bool) -> Cluster {
+        let n = kinds.len();
         require_tools();
+        let d26 = kinds
+            .iter()
+            .any(|k| matches!(k, EngineKind::Docker26 { .. }))
+            .then(docker26_root);
         let pid = std::process::id();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -650,12 +714,13 @@ impl Cluster {
         };
         // dockerd sets the FORWARD policy to DROP; nodes talk to each other across the
         // bridge (swarm control, VXLAN), which goes through FORWARD with br_netfilter.
-        assert!(
-            iptables_forward("-I", &bridge),
-            "iptables -I FORWARD -i {bridge} -o {bridge} -j ACCEPT failed"
-        );
+        // Set before the assert, so that a half-inserted pair is deleted too.
         cluster.teardown.forward_rule = true;
         cluster.teardown.save();
+        assert!(
+            iptables_forward("-I", &bridge),
+            "iptables -I FORWARD -i {bridge} [-o | ! -o] {bridge} -j ACCEPT | REJECT failed"
+        );
 
         let ips: Vec<String> = (1..=n)
             .map(|i| format!("{NET_PREFIX}.{net}.{}", 10 + i))
@@ -706,10 +771,30 @@ impl Cluster {
             std::fs::create_dir_all(dir.join("exec")).unwrap();
             let sock = dir.join("docker.sock");
             let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+            let kind = kinds[i - 1];
             let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net=/var/run/netns/{netns}"))
-                .arg("dockerd")
-                .arg("--data-root")
+            cmd.arg(format!("--net=/var/run/netns/{netns}"));
+            // its own binaries first (containerd, shims, docker-init); runc is bookworm's
+            let mut path = String::new();
+            match (kind, &d26) {
+                (EngineKind::Docker26 { containerd }, Some(root)) => {
+                    let cfg = dir.join("daemon.json");
+                    std::fs::write(
+                        &cfg,
+                        serde_json::json!({"features": {"containerd-snapshotter": containerd}})
+                            .to_string(),
+                    )
+                    .unwrap();
+                    cmd.arg(root.join("usr/sbin/dockerd"))
+                        .arg("--config-file")
+                        .arg(cfg);
+                    path = format!("{}:", root.join("usr/bin").display());
+                }
+                _ => {
+                    cmd.arg("dockerd");
+                }
+            }
+            cmd.arg("--data-root")
                 .arg(dir.join("data"))
                 .arg("--exec-root")
                 .arg(dir.join("exec"))
@@ -740,7 +825,7 @@ impl Cluster {
             cmd.env(
                 "PATH",
                 format!(
-                    "/usr/sbin:/usr/bin:/sbin:/bin:{}",
+                    "{path}/usr/sbin:/usr/bin:/sbin:/bin:{}",
                     std::env::var("PATH").unwrap_or_default()
                 ),
             )
@@ -761,6 +846,7 @@ impl Cluster {
                 dir,
                 sock,
                 tls,
+                kind,
                 child: Some(child),
             });
         }

@@ -1,0 +1,270 @@
+//! The engine matrix (tests/engine26_*.rs, tests/engine_mixed_swarm.rs): what an engine of a
+//! given kind must show after `load`, `activate` and `rollback` of the relay appliance, and
+//! the steps the matrix files share.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::nodes::{EngineKind, Node};
+use super::{build_relay_variant_with, loader, loader_json, run_ok};
+
+/// One image of a bundle, as bundle.json names it.
+#[derive(Debug, Clone)]
+pub struct BundleImage {
+    /// `repository:tag`.
+    pub reference: String,
+    /// Config digest.
+    pub config: String,
+    /// Manifest digest.
+    pub manifest: String,
+}
+
+/// The images of a bundle file.
+pub fn bundle_images(bundle: &Path) -> Vec<BundleImage> {
+    let o = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(bundle)
+        .arg("bundle.json")
+        .output()
+        .expect("tar -xOf bundle.json");
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).expect("bundle.json");
+    m["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| BundleImage {
+            reference: format!(
+                "{}:{}",
+                i["repository"].as_str().unwrap(),
+                i["tag"].as_str().unwrap()
+            ),
+            config: i["config_digest"].as_str().unwrap().to_string(),
+            manifest: i["manifest_digest"].as_str().unwrap().to_string(),
+        })
+        .collect()
+}
+
+/// The image ID an engine of `kind` gives `img` once loaded.
+pub fn expected_id(kind: EngineKind, img: &BundleImage) -> &str {
+    match kind {
+        EngineKind::Docker26 { containerd: true } => &img.manifest,
+        _ => &img.config,
+    }
+}
+
+/// The store label the loader puts on a node running `kind`.
+pub fn store_name(kind: EngineKind) -> &'static str {
+    match kind {
+        EngineKind::Docker26 { containerd: true } => "containerd",
+        _ => "classic",
+    }
+}
+
+/// The relay appliance as stack `stack` on `port`, `version`, with `mark` in its relay
+/// configuration (so that versions differ in a config), in global mode when `global`
+/// (a task on every node).
+pub fn relay_bundle(
+    dir: &Path,
+    stack: &str,
+    port: u16,
+    version: &str,
+    mark: &str,
+    global: bool,
+) -> PathBuf {
+    let mark = mark.to_string();
+    build_relay_variant_with(
+        dir,
+        stack,
+        port,
+        version,
+        move |c| format!("{c}\n# {mark}\n"),
+        move |s| {
+            if global {
+                let g = s.replace("mode: replicated\n      replicas: 1", "mode: global");
+                assert_ne!(g, s, "the relay stack template changed: no replicated mode");
+                g
+            } else {
+                s
+            }
+        },
+    )
+}
+
+/// `--engine URL` for each node.
+pub fn engine_args(nodes: &[&Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|n| ["--engine".to_string(), n.url()])
+        .collect()
+}
+
+/// `reemo-bundle swarm init` on `n` (advertising its bridge address).
+pub fn swarm_init(state: &Path, n: &Node) {
+    run_ok(
+        loader(state)
+            .args(["swarm", "init", "--engine", &n.url()])
+            .args(["--advertise-addr", &n.ip]),
+    );
+}
+
+/// `reemo-bundle activate` through `nodes` (the first is the manager); the JSON result.
+pub fn activate(state: &Path, bundle: &Path, nodes: &[&Node]) -> serde_json::Value {
+    loader_json(
+        loader(state)
+            .arg("activate")
+            .arg(bundle)
+            .args(engine_args(nodes))
+            .args(["--timeout", "120s", "--monitor", "1s"]),
+    )
+}
+
+/// `reemo-bundle rollback` through `nodes`; the JSON result.
+pub fn rollback(state: &Path, nodes: &[&Node]) -> serde_json::Value {
+    loader_json(
+        loader(state)
+            .arg("rollback")
+            .args(engine_args(nodes))
+            .args(["--timeout", "120s"]),
+    )
+}
+
+/// What `n` reports for `reference`: `Id`, or None when it does not hold it.
+pub fn image_id_on(n: &Node, reference: &str) -> Option<String> {
+    let o = n
+        .docker()
+        .args(["image", "inspect", "--format", "{{.Id}}", reference])
+        .output()
+        .unwrap();
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+/// The image reference of a service's spec, and the configs its tasks get.
+pub fn service_image_and_configs(manager: &Node, service: &str) -> (String, String) {
+    let out = manager.docker_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}} {{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.ConfigName}}{{end}}",
+        service,
+    ]);
+    let (img, cfg) = out.split_once(' ').unwrap_or((&out, ""));
+    (img.to_string(), cfg.to_string())
+}
+
+/// Node labels of `node_id`, as `docker node inspect` prints them (JSON).
+pub fn node_labels(manager: &Node, node_id: &str) -> serde_json::Value {
+    let out = manager.docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{json .Spec.Labels}}",
+        node_id,
+    ]);
+    serde_json::from_str(&out).unwrap_or_default()
+}
+
+/// Print how long a step took (CI time guidance).
+pub fn lap(tag: &str, what: &str, t: &mut Instant) {
+    eprintln!("[{tag}] {what}: {:.1}s", t.elapsed().as_secs_f64());
+    *t = Instant::now();
+}
+
+/// The single-engine walk of the matrix on one Docker 26 node (classic or containerd
+/// store): `load` (ID as the store gives it, then skipped), `activate` v1 (the relay serves;
+/// the service is pinned by what that store resolves), `activate` v2, `rollback` to v1.
+pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
+    use super::nodes::{Cluster, EngineKind};
+    let tag = if containerd {
+        "d26-containerd"
+    } else {
+        "d26-classic"
+    };
+    let kind = EngineKind::Docker26 { containerd };
+    let tmp = tempfile::tempdir().unwrap();
+    let mut t = Instant::now();
+    let dir = tmp.path().to_path_buf();
+    let builder = std::thread::spawn(move || {
+        (
+            relay_bundle(&dir.join("v1"), stack, port, "1.0.0", "v1", false),
+            relay_bundle(&dir.join("v2"), stack, port, "2.0.0", "v2", false),
+        )
+    });
+    let cluster = Cluster::start_engines(&[kind], false);
+    let n = cluster.node(1);
+    let info = n.docker_ok(&[
+        "info",
+        "--format",
+        "{{.ServerVersion}} {{.Driver}} {{json .DriverStatus}}",
+    ]);
+    assert!(info.starts_with("26.1.5"), "{info}");
+    assert_eq!(
+        info.contains("io.containerd.snapshotter.v1"),
+        containerd,
+        "the engine runs the store asked for: {info}"
+    );
+    lap(tag, "engine started", &mut t);
+    let (v1, v2) = builder.join().expect("building the bundles");
+    lap(tag, "bundles built (waited)", &mut t);
+    let img = bundle_images(&v1).remove(0);
+    let state = tmp.path().join("state");
+
+    // load: the ID the engine's store gives our image, then nothing to do
+    let r = loader_json(loader(&state).arg("load").arg(&v1).args(engine_args(&[n])));
+    assert_eq!(r["engines"][0]["loaded"], 1, "{r}");
+    assert_eq!(
+        image_id_on(n, &img.reference).as_deref(),
+        Some(expected_id(kind, &img)),
+        "{tag}: the loaded image's ID"
+    );
+    let r = loader_json(loader(&state).arg("load").arg(&v1).args(engine_args(&[n])));
+    assert_eq!(r["engines"][0]["skipped"], 1, "{r}");
+    lap(tag, "loaded", &mut t);
+
+    // activate v1, v2, rollback
+    swarm_init(&state, n);
+    activate(&state, &v1, &[n]);
+    let pin = match kind {
+        EngineKind::Docker26 { containerd: true } => format!("{}@{}", img.reference, img.manifest),
+        _ => img.config.clone(),
+    };
+    let (image, cfg_v1) = service_image_and_configs(n, &format!("{stack}_relay"));
+    assert_eq!(
+        image, pin,
+        "{tag}: the service is pinned by what its store resolves"
+    );
+    let labels = node_labels(n, &n.node_id());
+    assert_eq!(
+        labels["com.reemo-bundle.image-store"],
+        store_name(kind),
+        "{labels}"
+    );
+    let st = loader_json(loader(&state).arg("status").args(engine_args(&[n])));
+    assert_eq!(
+        (&st["engines"][0]["store"], &st["engines"][0]["api"]),
+        (
+            &serde_json::json!(store_name(kind)),
+            &serde_json::json!("1.45")
+        ),
+        "{st}"
+    );
+    assert_eq!(st["images"][0]["present"], true, "{st}");
+    let relay = super::extract_relay(&v1, tmp.path());
+    super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves");
+    lap(tag, "v1 activated and probed", &mut t);
+
+    activate(&state, &v2, &[n]);
+    let (_, cfg_v2) = service_image_and_configs(n, &format!("{stack}_relay"));
+    assert_ne!(cfg_v1, cfg_v2, "v2 runs its own config");
+    super::relay_probe_at(&relay, &n.ip, port, &state).expect("v2 serves");
+    lap(tag, "v2 activated and probed", &mut t);
+
+    rollback(&state, &[n]);
+    let (image, cfg) = service_image_and_configs(n, &format!("{stack}_relay"));
+    assert_eq!((image, cfg), (pin, cfg_v1), "{tag}: back on v1");
+    super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves after rollback");
+    lap(tag, "rolled back and probed", &mut t);
+    drop(cluster);
+    lap(tag, "engine stopped", &mut t);
+}
