@@ -1,0 +1,398 @@
+//! The shipped RELAYWS appliance end to end on the real engine and swarm: haproxy (the
+//! Debian-package image) in front of two relay replicas. Every client verifies the entry
+//! certificate against the site CA exported by `pki ca-cert`; the control API is reached
+//! through the proxy's mutual-TLS listener with a client certificate from `pki issue-client`.
+//!
+//! Checked: 50 sessions created through the control listener, both sides connected through
+//! the TLS listener (agent token in the query, user token as a subprotocol, as the web client
+//! does), text and binary both ways, a 1 MiB message, the control API seeing each session
+//! paired (its GET lands on the replica holding it), close propagation; each session paired
+//! on exactly one replica and both replicas used (from the replicas' logs); no client
+//! certificate, or one of another CA, refused on the control port; other paths answered 404;
+//! HTTP redirected to HTTPS; the proxy's access log carries neither tokens nor query strings.
+//! Needs Docker, a swarm manager and the Debian archive (the haproxy .debs its lock names).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use ws_relay_server::client::{http_request, BaseUrl};
+
+const STACK: &str = "lappliance";
+const SESSIONS: usize = 50;
+
+/// The shipped bundle definition with this test's stack name (and without the loader binary,
+/// which the test does not need), built with the shared store.
+fn build_appliance(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let shipped = std::fs::read_to_string(repo_root().join("bundles/relayws.toml")).unwrap();
+    let def_text = shipped
+        .replace(
+            "stack_name = \"relayws\"",
+            &format!("stack_name = \"{STACK}\""),
+        )
+        .replace(
+            "recipes = [\"../recipes\"]",
+            &format!(
+                "recipes = [{:?}]",
+                repo_root().join("recipes").display().to_string()
+            ),
+        )
+        .replace("reemo-bundle = \"reemo-bundle-bin\"\n", "");
+    assert!(
+        def_text.contains(STACK) && !def_text.contains("reemo-bundle-bin"),
+        "{def_text}"
+    );
+    let def = dir.join("bundles/relayws.toml");
+    std::fs::write(&def, def_text).unwrap();
+    run_ok(
+        bin_cmd(&["fetch"])
+            .arg(repo_root().join("recipes/haproxy.toml"))
+            .arg("--store")
+            .arg(shared_store()),
+    );
+    build_def(&def, &dir.join("out"))
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    https: u16,
+    http: u16,
+    control: u16,
+}
+
+/// The TLS client config trusting the site CA, with an optional client certificate.
+fn tls(ca: &Path, client: Option<(&Path, &Path)>) -> Arc<rustls::ClientConfig> {
+    ws_relay_server::tls::verifying_client_with(Some(ca), client).expect("tls client config")
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next message of `ws`, within 20 s.
+async fn next(ws: &mut Ws) -> Result<Message, String> {
+    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await {
+        Ok(Some(Ok(m))) => Ok(m),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// One session: created through the control listener, both sides through the TLS
+/// listener; returns its id once everything checked out.
+async fn session(
+    i: usize,
+    ports: &Ports,
+    entry: Arc<rustls::ClientConfig>,
+    control: Arc<rustls::ClientConfig>,
+    secret: &str,
+) -> Result<String, String> {
+    let cbase = BaseUrl::parse(&format!("https://localhost:{}", ports.control)).unwrap();
+    let (status, body) = http_request(
+        &cbase,
+        Some(&control),
+        "POST",
+        "/v1/sessions",
+        Some(secret),
+        "{}",
+    )
+    .await
+    .map_err(|e| format!("session {i}: POST: {e:#}"))?;
+    if status != 201 {
+        return Err(format!("session {i}: POST: {status} {body}"));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    let url = format!("wss://localhost:{}/v1/relay/{id}", ports.https);
+    let connector = || Some(tokio_tungstenite::Connector::Rustls(entry.clone()));
+    let agent_url = format!(
+        "{url}?role=agent&token={}",
+        v["agent"]["token"].as_str().unwrap()
+    );
+    let (mut agent, _) =
+        tokio_tungstenite::connect_async_tls_with_config(agent_url, None, true, connector())
+            .await
+            .map_err(|e| format!("session {i}: agent: {e}"))?;
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        format!(
+            "reemo-relay.v1, token.{}",
+            v["user"]["token"].as_str().unwrap()
+        )
+        .parse()
+        .unwrap(),
+    );
+    let (mut user, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector())
+            .await
+            .map_err(|e| format!("session {i}: user: {e}"))?;
+    let big = (i % 5 == 0).then(|| vec![(i % 251) as u8; 1 << 20]);
+    let msgs = [
+        Message::text(format!("hello {i} from the agent")),
+        Message::binary(vec![i as u8, 0, 255, 7]),
+    ];
+    for m in msgs.iter().cloned().chain(big.map(Message::binary)) {
+        agent
+            .send(m.clone())
+            .await
+            .map_err(|e| format!("session {i}: {e}"))?;
+        let got = next(&mut user)
+            .await
+            .map_err(|e| format!("session {i}: user got {e}"))?;
+        if got != m {
+            return Err(format!("session {i}: agent→user changed"));
+        }
+        user.send(m.clone())
+            .await
+            .map_err(|e| format!("session {i}: {e}"))?;
+        let got = next(&mut agent)
+            .await
+            .map_err(|e| format!("session {i}: agent got {e}"))?;
+        if got != m {
+            return Err(format!("session {i}: user→agent changed"));
+        }
+    }
+    // the control API sees it paired: the GET reached the replica holding it
+    let (status, body) = http_request(
+        &cbase,
+        Some(&control),
+        "GET",
+        &format!("/v1/sessions/{id}"),
+        Some(secret),
+        "",
+    )
+    .await
+    .map_err(|e| format!("session {i}: GET: {e:#}"))?;
+    let st: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if status != 200 || st["state"] != "paired" {
+        return Err(format!("session {i}: GET {id}: {status} {body}"));
+    }
+    // close propagation
+    agent
+        .send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 4000u16.into(),
+                reason: "done".into(),
+            },
+        )))
+        .await
+        .map_err(|e| format!("session {i}: close: {e}"))?;
+    loop {
+        match next(&mut user).await {
+            Ok(Message::Close(Some(f))) if u16::from(f.code) == 4000 => break,
+            Ok(Message::Close(f)) => return Err(format!("session {i}: close became {f:?}")),
+            Ok(_) => continue,
+            Err(e) => return Err(format!("session {i}: no close: {e}")),
+        }
+    }
+    Ok(id)
+}
+
+/// `docker service logs` of a service: its tasks' stdout and stderr.
+fn service_logs(service: &str, args: &[&str]) -> String {
+    let o = docker()
+        .args(["service", "logs"])
+        .args(args)
+        .arg(service)
+        .output()
+        .expect("docker service logs");
+    assert!(o.status.success(), "docker service logs {service}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn curl(args: &[&str]) -> std::process::Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("running curl")
+}
+
+#[test]
+fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
+    let fx = StackFixture::new(STACK);
+    let ports = Ports {
+        https: fx.port,
+        http: free_port(),
+        control: free_port(),
+    };
+    let bundle = build_appliance(&fx.path("b"));
+    let o = loader_json(
+        fx.loader()
+            .arg("activate")
+            .arg(&bundle)
+            .args(["--timeout", "180s"])
+            .arg(format!("--set=HTTPS_PORT={}", ports.https))
+            .arg(format!("--set=HTTP_PORT={}", ports.http))
+            .arg(format!("--set=CONTROL_PORT={}", ports.control)),
+    );
+    assert_eq!(o["result"], "activated", "{o}");
+    let ca = fx.path("site-ca.pem");
+    std::fs::write(&ca, run_ok(fx.loader().args(["pki", "ca-cert"]))).unwrap();
+    let clients = fx.path("clients");
+    run_ok(
+        fx.loader()
+            .args(["pki", "issue-client", "prorelayapi", "--out"])
+            .arg(&clients),
+    );
+    let (cc, ck) = (
+        clients.join("prorelayapi.crt"),
+        clients.join("prorelayapi.key"),
+    );
+    let secret = std::fs::read_to_string(fx.state.join("secrets/relay_control_secret"))
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // wait until the proxy answers and sees a healthy replica
+    let health = format!("https://localhost:{}/healthz", ports.https);
+    let mut up = false;
+    for _ in 0..120 {
+        let o = curl(&["--cacert", ca.to_str().unwrap(), &health]);
+        if o.status.success() && String::from_utf8_lossy(&o.stdout).contains("\"OK\"") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(up, "the proxy never answered /healthz with a healthy relay");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let entry = tls(&ca, None);
+    let control = tls(&ca, Some((&cc, &ck)));
+    let results: Vec<Result<String, String>> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..SESSIONS {
+            let (entry, control, secret) = (entry.clone(), control.clone(), secret.clone());
+            set.spawn(async move { session(i, &ports, entry, control, &secret).await });
+        }
+        let mut out = Vec::new();
+        let all = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(r) = set.join_next().await {
+                out.push(r.unwrap());
+            }
+        });
+        assert!(all.await.is_ok(), "sessions did not finish within 120 s");
+        out
+    });
+    let ids: Vec<String> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    assert_eq!(ids.len(), SESSIONS);
+
+    // each session paired on exactly one replica; both replicas took some
+    let logs = service_logs(&format!("{STACK}_relay"), &["--no-trunc", "--no-task-ids"]);
+    let mut per_replica: std::collections::BTreeMap<String, usize> = Default::default();
+    for id in &ids {
+        let replicas: std::collections::BTreeSet<&str> = logs
+            .lines()
+            .filter(|l| l.contains("session paired") && l.contains(id.as_str()))
+            .map(|l| l.split_once('|').map(|(p, _)| p.trim()).unwrap_or(""))
+            .collect();
+        assert_eq!(
+            replicas.len(),
+            1,
+            "session {id} paired on {replicas:?}; logs:\n{}",
+            &logs[..logs.len().min(3000)]
+        );
+        *per_replica
+            .entry(replicas.into_iter().next().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_replica.len(),
+        2,
+        "both replicas hold sessions: {per_replica:?}"
+    );
+
+    // the control port: no client certificate, or one of another CA, refused
+    let control_url = format!("https://localhost:{}/v1/sessions", ports.control);
+    let o = curl(&["--cacert", ca.to_str().unwrap(), &control_url]);
+    assert!(!o.status.success(), "no client certificate was accepted");
+    let other = fx.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    // another CA and a client of it, made by openssl
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(other.join("o.key"))
+        .arg("-out")
+        .arg(other.join("o.crt"))
+        .args(["-days", "1", "-subj", "/CN=intruder"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = curl(&[
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--cert",
+        other.join("o.crt").to_str().unwrap(),
+        "--key",
+        other.join("o.key").to_str().unwrap(),
+        &control_url,
+    ]);
+    assert!(
+        !o.status.success(),
+        "a client certificate of another CA was accepted"
+    );
+
+    // other paths: 404 from the proxy; HTTP: redirected to HTTPS on the site's port
+    let o = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--cacert",
+        ca.to_str().unwrap(),
+        &format!("https://localhost:{}/v1/sessions", ports.https),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "404",
+        "control is not on 443"
+    );
+    let o = curl(&[
+        "-i",
+        &format!("http://localhost:{}/v1/relay/x?token=t", ports.http),
+    ]);
+    let head = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(&format!(
+            "location: https://localhost:{}/v1/relay/x?token=t",
+            ports.https
+        )),
+        "{head}"
+    );
+
+    // the proxy's access log: paths, no tokens or query strings
+    let plog = service_logs(&format!("{STACK}_proxy"), &["--raw"]);
+    assert!(
+        plog.contains("/v1/relay/"),
+        "the access log lists relay paths:\n{plog}"
+    );
+    assert!(
+        !plog.contains("token"),
+        "a token in the access log:\n{plog}"
+    );
+    assert!(
+        !plog.contains("role=agent"),
+        "a query string in the access log"
+    );
+}
