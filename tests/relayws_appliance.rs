@@ -133,7 +133,7 @@ async fn session(
         tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector())
             .await
             .map_err(|e| format!("session {i}: user: {e}"))?;
-    let big = (i % 5 == 0).then(|| vec![(i % 251) as u8; 1 << 20]);
+    let big = i.is_multiple_of(5).then(|| vec![(i % 251) as u8; 1 << 20]);
     let msgs = [
         Message::text(format!("hello {i} from the agent")),
         Message::binary(vec![i as u8, 0, 255, 7]),
