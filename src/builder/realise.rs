@@ -231,6 +231,35 @@ fn place(src: &Path, dest: &Path) -> Result<()> {
         .with_context(|| format!("writing the bundle {}", dest.display()))
 }
 
+/// The environment cargo gets for a static binary (besides `SOURCE_DATE_EPOCH`, `TZ` and
+/// `LC_ALL`, which it does not fingerprint): static C runtime, paths remapped so that the
+/// bytes do not depend on where the workspace, cargo's home or the target folder are,
+/// symbols stripped. `scripts/lib.sh` (`static_cargo_env`) prints the same, so that the
+/// README's main command builds the host tool once, as the bundle's static binary.
+pub(crate) fn static_build_env(
+    ws: &Path,
+    cargo_home: &Path,
+    target: &Path,
+) -> Vec<(String, String)> {
+    let flags = [
+        "-Ctarget-feature=+crt-static".to_string(),
+        format!("--remap-path-prefix={}=/build/src", ws.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+        format!("--remap-path-prefix={}=/build/target", target.display()),
+    ]
+    .join("\x1f");
+    [
+        ("CARGO_TARGET_DIR", target.display().to_string()),
+        ("CARGO_ENCODED_RUSTFLAGS", flags),
+        ("CARGO_PROFILE_RELEASE_STRIP", "symbols".into()),
+        ("CARGO_PROFILE_RELEASE_DEBUG", "false".into()),
+        ("CARGO_PROFILE_RELEASE_INCREMENTAL", "false".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 fn build_binary(
     r: &Recipe,
     b: &BinaryRecipe,
@@ -248,13 +277,6 @@ fn build_binary(
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
-    let flags = [
-        "-Ctarget-feature=+crt-static".to_string(),
-        format!("--remap-path-prefix={}=/build/src", ws.display()),
-        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
-        format!("--remap-path-prefix={}=/build/target", target.display()),
-    ]
-    .join("\x1f");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     (opts.progress)(&format!(
         "  cargo build --release -p {} --bin {} (static)",
@@ -273,12 +295,8 @@ fn build_binary(
             "--bin",
             &b.bin,
         ])
-        .env("CARGO_TARGET_DIR", &target)
-        .env("CARGO_ENCODED_RUSTFLAGS", flags)
+        .envs(static_build_env(&ws, &cargo_home, &target))
         .env_remove("RUSTFLAGS")
-        .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
-        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
-        .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false")
         .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
         .env("TZ", "UTC")
         .env("LC_ALL", "C")
@@ -1155,6 +1173,29 @@ fn summarize_services(
 
 #[cfg(test)]
 mod tests {
+    /// scripts/lib.sh's `static_cargo_env` prints exactly what the builder gives cargo.
+    #[test]
+    fn the_scripts_static_cargo_env_is_the_builders() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let o = std::process::Command::new("bash")
+            .arg("-c")
+            .arg("source scripts/lib.sh; static_cargo_env /w /h /t")
+            .current_dir(root)
+            .output()
+            .expect("running bash");
+        assert!(o.status.success(), "{o:?}");
+        let want: Vec<String> = static_build_env(Path::new("/w"), Path::new("/h"), Path::new("/t"))
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let got: Vec<String> = String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(got, want);
+    }
+
     use super::*;
 
     #[test]
