@@ -112,12 +112,12 @@ fn create(shared: &Shared, req: &Request, body: &[u8]) -> (u16, Body) {
             }
         }
     }
-    let mut raw = [0u8; 16];
+    let mut raw = [0u8; 12];
     if ring::rand::SystemRandom::new().fill(&mut raw).is_err() {
         return err(500, "no randomness");
     }
-    let id: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let expires = now_secs() + ttl;
+    let id = shared.keys.mint_session_id(&raw, expires);
     shared
         .sessions()
         .insert(id.clone(), Entry::new(Some(expires)));
@@ -169,7 +169,23 @@ fn public_base(shared: &Shared, req: &Request) -> String {
 fn inspect(shared: &Shared, id: &str) -> (u16, Body) {
     let map = shared.sessions();
     let Some(e) = map.get(id) else {
-        return err(404, "no such session");
+        // made by another replica's control API and not connected here yet: waiting
+        return match shared.keys.minted_expiry(id) {
+            Some(exp) if exp > now_secs() => (
+                200,
+                Body::Json(json!({
+                    "id": id,
+                    "state": "waiting",
+                    "since": null,
+                    "agent_connected": false,
+                    "user_connected": false,
+                    "bytes_agent_to_user": 0,
+                    "bytes_user_to_agent": 0,
+                    "expires_at": exp,
+                })),
+            ),
+            _ => err(404, "no such session"),
+        };
     };
     use std::sync::atomic::Ordering::Relaxed;
     (
@@ -194,6 +210,15 @@ fn close(shared: &Shared, id: &str) -> (u16, Body) {
     }
     let tx = {
         let mut map = shared.sessions();
+        if !map.contains_key(id) {
+            // made by another replica's control API: refuse its tokens here from now on
+            match shared.keys.minted_expiry(id) {
+                Some(exp) if exp > now_secs() => {
+                    map.insert(id.to_string(), Entry::new(Some(exp)));
+                }
+                _ => return err(404, "no such session"),
+            }
+        }
         let Some(e) = map.get_mut(id) else {
             return err(404, "no such session");
         };

@@ -193,6 +193,47 @@ impl KeySet {
         )
     }
 
+    /// A session id minted by the control API: `<24 hex random>-<expiry>-<24 hex MAC>`, the
+    /// MAC by the signing key over the random part and the expiry. Any replica holding the
+    /// keys recognises it ([`KeySet::minted_expiry`]), so a control call about a session can
+    /// be answered by the replica its id routes to, whichever replica created it.
+    pub fn mint_session_id(&self, random: &[u8; 12], expires: u64) -> String {
+        let r: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "{r}-{expires}-{}",
+            self.session_mac(&self.keys[0], &r, expires)
+        )
+    }
+
+    fn session_mac(&self, k: &Key, random_hex: &str, expires: u64) -> String {
+        let tag = hmac::sign(
+            &k.key,
+            format!("ws-relay/v1/session\n{random_hex}\n{expires}").as_bytes(),
+        );
+        tag.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The expiry of a session id this key set (any of its keys) minted, else `None`.
+    pub fn minted_expiry(&self, id: &str) -> Option<u64> {
+        let mut parts = id.split('-');
+        let (Some(r), Some(exp), Some(mac), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let exp: u64 = exp.parse().ok()?;
+        if r.len() != 24 || mac.len() != 24 {
+            return None;
+        }
+        self.keys
+            .iter()
+            .any(|k| ct_eq(self.session_mac(k, r, exp).as_bytes(), mac.as_bytes()))
+            .then_some(exp)
+    }
+
     /// Checks `token` for `session`; `want_role` is the role the client asked for, if any.
     /// The signature is checked (in constant time) before the expiry and the role.
     pub fn verify(
@@ -254,6 +295,31 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn minted_session_ids_are_recognised_by_every_holder_of_the_keys() {
+        let a = KeySet::parse(
+            "k2=00112233445566778899aabbccddeeff\nk1=000102030405060708090a0b0c0d0e0f\n",
+        )
+        .unwrap();
+        let b = KeySet::parse("k1=000102030405060708090a0b0c0d0e0f\n").unwrap();
+        let id = a.mint_session_id(&[7; 12], 1_700_000_000);
+        assert!(valid_id(&id), "{id}");
+        assert_eq!(id.len(), 24 + 1 + 10 + 1 + 24);
+        assert_eq!(a.minted_expiry(&id), Some(1_700_000_000));
+        // minted with k2: a replica that only has k1 does not recognise it
+        assert_eq!(b.minted_expiry(&id), None);
+        let id1 = b.mint_session_id(&[7; 12], 1_700_000_000);
+        assert_eq!(a.minted_expiry(&id1), Some(1_700_000_000));
+        // tampered expiry or MAC, or another shape
+        assert_eq!(
+            a.minted_expiry(&id.replace("1700000000", "1700000001")),
+            None
+        );
+        assert_eq!(a.minted_expiry(&format!("{}0", &id[..id.len() - 1])), None);
+        assert_eq!(a.minted_expiry("abc"), None);
+    }
+
     use super::*;
 
     const KEYS: &str =
