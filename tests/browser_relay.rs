@@ -55,7 +55,9 @@ fn user_binary() -> Vec<u8> {
 
 /// The agent's binary message.
 fn agent_binary() -> Vec<u8> {
-    (0..BINARY_LEN).map(|i| ((i * 13 + 5) % 256) as u8).collect()
+    (0..BINARY_LEN)
+        .map(|i| ((i * 13 + 5) % 256) as u8)
+        .collect()
 }
 
 /// The test page: `cfg` (JSON) names the session URL and token and how long to wait.
@@ -134,7 +136,11 @@ fn control(fx: &StackFixture, ca: &Path, method: &str, path: &str) -> serde_json
         .expect("reading the relay's control secret from the state directory");
     // the secret goes in a header file, not on a command line
     let header = fx.path("control-header");
-    std::fs::write(&header, format!("Authorization: Bearer {}\n", secret.trim())).unwrap();
+    std::fs::write(
+        &header,
+        format!("Authorization: Bearer {}\n", secret.trim()),
+    )
+    .unwrap();
     let mut c = Command::new("curl");
     c.args(["-sS", "--fail-with-body", "--max-time", "10", "--cacert"])
         .arg(ca)
@@ -179,9 +185,8 @@ fn create_session(fx: &StackFixture, ca: &Path) -> Session {
     session
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The agent side connects (token in the query) and waits for its peer.
 async fn agent_connect(s: &Session, tls: Arc<rustls::ClientConfig>) -> Ws {
@@ -307,7 +312,10 @@ fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(up, "the relay never answered {health} verified by the site CA");
+    assert!(
+        up,
+        "the relay never answered {health} verified by the site CA"
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -398,6 +406,12 @@ fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
     assert_eq!(page["error"], true, "{ctx}");
     assert_eq!(page["close"]["code"], 1006, "{ctx}");
     assert_eq!(page["texts"], serde_json::json!([]), "{ctx}");
+    // and it is the certificate that failed: chromium's network service logs the handshake
+    // failure with net::ERR_CERT_AUTHORITY_INVALID (-202)
+    assert!(
+        log.contains("net_error -202") || log.contains("ERR_CERT_AUTHORITY_INVALID"),
+        "the browser's failure is not the certificate's issuer: {ctx}"
+    );
     let st = control(&fx, &ca, "GET", &format!("/v1/sessions/{}", session.id));
     assert_eq!(st["state"], "waiting", "no user ever joined: {st}");
     assert_eq!(st["agent_connected"], true, "{st}");

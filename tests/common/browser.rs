@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 /// Fail the test with a clear message unless `chromium` and `certutil` run.
 pub fn require_browser() {
-    let hint = "scripts/test.sh installs them (ensure_browser: apt-get install chromium libnss3-tools)";
+    let hint =
+        "scripts/test.sh installs them (ensure_browser: apt-get install chromium libnss3-tools)";
     match Command::new("chromium").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         Ok(o) => panic!(
@@ -66,7 +67,11 @@ pub fn nss_home(home: &Path, ca_pem: Option<&Path>) -> PathBuf {
             .split_inclusive(end)
             .filter(|c| c.contains("-----BEGIN CERTIFICATE-----"))
             .collect();
-        assert!(!certs.is_empty(), "{} holds no certificate", ca_pem.display());
+        assert!(
+            !certs.is_empty(),
+            "{} holds no certificate",
+            ca_pem.display()
+        );
         for (i, cert) in certs.iter().enumerate() {
             let file = home.join(format!("trusted-{i}.pem"));
             std::fs::write(&file, format!("{}\n", cert.trim())).unwrap();
@@ -121,7 +126,10 @@ impl Chromium {
                 // page console messages and network errors on stderr (the log file)
                 "--enable-logging=stderr",
             ])
-            .arg(format!("--user-data-dir={}", home.join("profile").display()))
+            .arg(format!(
+                "--user-data-dir={}",
+                home.join("profile").display()
+            ))
             .arg(url)
             .stdin(Stdio::null())
             .stdout(out)
@@ -236,11 +244,11 @@ impl PageServer {
             let deadline = Instant::now() + Duration::from_secs(600);
             while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
                 match listener.accept() {
-                    Ok((conn, _)) => {
-                        if let Err(e) = serve_one(conn, &page, &tx) {
-                            eprintln!("page server: {e}");
-                        }
-                    }
+                    Ok((conn, _)) => match serve_one(conn, &page, &tx) {
+                        // chromium opens spare connections it may close unused
+                        Ok(()) | Err(Served::Unused) => {}
+                        Err(Served::Failed(e)) => eprintln!("page server: {e}"),
+                    },
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         std::thread::sleep(Duration::from_millis(20))
                     }
@@ -279,8 +287,22 @@ impl Drop for PageServer {
     }
 }
 
+/// Why a connection of the page server was not served.
+enum Served {
+    /// Closed by the browser before it sent anything.
+    Unused,
+    /// Anything else.
+    Failed(std::io::Error),
+}
+
+impl From<std::io::Error> for Served {
+    fn from(e: std::io::Error) -> Served {
+        Served::Failed(e)
+    }
+}
+
 /// Answer one HTTP/1.1 request on `conn` and close it.
-fn serve_one(mut conn: TcpStream, page: &str, tx: &mpsc::Sender<String>) -> std::io::Result<()> {
+fn serve_one(mut conn: TcpStream, page: &str, tx: &mpsc::Sender<String>) -> Result<(), Served> {
     conn.set_nonblocking(false)?;
     conn.set_read_timeout(Some(Duration::from_secs(10)))?;
     conn.set_write_timeout(Some(Duration::from_secs(10)))?;
@@ -291,11 +313,14 @@ fn serve_one(mut conn: TcpStream, page: &str, tx: &mpsc::Sender<String>) -> std:
             break i + 4;
         }
         if buf.len() > 64 * 1024 {
-            return Err(std::io::Error::other("request head over 64 KiB"));
+            return Err(std::io::Error::other("request head over 64 KiB").into());
         }
         let n = conn.read(&mut chunk)?;
+        if n == 0 && buf.is_empty() {
+            return Err(Served::Unused);
+        }
         if n == 0 {
-            return Err(std::io::Error::other("connection closed before the head"));
+            return Err(std::io::Error::other("connection closed in the request head").into());
         }
         buf.extend_from_slice(&chunk[..n]);
     };
@@ -309,13 +334,13 @@ fn serve_one(mut conn: TcpStream, page: &str, tx: &mpsc::Sender<String>) -> std:
         .and_then(|(_, v)| v.trim().parse().ok())
         .unwrap_or(0);
     if length > 16 * 1024 * 1024 {
-        return Err(std::io::Error::other("request body over 16 MiB"));
+        return Err(std::io::Error::other("request body over 16 MiB").into());
     }
     let mut body = buf[head_end..].to_vec();
     while body.len() < length {
         let n = conn.read(&mut chunk)?;
         if n == 0 {
-            return Err(std::io::Error::other("connection closed in the body"));
+            return Err(std::io::Error::other("connection closed in the body").into());
         }
         body.extend_from_slice(&chunk[..n]);
     }
@@ -334,5 +359,5 @@ fn serve_one(mut conn: TcpStream, page: &str, tx: &mpsc::Sender<String>) -> std:
         content.len()
     )?;
     conn.write_all(content)?;
-    conn.flush()
+    Ok(conn.flush()?)
 }
