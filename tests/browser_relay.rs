@@ -23,7 +23,8 @@
 //!   the site's: the browser's WebSocket fails (error, close 1006, never opened) and the
 //!   control API shows the session still waiting with no user connected.
 //!
-//! Every wait is bounded (the page gives up after 60 s, the test after 120 s per run), and
+//! The relay's pair timeout is raised from 30 s to 300 s in this variant, so that the agent,
+//! connected first, still waits however slowly chromium starts. Every wait is bounded (the page gives up after 60 s, the test after 120 s per run), and
 //! chromium runs in its own process group, killed by PID at the end of each run (also on
 //! panic). Without Docker, a swarm, chromium or certutil the test fails saying what is missing.
 
@@ -288,7 +289,12 @@ fn browser_run(home: &Path, s: &Session) -> (serde_json::Value, String) {
 fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
     require_browser();
     let fx = StackFixture::new(STACK);
-    let bundle = fx.relay_variant("v1", "1.0.0", |c| c);
+    // the shipped relay, its pair timeout (30 s) raised so that a slow chromium start on a
+    // busy machine cannot outlast the waiting agent
+    let bundle = fx.relay_variant("v1", "1.0.0", |c| {
+        assert!(c.contains("pair_timeout_secs = 30\n"), "{c}");
+        c.replace("pair_timeout_secs = 30\n", "pair_timeout_secs = 300\n")
+    });
     let o = loader_json(fx.loader().arg("activate").arg(&bundle));
     assert_eq!(o["result"], "activated", "{o}");
     let ca = fx.path("site-ca.pem");
@@ -385,11 +391,13 @@ fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
         serde_json::json!({"code": AGENT_CLOSE.0, "reason": AGENT_CLOSE.1, "clean": true}),
         "{ctx}"
     );
-    assert!(
-        matches!(&saw.close_reply, Some(Message::Close(_)) | None),
-        "after its close the agent got {:?}",
-        saw.close_reply
-    );
+    // and the browser's answer to it, relayed back to the agent
+    match &saw.close_reply {
+        Some(Message::Close(Some(f))) => {
+            assert_eq!(u16::from(f.code), AGENT_CLOSE.0, "{f:?}")
+        }
+        other => panic!("after its close the agent got {other:?}, not the browser's close"),
+    }
 
     // --- negative: an NSS database trusting another CA only; verification is on
     let other = fx.path("other-ca.pem");
@@ -416,7 +424,10 @@ fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
     assert_eq!(st["state"], "waiting", "no user ever joined: {st}");
     assert_eq!(st["agent_connected"], true, "{st}");
     assert_eq!(st["user_connected"], false, "{st}");
-    drop(ws);
+    rt.block_on(async move {
+        let mut ws = ws;
+        let _ = tokio::time::timeout(Duration::from_secs(10), ws.close(None)).await;
+    });
 }
 
 /// A CA certificate that is not the site's (the negative check's NSS database trusts it).
