@@ -102,8 +102,12 @@ impl Chromium {
         let log = home.join("chromium.log");
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
+        // its temporary files too stay in the test's directory (a killed chromium leaves them)
+        let tmp = home.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
         let mut cmd = Command::new("chromium");
         cmd.env("HOME", home)
+            .env("TMPDIR", &tmp)
             .env("XDG_CONFIG_HOME", home.join(".config"))
             .env("XDG_CACHE_HOME", home.join(".cache"))
             .env_remove("DISPLAY")
