@@ -270,7 +270,20 @@ fn browser_run(home: &Path, s: &Session) -> (serde_json::Value, String) {
     });
     let server = PageServer::start(PAGE.replace("__CFG__", &cfg.to_string()));
     let mut browser = Chromium::start(home, &server.url());
-    let result = server.result(Duration::from_secs(120));
+    // one second at a time, to notice a browser that exited without running the page
+    let mut result = None;
+    for _ in 0..120 {
+        result = server.result(Duration::from_secs(1));
+        if result.is_some() {
+            break;
+        }
+        if let Some(status) = browser.exited() {
+            panic!(
+                "chromium exited ({status}) before the page posted its outcome; its log:\n{}",
+                browser.log()
+            );
+        }
+    }
     let log = browser.log();
     let left = browser.stop();
     assert!(

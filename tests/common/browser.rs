@@ -149,6 +149,11 @@ impl Chromium {
         }
     }
 
+    /// Its exit status, once the browser process itself has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The log so far, without the D-Bus complaints of a machine without a session bus.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log)
