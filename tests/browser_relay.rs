@@ -21,12 +21,16 @@
 //!   browser received both exactly, saw the negotiated subprotocol and the relayed close.
 //! - Negative check: the same page and relay with an NSS database that holds another CA, not
 //!   the site's: the browser's WebSocket fails (error, close 1006, never opened) and the
-//!   control API shows the session still waiting with no user connected.
+//!   control API shows the session still waiting with no user connected; chromium's log names
+//!   the cause, `net_error -202` (ERR_CERT_AUTHORITY_INVALID).
 //!
 //! The relay's pair timeout is raised from 30 s to 300 s in this variant, so that the agent,
-//! connected first, still waits however slowly chromium starts. Every wait is bounded (the page gives up after 60 s, the test after 120 s per run), and
+//! connected first, still waits however slowly chromium starts. Every wait is bounded (the
+//! page gives up after 60 s, the test after 120 s per run, at once if chromium exits), and
 //! chromium runs in its own process group, killed by PID at the end of each run (also on
-//! panic). Without Docker, a swarm, chromium or certutil the test fails saying what is missing.
+//! panic). It runs with `--no-sandbox` because the tests run as root; that is chromium's
+//! process sandbox, not certificate checking. Without Docker, a swarm, chromium or certutil
+//! the test fails saying what is missing.
 
 mod common;
 
