@@ -143,4 +143,17 @@ static_cargo_env() {
     printf 'CARGO_PROFILE_RELEASE_STRIP=symbols\n'
     printf 'CARGO_PROFILE_RELEASE_DEBUG=false\n'
     printf 'CARGO_PROFILE_RELEASE_INCREMENTAL=false\n'
+# The browser end-to-end test (tests/browser_relay.rs): Debian's chromium, run headless as the
+# user side of a relay session, and certutil (libnss3-tools) to make the NSS database through
+# which it trusts the site CA.
+ensure_browser() {
+    local missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "== installing ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
 }

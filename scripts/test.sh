@@ -10,6 +10,7 @@ source scripts/lib.sh
 
 ensure_packages
 ensure_spdx_tools
+ensure_browser
 ensure_dockerd
 ensure_docker26
 ensure_swarm
