@@ -143,6 +143,8 @@ static_cargo_env() {
     printf 'CARGO_PROFILE_RELEASE_STRIP=symbols\n'
     printf 'CARGO_PROFILE_RELEASE_DEBUG=false\n'
     printf 'CARGO_PROFILE_RELEASE_INCREMENTAL=false\n'
+}
+
 # The browser end-to-end test (tests/browser_relay.rs): Debian's chromium, run headless as the
 # user side of a relay session, and certutil (libnss3-tools) to make the NSS database through
 # which it trusts the site CA.
