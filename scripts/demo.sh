@@ -26,7 +26,7 @@ ensure_dockerd
 mkdir -p "$STORE"
 (
     while IFS= read -r line; do export "$line"; done \
-        < <(static_cargo_env "$(pwd -P)" "${CARGO_HOME:-$HOME/.cargo}" "$STORE/cargo-target")
+        < <(static_cargo_env "$(pwd -P)" "${CARGO_HOME:-$HOME/.cargo}" "$STORE/cargo-target" "${SOURCE_DATE_EPOCH:-0}")
     unset RUSTFLAGS
     cargo build --release --locked --target x86_64-unknown-linux-gnu -p reemo-bundle --bin reemo-bundle
 )

@@ -135,14 +135,16 @@ ensure_docker26() {
 # (src/builder/realise.rs, static_build_env; a unit test compares the two): building the host
 # tool with it makes the bundle build's own static build of the tool a no-op, so the main
 # command compiles each program once.
-# Usage: static_cargo_env WORKSPACE CARGO_HOME TARGET_DIR — prints NAME=VALUE lines.
+# Usage: static_cargo_env WORKSPACE CARGO_HOME TARGET_DIR SOURCE_DATE_EPOCH — prints
+# NAME=VALUE lines.
 static_cargo_env() {
-    local ws=$1 home=$2 target=$3 sep=$'\x1f'
+    local ws=$1 home=$2 target=$3 epoch=$4 sep=$'\x1f'
     printf 'CARGO_TARGET_DIR=%s\n' "$target"
     printf 'CARGO_ENCODED_RUSTFLAGS=%s\n' "-Ctarget-feature=+crt-static${sep}--remap-path-prefix=$ws=/build/src${sep}--remap-path-prefix=$home=/cargo${sep}--remap-path-prefix=$target=/build/target"
     printf 'CARGO_PROFILE_RELEASE_STRIP=symbols\n'
     printf 'CARGO_PROFILE_RELEASE_DEBUG=false\n'
     printf 'CARGO_PROFILE_RELEASE_INCREMENTAL=false\n'
+    printf 'SOURCE_DATE_EPOCH=%s\nTZ=UTC\nLC_ALL=C\n' "$epoch"
 }
 
 # The browser end-to-end test (tests/browser_relay.rs): Debian's chromium, run headless as the

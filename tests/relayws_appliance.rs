@@ -84,95 +84,127 @@ async fn next(ws: &mut Ws) -> Result<Message, String> {
     }
 }
 
-/// One session: created through the control listener, both sides through the TLS
-/// listener; returns its id once everything checked out.
-async fn session(
-    i: usize,
-    ports: &Ports,
+/// The clients' side of the appliance: TLS configs, ports, control secret.
+#[derive(Clone)]
+struct Client {
+    ports: Ports,
     entry: Arc<rustls::ClientConfig>,
     control: Arc<rustls::ClientConfig>,
-    secret: &str,
-) -> Result<String, String> {
-    let cbase = BaseUrl::parse(&format!("https://localhost:{}", ports.control)).unwrap();
-    let (status, body) = http_request(
-        &cbase,
-        Some(&control),
-        "POST",
-        "/v1/sessions",
-        Some(secret),
-        "{}",
-    )
-    .await
-    .map_err(|e| format!("session {i}: POST: {e:#}"))?;
-    if status != 201 {
-        return Err(format!("session {i}: POST: {status} {body}"));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let id = v["id"].as_str().unwrap().to_string();
-    let url = format!("wss://localhost:{}/v1/relay/{id}", ports.https);
-    let connector = || Some(tokio_tungstenite::Connector::Rustls(entry.clone()));
-    let agent_url = format!(
-        "{url}?role=agent&token={}",
-        v["agent"]["token"].as_str().unwrap()
-    );
-    let (mut agent, _) =
-        tokio_tungstenite::connect_async_tls_with_config(agent_url, None, true, connector())
-            .await
-            .map_err(|e| format!("session {i}: agent: {e}"))?;
-    let mut req = url.as_str().into_client_request().unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        format!(
-            "reemo-relay.v1, token.{}",
-            v["user"]["token"].as_str().unwrap()
+    secret: String,
+}
+
+/// A session made through the control API: its id and the two sides' tokens.
+#[derive(Clone)]
+struct Made {
+    id: String,
+    agent: String,
+    user: String,
+}
+
+impl Client {
+    /// A control call through the mutual-TLS listener.
+    async fn call(&self, method: &str, path: &str) -> Result<(u16, String), String> {
+        let base = BaseUrl::parse(&format!("https://localhost:{}", self.ports.control)).unwrap();
+        http_request(
+            &base,
+            Some(&self.control),
+            method,
+            path,
+            Some(&self.secret),
+            "{}",
         )
-        .parse()
-        .unwrap(),
-    );
-    let (mut user, _) =
-        tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector())
-            .await
-            .map_err(|e| format!("session {i}: user: {e}"))?;
+        .await
+        .map_err(|e| format!("{method} {path}: {e:#}"))
+    }
+
+    async fn create(&self) -> Result<Made, String> {
+        let (status, body) = self.call("POST", "/v1/sessions").await?;
+        if status != 201 {
+            return Err(format!("POST: {status} {body}"));
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let s = |p: &str| v.pointer(p).and_then(|x| x.as_str()).unwrap().to_string();
+        Ok(Made {
+            id: s("/id"),
+            agent: s("/agent/token"),
+            user: s("/user/token"),
+        })
+    }
+
+    /// The state the control API reports for `id` (from the replica the id routes to).
+    async fn state(&self, id: &str) -> Result<String, String> {
+        let (status, body) = self.call("GET", &format!("/v1/sessions/{id}")).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        match (status, v["state"].as_str()) {
+            (200, Some(s)) => Ok(s.to_string()),
+            _ => Err(format!("GET {id}: {status} {body}")),
+        }
+    }
+
+    /// Connect both sides through the TLS listener: the agent with its token in the query,
+    /// the user with it as a subprotocol, as the web client does.
+    async fn connect(&self, m: &Made) -> Result<(Ws, Ws), String> {
+        let url = format!("wss://localhost:{}/v1/relay/{}", self.ports.https, m.id);
+        let connector = || Some(tokio_tungstenite::Connector::Rustls(self.entry.clone()));
+        let (agent, _) = tokio_tungstenite::connect_async_tls_with_config(
+            format!("{url}?role=agent&token={}", m.agent),
+            None,
+            true,
+            connector(),
+        )
+        .await
+        .map_err(|e| format!("{}: agent: {e}", m.id))?;
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            format!("reemo-relay.v1, token.{}", m.user).parse().unwrap(),
+        );
+        let (user, _) =
+            tokio_tungstenite::connect_async_tls_with_config(req, None, true, connector())
+                .await
+                .map_err(|e| format!("{}: user: {e}", m.id))?;
+        Ok((agent, user))
+    }
+}
+
+/// `m` sent by `from` arrives unchanged at `to`.
+async fn relay_one(from: &mut Ws, to: &mut Ws, m: Message) -> Result<(), String> {
+    from.send(m.clone())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let got = next(to).await.map_err(|e| format!("receive: {e}"))?;
+    if got != m {
+        return Err("a message arrived changed".into());
+    }
+    Ok(())
+}
+
+/// One session: created through the control listener, both sides through the TLS
+/// listener; returns its id once everything checked out.
+async fn session(i: usize, c: Client) -> Result<String, String> {
+    let made = c.create().await.map_err(|e| format!("session {i}: {e}"))?;
+    let id = made.id.clone();
+    let (mut agent, mut user) = c.connect(&made).await?;
     let big = i.is_multiple_of(5).then(|| vec![(i % 251) as u8; 1 << 20]);
     let msgs = [
         Message::text(format!("hello {i} from the agent")),
         Message::binary(vec![i as u8, 0, 255, 7]),
     ];
     for m in msgs.iter().cloned().chain(big.map(Message::binary)) {
-        agent
-            .send(m.clone())
+        relay_one(&mut agent, &mut user, m.clone())
             .await
-            .map_err(|e| format!("session {i}: {e}"))?;
-        let got = next(&mut user)
+            .map_err(|e| format!("session {i}: agent→user: {e}"))?;
+        relay_one(&mut user, &mut agent, m)
             .await
-            .map_err(|e| format!("session {i}: user got {e}"))?;
-        if got != m {
-            return Err(format!("session {i}: agent→user changed"));
-        }
-        user.send(m.clone())
-            .await
-            .map_err(|e| format!("session {i}: {e}"))?;
-        let got = next(&mut agent)
-            .await
-            .map_err(|e| format!("session {i}: agent got {e}"))?;
-        if got != m {
-            return Err(format!("session {i}: user→agent changed"));
-        }
+            .map_err(|e| format!("session {i}: user→agent: {e}"))?;
     }
     // the control API sees it paired: the GET reached the replica holding it
-    let (status, body) = http_request(
-        &cbase,
-        Some(&control),
-        "GET",
-        &format!("/v1/sessions/{id}"),
-        Some(secret),
-        "",
-    )
-    .await
-    .map_err(|e| format!("session {i}: GET: {e:#}"))?;
-    let st: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    if status != 200 || st["state"] != "paired" {
-        return Err(format!("session {i}: GET {id}: {status} {body}"));
+    let st = c
+        .state(&id)
+        .await
+        .map_err(|e| format!("session {i}: {e}"))?;
+    if st != "paired" {
+        return Err(format!("session {i}: {id} is {st}"));
     }
     // close propagation
     agent
@@ -265,13 +297,16 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
     assert!(up, "the proxy never answered /healthz with a healthy relay");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let entry = tls(&ca, None);
-    let control = tls(&ca, Some((&cc, &ck)));
+    let client = Client {
+        ports,
+        entry: tls(&ca, None),
+        control: tls(&ca, Some((&cc, &ck))),
+        secret: secret.clone(),
+    };
     let results: Vec<Result<String, String>> = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..SESSIONS {
-            let (entry, control, secret) = (entry.clone(), control.clone(), secret.clone());
-            set.spawn(async move { session(i, &ports, entry, control, &secret).await });
+            set.spawn(session(i, client.clone()));
         }
         let mut out = Vec::new();
         let all = tokio::time::timeout(Duration::from_secs(120), async {
@@ -395,4 +430,208 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
         !plog.contains("role=agent"),
         "a query string in the access log"
     );
+
+    // --- control before any connection: created on one replica, answered by the one the
+    // id routes to (POSTs go round robin, so some of these cross replicas)
+    rt.block_on(async {
+        for _ in 0..6 {
+            let m = client.create().await.unwrap();
+            assert_eq!(client.state(&m.id).await.unwrap(), "waiting", "{}", m.id);
+        }
+        let m = client.create().await.unwrap();
+        let (s, b) = client
+            .call("DELETE", &format!("/v1/sessions/{}", m.id))
+            .await
+            .unwrap();
+        assert_eq!(s, 200, "{b}");
+        let e = client
+            .connect(&m)
+            .await
+            .err()
+            .expect("a deleted session's tokens are refused");
+        assert!(e.contains("410"), "{e}");
+    });
+
+    // --- scaling 2 → 3 with live sessions: they are untouched; reconnecting, each pairs on
+    // its old replica or on the new one (consistent hashing moves only the new one's share)
+    let live: Vec<(Made, Ws, Ws)> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..30 {
+            let m = client.create().await.unwrap();
+            let (mut a, mut u) = client.connect(&m).await.unwrap();
+            relay_one(&mut a, &mut u, Message::text("before"))
+                .await
+                .unwrap();
+            v.push((m, a, u));
+        }
+        v
+    });
+    let relay_service = format!("{STACK}_relay");
+    let running_tasks = || {
+        run_ok(docker().args([
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            &relay_service,
+        ]))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<String>>()
+    };
+    let tasks_before = running_tasks();
+    assert_eq!(tasks_before.len(), 2);
+    let o = loader_json(fx.loader().args(["configure", "--set", "RELAY_REPLICAS=3"]));
+    assert_eq!(o["result"], "activated", "{o}");
+    let tasks_after = running_tasks();
+    assert_eq!(tasks_after.len(), 3);
+    assert!(
+        tasks_before.is_subset(&tasks_after),
+        "scaling up restarted a replica"
+    );
+    let mut live = live;
+    rt.block_on(async {
+        for (m, a, u) in live.iter_mut() {
+            relay_one(a, u, Message::text("after scaling"))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", m.id));
+            relay_one(u, a, Message::binary(vec![1, 2, 3]))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", m.id));
+        }
+        for (_, a, u) in live.iter_mut() {
+            a.send(Message::Close(None)).await.unwrap();
+            while let Ok(m) = next(u).await {
+                if m.is_close() {
+                    break;
+                }
+            }
+        }
+        // both sides connect again: the proxy picks the replica from the session id anew
+        for (m, _, _) in live.iter() {
+            let (mut a, mut u) = client.connect(m).await.unwrap_or_else(|e| panic!("{e}"));
+            relay_one(&mut a, &mut u, Message::text("again"))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", m.id));
+        }
+    });
+    let logs = service_logs(&relay_service, &["--no-trunc", "--no-task-ids"]);
+    let paired_on = |id: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains("session paired") && l.contains(id))
+            .map(|l| {
+                l.split_once('|')
+                    .map(|(p, _)| p.trim().to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let replicas_before: std::collections::BTreeSet<String> = live
+        .iter()
+        .map(|(m, _, _)| paired_on(&m.id)[0].clone())
+        .collect();
+    let mut moved = 0;
+    for (m, _, _) in &live {
+        let on = paired_on(&m.id);
+        assert_eq!(on.len(), 2, "{}: {on:?}", m.id);
+        if on[1] != on[0] {
+            assert!(
+                !replicas_before.contains(&on[1]),
+                "{} moved between old replicas: {on:?}",
+                m.id
+            );
+            moved += 1;
+        }
+    }
+    eprintln!(
+        "[appliance] scaling 2 → 3: {moved} of {} sessions moved to the new replica",
+        live.len()
+    );
+    assert!(
+        moved > 0 && moved < live.len(),
+        "{moved} of {} moved",
+        live.len()
+    );
+
+    // --- a rolling update with live sessions (a new drain timeout: the relay's environment
+    // and grace period change): every session keeps every message until its replica's drain
+    // deadline; after it, both sides reconnect and pair again
+    let ended: Vec<Result<(Made, u64), String>> = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let c = client.clone();
+            set.spawn(async move {
+                let m = c.create().await?;
+                let (mut a, mut u) = c.connect(&m).await?;
+                let mut k: u64 = 0;
+                let start = std::time::Instant::now();
+                // a numbered message every 100 ms, until the connection ends (bounded: 120 s)
+                while start.elapsed() < Duration::from_secs(120) {
+                    if a.send(Message::text(k.to_string())).await.is_err() {
+                        break;
+                    }
+                    match next(&mut u).await {
+                        Ok(Message::Text(t)) if t.as_str() == k.to_string() => k += 1,
+                        Ok(Message::Text(t)) => {
+                            return Err(format!("{}: message {k} arrived as {}", m.id, t.as_str()))
+                        }
+                        _ => break,
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Ok((m, k))
+            });
+        }
+        // the update runs meanwhile, on its own thread
+        let state = fx.state.clone();
+        let update = tokio::task::spawn_blocking(move || {
+            let t = std::time::Instant::now();
+            let o = run_ok(loader(&state).args([
+                "configure",
+                "--set",
+                "DRAIN_TIMEOUT_SECS=6",
+                "--timeout",
+                "180s",
+            ]));
+            (o, t.elapsed())
+        });
+        let mut out = Vec::new();
+        let all = tokio::time::timeout(Duration::from_secs(150), async {
+            while let Some(r) = set.join_next().await {
+                out.push(r.unwrap());
+            }
+        });
+        assert!(
+            all.await.is_ok(),
+            "sessions still running 150 s after the update began"
+        );
+        let (said, took) = update.await.unwrap();
+        eprintln!(
+            "[appliance] rolling relay update: {:.1} s",
+            took.as_secs_f64()
+        );
+        assert!(said.contains("now runs generation"), "{said}");
+        out
+    });
+    rt.block_on(async {
+        for r in ended {
+            let (m, k) = r.unwrap_or_else(|e| panic!("{e}"));
+            assert!(k > 0, "{}: nothing relayed before the update", m.id);
+            let (mut a, mut u) = client
+                .connect(&m)
+                .await
+                .unwrap_or_else(|e| panic!("{}: reconnecting after its replica left: {e}", m.id));
+            relay_one(&mut a, &mut u, Message::text("paired again"))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", m.id));
+        }
+    });
+
+    // --- whole-stack rollback still works (timed)
+    let t = std::time::Instant::now();
+    let o = loader_json(fx.loader().arg("rollback"));
+    assert_eq!(o["result"], "rolled-back", "{o}");
+    eprintln!("[appliance] rollback: {:.1} s", t.elapsed().as_secs_f64());
+    rt.block_on(session(999, client.clone())).unwrap();
 }

@@ -231,15 +231,16 @@ fn place(src: &Path, dest: &Path) -> Result<()> {
         .with_context(|| format!("writing the bundle {}", dest.display()))
 }
 
-/// The environment cargo gets for a static binary (besides `SOURCE_DATE_EPOCH`, `TZ` and
-/// `LC_ALL`, which it does not fingerprint): static C runtime, paths remapped so that the
-/// bytes do not depend on where the workspace, cargo's home or the target folder are,
-/// symbols stripped. `scripts/lib.sh` (`static_cargo_env`) prints the same, so that the
+/// The environment cargo gets for a static binary: static C runtime, paths remapped so that
+/// the bytes do not depend on where the workspace, cargo's home or the target folder are,
+/// symbols stripped, the build's `SOURCE_DATE_EPOCH` (C build scripts fingerprint it), UTC
+/// and the C locale. `scripts/lib.sh` (`static_cargo_env`) prints the same, so that the
 /// README's main command builds the host tool once, as the bundle's static binary.
 pub(crate) fn static_build_env(
     ws: &Path,
     cargo_home: &Path,
     target: &Path,
+    source_date_epoch: u64,
 ) -> Vec<(String, String)> {
     let flags = [
         "-Ctarget-feature=+crt-static".to_string(),
@@ -254,6 +255,9 @@ pub(crate) fn static_build_env(
         ("CARGO_PROFILE_RELEASE_STRIP", "symbols".into()),
         ("CARGO_PROFILE_RELEASE_DEBUG", "false".into()),
         ("CARGO_PROFILE_RELEASE_INCREMENTAL", "false".into()),
+        ("SOURCE_DATE_EPOCH", source_date_epoch.to_string()),
+        ("TZ", "UTC".into()),
+        ("LC_ALL", "C".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -295,11 +299,13 @@ fn build_binary(
             "--bin",
             &b.bin,
         ])
-        .envs(static_build_env(&ws, &cargo_home, &target))
+        .envs(static_build_env(
+            &ws,
+            &cargo_home,
+            &target,
+            opts.source_date_epoch,
+        ))
         .env_remove("RUSTFLAGS")
-        .env("SOURCE_DATE_EPOCH", opts.source_date_epoch.to_string())
-        .env("TZ", "UTC")
-        .env("LC_ALL", "C")
         .stdout(std::process::Stdio::inherit())
         .stderr(std::process::Stdio::inherit())
         .status()
@@ -1179,15 +1185,20 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let o = std::process::Command::new("bash")
             .arg("-c")
-            .arg("source scripts/lib.sh; static_cargo_env /w /h /t")
+            .arg("source scripts/lib.sh; static_cargo_env /w /h /t 1700000000")
             .current_dir(root)
             .output()
             .expect("running bash");
         assert!(o.status.success(), "{o:?}");
-        let want: Vec<String> = static_build_env(Path::new("/w"), Path::new("/h"), Path::new("/t"))
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let want: Vec<String> = static_build_env(
+            Path::new("/w"),
+            Path::new("/h"),
+            Path::new("/t"),
+            1_700_000_000,
+        )
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
         let got: Vec<String> = String::from_utf8(o.stdout)
             .unwrap()
             .lines()
