@@ -227,16 +227,45 @@ async fn session(i: usize, c: Client) -> Result<String, String> {
     Ok(id)
 }
 
-/// `docker service logs` of a service: its tasks' stdout and stderr.
-fn service_logs(service: &str, args: &[&str]) -> String {
-    let o = docker()
-        .args(["service", "logs"])
-        .args(args)
-        .arg(service)
-        .output()
-        .expect("docker service logs");
-    assert!(o.status.success(), "docker service logs {service}: {o:?}");
-    String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr)
+/// The logs of every task container of a service (running or exited), each line as
+/// `<timestamp> <task name> | <line>`. (`docker service logs` sometimes never ends on this
+/// engine; the containers' own logs do.)
+fn service_logs(service: &str) -> String {
+    let ids = run_ok(docker().args([
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]));
+    let mut out = String::new();
+    for id in ids.split_whitespace() {
+        let name = run_ok(docker().args([
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"com.docker.swarm.task.name\"}}",
+            id,
+        ]));
+        // the task name without its id: <service>.<slot>
+        let name = name
+            .trim()
+            .rsplit_once('.')
+            .map(|(n, _)| n.to_string())
+            .unwrap_or_default();
+        let o = docker()
+            .args(["logs", "--timestamps", id])
+            .output()
+            .expect("docker logs");
+        for l in String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&o.stderr).lines())
+        {
+            if let Some((ts, rest)) = l.split_once(' ') {
+                out.push_str(&format!("{ts} {name} | {rest}\n"));
+            }
+        }
+    }
+    out
 }
 
 fn curl(args: &[&str]) -> std::process::Output {
@@ -324,13 +353,17 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
     assert_eq!(ids.len(), SESSIONS);
 
     // each session paired on exactly one replica; both replicas took some
-    let logs = service_logs(&format!("{STACK}_relay"), &["--no-trunc", "--no-task-ids"]);
+    let logs = service_logs(&format!("{STACK}_relay"));
     let mut per_replica: std::collections::BTreeMap<String, usize> = Default::default();
     for id in &ids {
         let replicas: std::collections::BTreeSet<&str> = logs
             .lines()
             .filter(|l| l.contains("session paired") && l.contains(id.as_str()))
-            .map(|l| l.split_once('|').map(|(p, _)| p.trim()).unwrap_or(""))
+            .map(|l| {
+                l.split_once('|')
+                    .and_then(|(p, _)| p.split_whitespace().nth(1))
+                    .unwrap_or("")
+            })
             .collect();
         assert_eq!(
             replicas.len(),
@@ -417,7 +450,7 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
     );
 
     // the proxy's access log: paths, no tokens or query strings
-    let plog = service_logs(&format!("{STACK}_proxy"), &["--raw"]);
+    let plog = service_logs(&format!("{STACK}_proxy"));
     assert!(
         plog.contains("/v1/relay/"),
         "the access log lists relay paths:\n{plog}"
@@ -516,16 +549,20 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
                 .unwrap_or_else(|e| panic!("{}: {e}", m.id));
         }
     });
-    let logs = service_logs(&relay_service, &["--no-trunc", "--no-task-ids"]);
+    // (ordered by their timestamps)
+    let logs = service_logs(&relay_service);
     let paired_on = |id: &str| -> Vec<String> {
-        logs.lines()
+        let mut v: Vec<(String, String)> = logs
+            .lines()
             .filter(|l| l.contains("session paired") && l.contains(id))
-            .map(|l| {
-                l.split_once('|')
-                    .map(|(p, _)| p.trim().to_string())
-                    .unwrap_or_default()
+            .filter_map(|l| {
+                let (prefix, _) = l.split_once('|')?;
+                let mut w = prefix.split_whitespace();
+                Some((w.next()?.to_string(), w.next()?.to_string()))
             })
-            .collect()
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, replica)| replica).collect()
     };
     let replicas_before: std::collections::BTreeSet<String> = live
         .iter()
@@ -633,5 +670,16 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
     let o = loader_json(fx.loader().arg("rollback"));
     assert_eq!(o["result"], "rolled-back", "{o}");
     eprintln!("[appliance] rollback: {:.1} s", t.elapsed().as_secs_f64());
-    rt.block_on(session(999, client.clone())).unwrap();
+    // the proxy finds the new replicas through DNS within about a second: retried briefly
+    rt.block_on(async {
+        let mut last = String::new();
+        for _ in 0..20 {
+            match session(999, client.clone()).await {
+                Ok(_) => return,
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("no session after the rollback: {last}");
+    });
 }

@@ -67,6 +67,7 @@ pub async fn look(engine: &dyn Engine, stack: &str, services: &[&DesiredService]
         let want = Wanted {
             name: &s.full_name,
             spec_hash: &s.spec_hash,
+            task_hash: s.task_hash(),
             job: s.job,
         };
         match assess(want, l, &tasks) {

@@ -252,6 +252,7 @@ pub async fn status(host: &Host) -> Result<Status> {
                 Wanted {
                     name: &s.full_name,
                     spec_hash: &s.spec_hash,
+                    task_hash: s.task_hash(),
                     job: s.job,
                 },
                 l,
@@ -271,7 +272,7 @@ pub async fn status(host: &Host) -> Result<Status> {
             }
             st.services.push(ServiceStatus {
                 name: s.full_name.clone(),
-                running: count(&tasks, &s.spec_hash, state),
+                running: count(&tasks, s.task_hash(), state),
                 desired: l.and_then(|l| l.replicas).unwrap_or(1),
                 health,
                 detail: a.detail(),

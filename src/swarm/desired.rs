@@ -251,7 +251,7 @@ pub fn build(
         };
         let spec = super::spec::service_spec(&input)
             .with_context(|| format!("service {}", summary.name))?;
-        let (spec, hash) = super::spec::seal(spec);
+        let (spec, hash, task_hash) = super::spec::seal(spec);
         services.push(DesiredService {
             name: summary.name.to_string(),
             full_name: format!("{stack}_{}", summary.name),
@@ -261,6 +261,7 @@ pub fn build(
             configs: cfg_names,
             secrets: sec_names,
             spec_hash: hash,
+            task_hash,
             spec,
         });
     }

@@ -13,8 +13,10 @@ use super::observed::{LiveService, TaskInfo, TaskState, UpdateState};
 pub struct Wanted<'a> {
     /// Full service name.
     pub name: &'a str,
-    /// Desired spec hash.
+    /// Desired spec hash (the service's label).
     pub spec_hash: &'a str,
+    /// The label its tasks carry (`DesiredService::task_hash`).
+    pub task_hash: &'a str,
     /// One-shot job (converged when its tasks completed).
     pub job: bool,
 }
@@ -145,7 +147,7 @@ pub fn assess(want: Wanted<'_>, live: Option<&LiveService>, tasks: &[TaskInfo]) 
     if l.spec_hash.as_deref() != Some(want.spec_hash) {
         return Assessment::Drifted;
     }
-    if let Some(t) = of_spec(tasks, want.spec_hash)
+    if let Some(t) = of_spec(tasks, want.task_hash)
         .find(|t| matches!(t.state, TaskState::Failed | TaskState::Rejected))
     {
         return Assessment::Failed(t.clone());
@@ -164,18 +166,18 @@ pub fn assess(want: Wanted<'_>, live: Option<&LiveService>, tasks: &[TaskInfo]) 
     }
     let replicas = l.replicas.unwrap_or(1);
     let converged = if want.job {
-        count(tasks, want.spec_hash, TaskState::Complete) as u64 >= replicas.max(1)
+        count(tasks, want.task_hash, TaskState::Complete) as u64 >= replicas.max(1)
     } else {
-        let running = of_spec(tasks, want.spec_hash)
+        let running = of_spec(tasks, want.task_hash)
             .filter(|t| t.state == TaskState::Running && t.desired == TaskState::Running)
             .count() as u64;
         let stale = tasks.iter().any(|t| {
-            t.desired == TaskState::Running && t.spec_hash.as_deref() != Some(want.spec_hash)
+            t.desired == TaskState::Running && t.spec_hash.as_deref() != Some(want.task_hash)
         });
         running >= replicas && !stale
     };
     if !converged {
-        let latest = of_spec(tasks, want.spec_hash).max_by(|a, b| a.created.cmp(&b.created));
+        let latest = of_spec(tasks, want.task_hash).max_by(|a, b| a.created.cmp(&b.created));
         return Assessment::Waiting(match latest {
             Some(t) if t.message.is_empty() => format!("{}: task {}", want.name, t.state),
             Some(t) => format!("{}: task {} ({})", want.name, t.state, t.message),
@@ -229,6 +231,7 @@ mod tests {
         Wanted {
             name: "s_app",
             spec_hash: H,
+            task_hash: H,
             job,
         }
     }

@@ -106,8 +106,24 @@ pub struct DesiredService {
     pub secrets: Vec<String>,
     /// Hash of `spec` (before the hash label was added).
     pub spec_hash: String,
+    /// Hash of its `TaskTemplate` alone, the label its tasks carry: a change of the replica
+    /// count (or of anything else outside the task template) restarts no task. Empty in
+    /// generations made before it existed (their tasks carry `spec_hash`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub task_hash: String,
     /// `ServiceSpec` JSON.
     pub spec: serde_json::Value,
+}
+
+impl DesiredService {
+    /// The label value its tasks carry (see `task_hash`).
+    pub fn task_hash(&self) -> &str {
+        if self.task_hash.is_empty() {
+            &self.spec_hash
+        } else {
+            &self.task_hash
+        }
+    }
 }
 
 /// The complete desired state of a stack.

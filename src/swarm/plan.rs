@@ -283,6 +283,7 @@ mod tests {
             configs: vec![format!("s_{name}_cfg_{hash}")],
             secrets: vec![],
             spec_hash: hash.into(),
+            task_hash: String::new(),
             spec: serde_json::json!({}),
         }
     }

@@ -348,18 +348,22 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
 
 /// Hash the spec and stamp the hash on the service and its tasks' containers, so that the
 /// planner and the convergence watcher can tell which spec is live without reading specs.
-pub fn seal(mut spec: Value) -> (Value, String) {
+pub fn seal(mut spec: Value) -> (Value, String, String) {
     let hash = sha256_hex(crate::hash::canonical_json(&spec).as_bytes())[..16].to_string();
+    let task =
+        sha256_hex(crate::hash::canonical_json(&spec["TaskTemplate"]).as_bytes())[..16].to_string();
     if let Some(l) = spec.pointer_mut("/Labels").and_then(Value::as_object_mut) {
         l.insert(SPEC_LABEL.into(), json!(hash));
     }
+    // the tasks carry the task template's own hash: a spec change outside it (replicas,
+    // update settings) restarts nothing
     if let Some(l) = spec
         .pointer_mut("/TaskTemplate/ContainerSpec/Labels")
         .and_then(Value::as_object_mut)
     {
-        l.insert(SPEC_LABEL.into(), json!(hash));
+        l.insert(SPEC_LABEL.into(), json!(task));
     }
-    (spec, hash)
+    (spec, hash, task)
 }
 
 /// The image reference a service is pinned by, so that every node that may run its tasks
@@ -511,13 +515,21 @@ mod tests {
 
     #[test]
     fn seal_is_stable_and_labels_tasks() {
-        let (a, ha) = seal(relay_spec());
-        let (_, hb) = seal(relay_spec());
-        assert_eq!(ha, hb);
-        assert_eq!(a["TaskTemplate"]["ContainerSpec"]["Labels"][SPEC_LABEL], ha);
-        let mut changed = relay_spec();
-        changed["Mode"]["Replicated"]["Replicas"] = json!(2);
-        assert_ne!(seal(changed).1, ha);
+        let (a, ha, ta) = seal(relay_spec());
+        let (_, hb, tb) = seal(relay_spec());
+        assert_eq!((&ha, &ta), (&hb, &tb));
+        assert_eq!(a["Labels"][SPEC_LABEL], ha);
+        assert_eq!(a["TaskTemplate"]["ContainerSpec"]["Labels"][SPEC_LABEL], ta);
+        // the replica count is outside the task template: no task restarts for it
+        let mut scaled = relay_spec();
+        scaled["Mode"]["Replicated"]["Replicas"] = json!(2);
+        let (_, hs, ts) = seal(scaled);
+        assert_ne!(hs, ha);
+        assert_eq!(ts, ta);
+        // an environment change is a new task template
+        let mut env = relay_spec();
+        env["TaskTemplate"]["ContainerSpec"]["Env"] = json!(["X=1"]);
+        assert_ne!(seal(env).2, ta);
     }
 
     #[test]
@@ -545,7 +557,7 @@ mod tests {
         for (k, stores, want) in cases {
             assert_eq!(image_pin(k, &stores), want, "{stores:?} {k:?}");
         }
-        let (s, hash) = seal(relay_spec());
+        let (s, hash, _) = seal(relay_spec());
         let p = pin_image(&s, "reemo/relay:1.0.0-cc");
         assert_eq!(
             p["TaskTemplate"]["ContainerSpec"]["Image"],
@@ -556,7 +568,7 @@ mod tests {
 
     #[test]
     fn fill_ids_names_missing_objects() {
-        let (s, _) = seal(relay_spec());
+        let (s, _, _) = seal(relay_spec());
         let cfg = BTreeMap::from([("relayws_relay_config_11111111".into(), "c1".into())]);
         let e = fill_ids(&s, &cfg, &BTreeMap::new())
             .unwrap_err()
