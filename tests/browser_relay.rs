@@ -1,10 +1,12 @@
-//! A real browser as the user side of a relay session (issue 12): the shipped relay appliance
-//! is activated on the swarm (stack `lbrowser`); it serves TLS with a certificate of the host's
-//! site CA, which `pki ca-cert` exports.
+//! A real browser as the user side of a relay session (issue 12): the shipped RELAYWS
+//! appliance is activated on the swarm (stack `lbrowser`): haproxy serves TLS on the entry
+//! port with a certificate of the host's site CA (which `pki ca-cert` exports) and routes
+//! `/v1/relay/{session}` to the relay replicas; the control API is on its mutual-TLS port.
 //!
 //! How it works:
-//! - The session is created through the relay's control API (`POST /v1/sessions` with the
-//!   control secret of the state directory, by `curl --cacert`), which gives both tokens.
+//! - The session is created through the control API on the proxy's mutual-TLS port
+//!   (`POST /v1/sessions` with the control secret of the state directory, by `curl --cacert`
+//!   with a client certificate from `pki issue-client`), which gives both tokens.
 //! - The agent side is a Rust client (tokio-tungstenite over rustls trusting only the site CA)
 //!   that connects first with its token in the query, and waits.
 //! - The user side is Debian's `chromium --headless`, with a temporary `$HOME` whose NSS
@@ -24,8 +26,8 @@
 //!   control API shows the session still waiting with no user connected; chromium's log names
 //!   the cause, `net_error -202` (ERR_CERT_AUTHORITY_INVALID).
 //!
-//! The relay's pair timeout is raised from 30 s to 300 s in this variant, so that the agent,
-//! connected first, still waits however slowly chromium starts. Every wait is bounded (the
+//! The agent, connected first, waits up to the relay's pair timeout (30 s) for chromium.
+//! Every wait is bounded (the
 //! page gives up after 60 s, the test after 120 s per run, at once if chromium exits), and
 //! chromium runs in its own process group, killed by PID at the end of each run (also on
 //! panic). It runs with `--no-sandbox` because the tests run as root; that is chromium's
@@ -146,17 +148,31 @@ fn control(fx: &StackFixture, ca: &Path, method: &str, path: &str) -> serde_json
         format!("Authorization: Bearer {}\n", secret.trim()),
     )
     .unwrap();
+    let client = fx.path("clients");
     let mut c = Command::new("curl");
     c.args(["-sS", "--fail-with-body", "--max-time", "10", "--cacert"])
         .arg(ca)
+        .arg("--cert")
+        .arg(client.join("browser-test.crt"))
+        .arg("--key")
+        .arg(client.join("browser-test.key"))
         .arg("-H")
         .arg(format!("@{}", header.display()))
         .args(["-X", method]);
     if method == "POST" {
         c.args(["--data", "{\"ttl_secs\": 600}"]);
     }
-    let out = run_ok(c.arg(format!("https://localhost:{}{path}", fx.port)));
+    let out = run_ok(c.arg(format!("https://localhost:{}{path}", control_port(fx))));
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{method} {path}: bad JSON ({e}): {out}"))
+}
+
+/// The proxy's control port of this test (published next to the entry port).
+fn control_port(fx: &StackFixture) -> u16 {
+    std::fs::read_to_string(fx.path("control-port"))
+        .expect("the control port, written at activation")
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// A session made by the control API: its id and each side's URL and token.
@@ -306,14 +322,25 @@ fn browser_run(home: &Path, s: &Session) -> (serde_json::Value, String) {
 fn chromium_is_the_user_side_of_a_relay_session_over_verified_wss() {
     require_browser();
     let fx = StackFixture::new(STACK);
-    // the shipped relay, its pair timeout (30 s) raised so that a slow chromium start on a
-    // busy machine cannot outlast the waiting agent
-    let bundle = fx.relay_variant("v1", "1.0.0", |c| {
-        assert!(c.contains("pair_timeout_secs = 30\n"), "{c}");
-        c.replace("pair_timeout_secs = 30\n", "pair_timeout_secs = 300\n")
-    });
-    let o = loader_json(fx.loader().arg("activate").arg(&bundle));
+    // the shipped appliance: the entry proxy on this fixture's port
+    let bundle = common::appliance::build(&fx.path("b"), STACK);
+    let cport = free_port();
+    std::fs::write(fx.path("control-port"), cport.to_string()).unwrap();
+    let o = loader_json(
+        fx.loader()
+            .arg("activate")
+            .arg(&bundle)
+            .args(["--timeout", "180s"])
+            .arg(format!("--set=HTTPS_PORT={}", fx.port))
+            .arg(format!("--set=HTTP_PORT={}", free_port()))
+            .arg(format!("--set=CONTROL_PORT={cport}")),
+    );
     assert_eq!(o["result"], "activated", "{o}");
+    run_ok(
+        fx.loader()
+            .args(["pki", "issue-client", "browser-test", "--out"])
+            .arg(fx.path("clients")),
+    );
     let ca = fx.path("site-ca.pem");
     let pem = run_ok(fx.loader().args(["pki", "ca-cert"]));
     assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");

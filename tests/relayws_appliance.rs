@@ -14,11 +14,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::appliance;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -27,39 +28,6 @@ use ws_relay_server::client::{http_request, BaseUrl};
 
 const STACK: &str = "lappliance";
 const SESSIONS: usize = 50;
-
-/// The shipped bundle definition with this test's stack name (and without the loader binary,
-/// which the test does not need), built with the shared store.
-fn build_appliance(dir: &Path) -> PathBuf {
-    std::fs::create_dir_all(dir.join("bundles")).unwrap();
-    let shipped = std::fs::read_to_string(repo_root().join("bundles/relayws.toml")).unwrap();
-    let def_text = shipped
-        .replace(
-            "stack_name = \"relayws\"",
-            &format!("stack_name = \"{STACK}\""),
-        )
-        .replace(
-            "recipes = [\"../recipes\"]",
-            &format!(
-                "recipes = [{:?}]",
-                repo_root().join("recipes").display().to_string()
-            ),
-        )
-        .replace("reemo-bundle = \"reemo-bundle-bin\"\n", "");
-    assert!(
-        def_text.contains(STACK) && !def_text.contains("reemo-bundle-bin"),
-        "{def_text}"
-    );
-    let def = dir.join("bundles/relayws.toml");
-    std::fs::write(&def, def_text).unwrap();
-    run_ok(
-        bin_cmd(&["fetch"])
-            .arg(repo_root().join("recipes/haproxy.toml"))
-            .arg("--store")
-            .arg(shared_store()),
-    );
-    build_def(&def, &dir.join("out"))
-}
 
 #[derive(Clone, Copy)]
 struct Ports {
@@ -284,7 +252,7 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
         http: free_port(),
         control: free_port(),
     };
-    let bundle = build_appliance(&fx.path("b"));
+    let bundle = appliance::build(&fx.path("b"), STACK);
     let o = loader_json(
         fx.loader()
             .arg("activate")

@@ -2,6 +2,7 @@
 //! A test that needs Docker calls [`require_docker`]; without an engine it fails loudly.
 #![allow(dead_code)]
 
+pub mod appliance;
 pub mod browser;
 pub mod debian;
 pub mod matrix;
