@@ -1,8 +1,9 @@
 //! Loader benchmarks against the real engine and swarm (`cargo bench --bench loader`):
 //! 1. re-activating the current bundle (nothing to do, state verified), wall time;
 //! 2. rollback to the previous generation until converged and the relay serves;
-//! 3. cold `activate` of the default bundle until the relay answers, against
-//!    `docker load` + `docker stack deploy` of the same images and stack file.
+//! 3. cold `activate` of the relay bundle (the relay alone, serving TLS: the loader tests'
+//!    fixture) until the relay answers, against `docker load` + `docker stack deploy` of the
+//!    same images and stack file (with a certificate made by openssl for its TLS secrets).
 //!
 //! Prints one line per figure; run on an otherwise idle machine.
 
@@ -24,10 +25,12 @@ fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1e3)
 }
 
-/// One end-to-end probe of the relay.
-fn probe_once(relay: &Path, port: u16, secret: &Path) -> bool {
+/// One end-to-end probe of the relay (TLS, verified with `ca`).
+fn probe_once(relay: &Path, port: u16, secret: &Path, ca: &Path) -> bool {
     Command::new(relay)
-        .args(["probe", "--url", &format!("http://127.0.0.1:{port}")])
+        .args(["probe", "--url", &format!("https://127.0.0.1:{port}")])
+        .arg("--ca-file")
+        .arg(ca)
         .arg("--control-secret-file")
         .arg(secret)
         .args(["--messages", "1"])
@@ -53,10 +56,10 @@ fn check_limit(since: Instant, what: &str, child: Option<&mut std::process::Chil
 }
 
 /// Poll the relay until the probe succeeds; returns when it did (bounded by [`LIMIT`]).
-fn wait_serving(relay: &Path, port: u16, secret: &Path) -> Instant {
+fn wait_serving(relay: &Path, port: u16, secret: &Path, ca: &Path) -> Instant {
     let since = Instant::now();
     loop {
-        if probe_once(relay, port, secret) {
+        if ca.exists() && probe_once(relay, port, secret, ca) {
             return Instant::now();
         }
         check_limit(since, "waiting for the relay to serve", None);
@@ -116,7 +119,7 @@ fn main() {
                 break;
             }
             check_limit(t, "rollback", Some(&mut child));
-            let ok = probe_once(&relay, port, &secret);
+            let ok = probe_once(&relay, port, &secret, &state.join("pki/ca.pem"));
             if !ok {
                 seen_down = true;
             } else if seen_down && served.is_none() {
@@ -136,8 +139,8 @@ fn main() {
     );
     remove_stack(stack);
 
-    // 3: cold load + activate of the default bundle vs docker load + docker stack deploy
-    let bundle = default_bundle();
+    // 3: cold load + activate of the relay bundle vs docker load + docker stack deploy
+    let bundle = build_relay_variant(&work.join("cold"), "relayws", 8080, "1.0.0", |c| c);
     let relay = extract_relay(&bundle, work);
     let manifest: serde_json::Value = serde_json::from_slice(&run_ok_bytes(
         Command::new("tar")
@@ -181,6 +184,25 @@ fn main() {
         |s| s.replace("x-reemo-overlay: false", ""),
     );
     let base_stack = "lbase";
+    // the baseline's TLS pair: a self-signed certificate for localhost and 127.0.0.1
+    let (tls_cert, tls_key) = (work.join("base-tls.pem"), work.join("base-tls.key"));
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&tls_key)
+            .arg("-out")
+            .arg(&tls_cert),
+    );
     let mut ours = Vec::new();
     let mut ours_overlay = Vec::new();
     let mut base = Vec::new();
@@ -211,21 +233,27 @@ fn main() {
                 check_limit(t, "activate writing its secrets", Some(&mut child));
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let served = wait_serving(&relay, 8080, &secret);
+            let served = wait_serving(&relay, 8080, &secret, &st.join("pki/ca.pem"));
             times.push(served - t);
             assert!(child.wait().unwrap().success());
             remove_stack(&default_stack);
             remove_image(&image_id);
         }
 
-        // baseline: docker load + docker stack deploy of the same stack file
-        for key in ["relay_token_keys", "relay_control_secret"] {
+        // baseline: docker load + docker stack deploy of the same stack file, its site
+        // values exported and its secrets made by hand (the TLS pair by openssl)
+        let secrets = [
+            ("relay_token_keys", st.join("secrets/relay_token_keys")),
+            (
+                "relay_control_secret",
+                st.join("secrets/relay_control_secret"),
+            ),
+            ("relay_tls_chain", tls_cert.clone()),
+            ("relay_tls_key", tls_key.clone()),
+        ];
+        for (key, file) in &secrets {
             let _ = docker().args(["secret", "rm", key]).output();
-            run_ok(
-                docker()
-                    .args(["secret", "create", key])
-                    .arg(st.join("secrets").join(key)),
-            );
+            run_ok(docker().args(["secret", "create", key]).arg(file));
         }
         let t = Instant::now();
         run_ok(docker().arg("load").arg("-i").arg(&archive));
@@ -233,12 +261,19 @@ fn main() {
             docker()
                 .args(["stack", "deploy", "-c"])
                 .arg(unpacked.join(manifest["stack_file"].as_str().unwrap()))
-                .arg(base_stack),
+                .arg(base_stack)
+                .env("PUBLIC_HOST", "localhost")
+                .env("PUBLIC_IP", "127.0.0.1"),
         );
-        let served = wait_serving(&relay, 8080, &st.join("secrets/relay_control_secret"));
+        let served = wait_serving(
+            &relay,
+            8080,
+            &st.join("secrets/relay_control_secret"),
+            &tls_cert,
+        );
         base.push(served - t);
         remove_stack(base_stack);
-        for key in ["relay_token_keys", "relay_control_secret"] {
+        for (key, _) in &secrets {
             let _ = docker().args(["secret", "rm", key]).output();
         }
     }

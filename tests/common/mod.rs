@@ -193,6 +193,14 @@ pub fn tiny_appliance_on(
 /// `target/test-out`, once per checkout (later calls are cache hits). Returns the bundle path.
 pub fn default_bundle() -> PathBuf {
     let out = repo_root().join("target").join("test-out");
+    // the .debs of its haproxy image (the build itself is offline)
+    run_ok(
+        Command::new(bin())
+            .arg("fetch")
+            .arg(repo_root().join("recipes/haproxy.toml"))
+            .arg("--store")
+            .arg(shared_store()),
+    );
     let o = Command::new(bin())
         .current_dir(repo_root())
         .args(["build", "bundles/relayws.toml", "--json", "--store"])
