@@ -186,22 +186,12 @@ fn main() {
     let base_stack = "lbase";
     // the baseline's TLS pair: a self-signed certificate for localhost and 127.0.0.1
     let (tls_cert, tls_key) = (work.join("base-tls.pem"), work.join("base-tls.key"));
-    run_ok(
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-            ])
-            .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            .arg("-keyout")
-            .arg(&tls_key)
-            .arg("-out")
-            .arg(&tls_cert),
+    openssl_self_signed(
+        &tls_cert,
+        &tls_key,
+        "/CN=localhost",
+        2,
+        &["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
     );
     let mut ours = Vec::new();
     let mut ours_overlay = Vec::new();

@@ -92,12 +92,7 @@ x-reemo-certificates:
         ),
     )
     .unwrap();
-    run_ok(
-        bin_cmd(&["fetch"])
-            .arg(repo_root().join("recipes/haproxy.toml"))
-            .arg("--store")
-            .arg(shared_store()),
-    );
+    fetch_haproxy();
     build_def(&def, &dir.join("out"))
 }
 

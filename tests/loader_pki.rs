@@ -261,32 +261,18 @@ fn openssl_ca(
         dir.join(format!("{name}.pem")),
         dir.join(format!("{name}.key")),
     );
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .args(["-days", "30", "-subj", &format!("/CN={name}/O=Customer")])
-        .args([
-            "-addext",
-            if ca {
-                "basicConstraints=critical,CA:TRUE"
-            } else {
-                "basicConstraints=critical,CA:FALSE"
-            },
-        ])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let constraint = if ca {
+        "basicConstraints=critical,CA:TRUE"
+    } else {
+        "basicConstraints=critical,CA:FALSE"
+    };
+    openssl_self_signed(
+        &cert,
+        &key,
+        &format!("/CN={name}/O=Customer"),
+        30,
+        &["-addext", constraint],
+    );
     (cert, key)
 }
 

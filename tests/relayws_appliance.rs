@@ -356,24 +356,13 @@ fn sessions_through_the_entry_proxy_with_verified_tls_and_mtls_control() {
     let other = fx.path("other");
     std::fs::create_dir_all(&other).unwrap();
     // another CA and a client of it, made by openssl
-    let o = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .arg("-keyout")
-        .arg(other.join("o.key"))
-        .arg("-out")
-        .arg(other.join("o.crt"))
-        .args(["-days", "1", "-subj", "/CN=intruder"])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
+    openssl_self_signed(
+        &other.join("o.crt"),
+        &other.join("o.key"),
+        "/CN=intruder",
+        1,
+        &[],
+    );
     let o = curl(&[
         "--cacert",
         ca.to_str().unwrap(),

@@ -125,25 +125,22 @@ fn run(cli: Cli) -> Result<i32> {
             })?;
             let base = BaseUrl::parse(&url)?;
             let client = client_cert.as_deref().zip(client_key.as_deref());
-            let tls = if base.tls {
-                Some(ws_relay_server::tls::verifying_client_with(
-                    ca_file.as_deref(),
-                    client,
-                )?)
-            } else {
-                None
+            // https: verified against --ca-file, presenting the client certificate if given
+            let tls_for = |b: &BaseUrl| -> Result<_> {
+                Ok(if b.tls {
+                    Some(ws_relay_server::tls::verifying_client_with(
+                        ca_file.as_deref(),
+                        client,
+                    )?)
+                } else {
+                    None
+                })
             };
+            let tls = tls_for(&base)?;
             let control = match control_url {
                 Some(u) => {
                     let b = BaseUrl::parse(&u)?;
-                    let t = if b.tls {
-                        Some(ws_relay_server::tls::verifying_client_with(
-                            ca_file.as_deref(),
-                            client,
-                        )?)
-                    } else {
-                        None
-                    };
+                    let t = tls_for(&b)?;
                     Some((b, t))
                 }
                 None => None,

@@ -353,6 +353,30 @@ fn read_text(p: &Path) -> Result<String> {
     std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
 }
 
+/// A certificate file and a key file an operator gives: their texts and names.
+struct PemFiles {
+    cert: String,
+    cert_name: String,
+    key: String,
+    key_name: String,
+}
+
+impl PemFiles {
+    fn read(cert: &Path, key: &Path) -> Result<PemFiles> {
+        Ok(PemFiles {
+            cert: read_text(cert)?,
+            cert_name: cert.display().to_string(),
+            key: read_text(key)?,
+            key_name: key.display().to_string(),
+        })
+    }
+
+    /// The operator's CA from these files, checked at `now`.
+    fn ca(&self, now: i64) -> Result<Ca> {
+        pki::import_ca(&self.cert, &self.cert_name, &self.key, &self.key_name, now)
+    }
+}
+
 /// `pki import-ca`: check and store the operator's CA; its name.
 pub fn import_ca(state_dir: &Path, cert: &Path, key: &Path) -> Result<String> {
     if Ca::load(state_dir)?.is_some() {
@@ -362,13 +386,7 @@ pub fn import_ca(state_dir: &Path, cert: &Path, key: &Path) -> Result<String> {
             pki::dir(state_dir).join("ca.pem").display()
         );
     }
-    let ca = pki::import_ca(
-        &read_text(cert)?,
-        &cert.display().to_string(),
-        &read_text(key)?,
-        &key.display().to_string(),
-        crate::state::now() as i64,
-    )?;
+    let ca = PemFiles::read(cert, key)?.ca(crate::state::now() as i64)?;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     ca.save(state_dir)?;
@@ -387,13 +405,7 @@ pub fn rotate_ca(state_dir: &Path, operator: Option<(&Path, &Path)>) -> Result<S
         )
     })?;
     let new = match operator {
-        Some((cert, key)) => pki::import_ca(
-            &read_text(cert)?,
-            &cert.display().to_string(),
-            &read_text(key)?,
-            &key.display().to_string(),
-            now,
-        )?,
+        Some((cert, key)) => PemFiles::read(cert, key)?.ca(now)?,
         None => Ca::create(
             &format!("{CA_NAME} {}", crate::oci::rfc3339(now.max(0) as u64)),
             now,
@@ -417,12 +429,13 @@ pub fn check_and_store_import(
     cert: &Path,
     key: &Path,
 ) -> Result<pki::Imported> {
+    let f = PemFiles::read(cert, key)?;
     let i = pki::check_import(
         name,
-        &read_text(cert)?,
-        &cert.display().to_string(),
-        &read_text(key)?,
-        &key.display().to_string(),
+        &f.cert,
+        &f.cert_name,
+        &f.key,
+        &f.key_name,
         crate::state::now() as i64,
     )?;
     for data in [&i.cert_pem, &i.chain_pem, &i.key_pem] {

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{bin_cmd, build_def, repo_root, run_ok, shared_store};
+use super::{build_def, repo_root};
 
 /// The shipped RELAYWS bundle definition with stack name `stack` (and without the loader binary,
 /// which the test does not need), built with the shared store.
@@ -29,11 +29,6 @@ pub fn build(dir: &Path, stack: &str) -> PathBuf {
     );
     let def = dir.join("bundles/relayws.toml");
     std::fs::write(&def, def_text).unwrap();
-    run_ok(
-        bin_cmd(&["fetch"])
-            .arg(repo_root().join("recipes/haproxy.toml"))
-            .arg("--store")
-            .arg(shared_store()),
-    );
+    super::fetch_haproxy();
     build_def(&def, &dir.join("out"))
 }

@@ -194,13 +194,7 @@ pub fn tiny_appliance_on(
 pub fn default_bundle() -> PathBuf {
     let out = repo_root().join("target").join("test-out");
     // the .debs of its haproxy image (the build itself is offline)
-    run_ok(
-        Command::new(bin())
-            .arg("fetch")
-            .arg(repo_root().join("recipes/haproxy.toml"))
-            .arg("--store")
-            .arg(shared_store()),
-    );
+    fetch_haproxy();
     let o = Command::new(bin())
         .current_dir(repo_root())
         .args(["build", "bundles/relayws.toml", "--json", "--store"])
@@ -558,4 +552,49 @@ pub fn assert_valid_spdx(file: &std::path::Path) {
     );
     assert!(o.status.success(), "pyspdxtools rejected the SBOM: {text}");
     assert!(!text.to_lowercase().contains("invalid"), "{text}");
+}
+
+/// A self-signed ECDSA P-256 certificate made by openssl: `cert` and its `key` (PKCS#8), for
+/// `subj` (`/CN=…`), valid `days`, with `extra` arguments (e.g. `-addext …`).
+pub fn openssl_self_signed(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    subj: &str,
+    days: u32,
+    extra: &[&str],
+) {
+    let o = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .arg("-nodes")
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .args(["-days", &days.to_string(), "-subj", subj])
+        .args(extra)
+        .output()
+        .expect("running openssl (the test script installs it)");
+    assert!(
+        o.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Fetch the .debs the shipped haproxy recipe's lock names into the shared test store.
+pub fn fetch_haproxy() {
+    run_ok(
+        Command::new(bin())
+            .arg("fetch")
+            .arg(repo_root().join("recipes/haproxy.toml"))
+            .arg("--store")
+            .arg(shared_store()),
+    );
 }
