@@ -29,6 +29,14 @@ fn copy_tree(dest: &Path) {
 }
 
 fn build_in(src: &Path, store: &Path, out: &Path, umask: &str, tz: &str) -> String {
+    // the .debs its haproxy image's lock names (inputs, not builds: the store stays empty of
+    // built entries)
+    common::run_ok(
+        Command::new(common::bin())
+            .current_dir(src)
+            .args(["fetch", "bundles/relayws.toml", "--store"])
+            .arg(store),
+    );
     let cmd = format!(
         "umask {umask} && exec {} build bundles/relayws.toml --json --store {} --out {}",
         common::bin().display(),
