@@ -107,14 +107,19 @@ pub fn swarm_init(state: &Path, n: &Node) {
     );
 }
 
-/// `reemo-bundle activate` through `nodes` (the first is the manager); the JSON result.
+/// `reemo-bundle activate` through `nodes` (the first is the manager); the JSON result. The
+/// relay's certificate names the nodes' addresses (site values PUBLIC_HOST and PUBLIC_IP:
+/// the first node's and the last one's), so that probes at either verify.
 pub fn activate(state: &Path, bundle: &Path, nodes: &[&Node]) -> serde_json::Value {
+    let (first, last) = (nodes[0], nodes[nodes.len() - 1]);
     loader_json(
         loader(state)
             .arg("activate")
             .arg(bundle)
             .args(engine_args(nodes))
-            .args(["--timeout", "120s", "--monitor", "1s"]),
+            .args(["--timeout", "120s", "--monitor", "1s"])
+            .arg(format!("--set=PUBLIC_HOST={}", first.ip))
+            .arg(format!("--set=PUBLIC_IP={}", last.ip)),
     )
 }
 
