@@ -551,6 +551,13 @@ async fn idle(t: &Arc<Target>, n: usize) -> Result<f64> {
                 kib(r1.kernel, r0.kernel),
                 kib(r1.tcp, r0.tcp),
             );
+            // where the proxy's memory is: its pools (OpenSSL allocates outside them)
+            if let Ok(pools) = s.haproxy_cmd("show pools").await {
+                eprintln!(
+                    "haproxy show pools with {n} idle pairs:\n{}",
+                    pools.trim_end()
+                );
+            }
             drop(pairs);
             per
         }

@@ -341,23 +341,28 @@ impl Stack {
             .ok()
     }
 
-    /// haproxy's `show info` through its admin socket (reached through the container's root
-    /// from the host): Maxconn, Maxsock, Ulimit-n, CurrConns, …
-    pub async fn haproxy_info(&self) -> Result<HashMap<String, String>> {
+    /// One command on haproxy's admin socket (reached through the container's root from the
+    /// host), its whole answer.
+    pub async fn haproxy_cmd(&self, cmd: &str) -> Result<String> {
         let c = self.proxy.first().context("no proxy container")?;
         let sock = format!("/proc/{}/root/run/haproxy/admin.sock", c.pid);
         let talk = async {
             let mut s = tokio::net::UnixStream::connect(&sock)
                 .await
                 .with_context(|| format!("connecting to {sock}"))?;
-            s.write_all(b"show info\n").await?;
+            s.write_all(format!("{cmd}\n").as_bytes()).await?;
             let mut out = String::new();
             s.take(1 << 20).read_to_string(&mut out).await?;
             anyhow::Ok(out)
         };
-        let out = tokio::time::timeout(Duration::from_secs(5), talk)
+        tokio::time::timeout(Duration::from_secs(5), talk)
             .await
-            .context("haproxy show info: no answer within 5 s")??;
+            .with_context(|| format!("haproxy {cmd}: no answer within 5 s"))?
+    }
+
+    /// haproxy's `show info`: Maxconn, Maxsock, Ulimit-n, CurrConns, …
+    pub async fn haproxy_info(&self) -> Result<HashMap<String, String>> {
+        let out = self.haproxy_cmd("show info").await?;
         Ok(out
             .lines()
             .filter_map(|l| l.split_once(": "))
