@@ -115,7 +115,7 @@ struct ProxyArgs {
     #[arg(long)]
     stack: String,
     /// Control calls at once while making sessions.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     control_parallel: usize,
 }
 

@@ -111,12 +111,29 @@ impl Entry {
         })
     }
 
+    /// [`Entry::create`], tried up to 3 times: on a busy machine the proxy answers 408 to a
+    /// control call whose TLS handshake and request took over its `timeout http-request`.
+    async fn create_retrying(&self) -> Result<Made> {
+        let mut last = None;
+        for attempt in 0..3u64 {
+            match self.create().await {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    eprintln!("control call failed (attempt {}): {e:#}", attempt + 1);
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    }
+
     /// Makes sessions `{tag}0..{tag}{n-1}` through the control port, `parallel` at once
     /// (each call is a TLS handshake with the client certificate); returns how long it took.
     pub async fn make(&self, tag: &str, n: usize, parallel: usize) -> Result<Duration> {
         let start = Instant::now();
         let made: Vec<Result<(String, Made)>> = futures_util::stream::iter(0..n)
-            .map(|i| async move { Ok((format!("{tag}{i}"), self.create().await?)) })
+            .map(|i| async move { Ok((format!("{tag}{i}"), self.create_retrying().await?)) })
             .buffer_unordered(parallel.max(1))
             .collect()
             .await;
@@ -368,5 +385,28 @@ impl Stack {
             .filter_map(|l| l.split_once(": "))
             .map(|(k, v)| (k.to_string(), v.trim().to_string()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_field;
+
+    #[test]
+    fn stat_field_reads_the_named_counter_only() {
+        let v1 = "cache 4096\nrss 81920\ntotal_rss 163840\ntotal_inactive_file 8192\n";
+        for (key, want) in [
+            ("rss", 81920),
+            ("total_rss", 163840),
+            ("total_inactive_file", 8192),
+            ("inactive_file", 0),
+            ("missing", 0),
+        ] {
+            assert_eq!(stat_field(v1, key), want, "{key}");
+        }
+        assert_eq!(
+            stat_field("usage_usec 1234\nuser_usec 1000\n", "usage_usec"),
+            1234
+        );
     }
 }
