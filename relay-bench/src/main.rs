@@ -34,7 +34,8 @@ struct Cli {
     /// The relay binary (default: ws-relay-server next to this executable).
     #[arg(long, global = true)]
     relay_bin: Option<PathBuf>,
-    /// Idle paired sessions to hold.
+    /// Idle paired sessions to hold (`proxy`: 0 holds as many as the proxy's maxconn allows,
+    /// and a larger count is cut to that).
     #[arg(long, global = true, default_value_t = 2000)]
     idle_pairs: usize,
     /// Active sessions at --rate-mbps each.
@@ -65,7 +66,8 @@ struct Cli {
     /// Number of 127.0.0.x source addresses to spread client connections over.
     #[arg(long, global = true, default_value_t = 8)]
     sources: u8,
-    /// Phases to run (comma-separated: idle,throughput,active,latency).
+    /// Phases to run (comma-separated: idle,throughput,active,latency; `proxy` runs only
+    /// idle, active and latency).
     #[arg(long, global = true, default_value = "idle,throughput,active,latency")]
     phases: String,
 }
