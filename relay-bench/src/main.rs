@@ -1,6 +1,10 @@
 //! relay-bench: load generator for ws-relay-server, measured against a plain TCP relay
-//! (tokio `copy_bidirectional`) in the same run. Loopback only (127.0.0.0/8); every loop is
-//! bounded in count and time; every process it starts is stopped by PID.
+//! (tokio `copy_bidirectional`) in the same run, or (`relay-bench proxy`) through an activated
+//! RELAYWS appliance's entry proxy against the local relay in the same run. The relays it
+//! starts listen on loopback only (127.0.0.0/8); every loop is bounded in count and time;
+//! every process it starts is stopped by PID.
+
+mod proxy;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -28,41 +32,43 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Sub>,
     /// The relay binary (default: ws-relay-server next to this executable).
-    #[arg(long)]
+    #[arg(long, global = true)]
     relay_bin: Option<PathBuf>,
-    /// Idle paired sessions to hold.
-    #[arg(long, default_value_t = 2000)]
+    /// Idle paired sessions to hold (`proxy`: 0 holds as many as the proxy's maxconn allows,
+    /// and a larger count is cut to that).
+    #[arg(long, global = true, default_value_t = 2000)]
     idle_pairs: usize,
     /// Active sessions at --rate-mbps each.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, global = true, default_value_t = 200)]
     active: usize,
     /// Rate per active session, Mbit/s.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, global = true, default_value_t = 5.0)]
     rate_mbps: f64,
     /// Message size of the active run, bytes.
-    #[arg(long, default_value_t = 32768)]
+    #[arg(long, global = true, default_value_t = 32768)]
     active_msg: usize,
     /// Sessions of the latency phase (1 KiB messages at --rate-mbps).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, global = true, default_value_t = 50)]
     latency_sessions: usize,
     /// Load generator threads of the active runs, each with a current-thread runtime
     /// (0: one per CPU).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     workers: usize,
     /// Timestamp every N-th message of a session (latency sample); the others carry 0.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, global = true, default_value_t = 4)]
     sample_every: u64,
     /// Sessions streaming 64 KiB messages as fast as possible.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     stream_pairs: usize,
     /// Seconds of each measured phase.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, global = true, default_value_t = 10)]
     secs: u64,
     /// Number of 127.0.0.x source addresses to spread client connections over.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, global = true, default_value_t = 8)]
     sources: u8,
-    /// Phases to run (comma-separated: idle,throughput,active,latency).
-    #[arg(long, default_value = "idle,throughput,active,latency")]
+    /// Phases to run (comma-separated: idle,throughput,active,latency; `proxy` runs only
+    /// idle, active and latency).
+    #[arg(long, global = true, default_value = "idle,throughput,active,latency")]
     phases: String,
 }
 
@@ -75,6 +81,44 @@ enum Sub {
         #[arg(long)]
         listen: SocketAddr,
     },
+    /// The phases idle, active and latency through an activated RELAYWS appliance (haproxy
+    /// with TLS in front of the relay replicas) and, in the same run, direct to a local
+    /// relay (plain): the latency the proxy path adds is the difference. Sessions are made
+    /// through the control port with a client certificate, connected through the TLS port.
+    Proxy(ProxyArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// The entry proxy's TLS listener, wss://HOST:PORT (HOST is the name the entry
+    /// certificate is verified against).
+    #[arg(long)]
+    url: String,
+    /// The control listener (mutual TLS), https://HOST:PORT.
+    #[arg(long)]
+    control_url: String,
+    /// Connect to this address instead of HOST (the TLS name stays HOST): the host's own
+    /// non-loopback address reaches a host-mode port without docker-proxy.
+    #[arg(long)]
+    connect_ip: Option<IpAddr>,
+    /// The site CA (`reemo-bundle pki ca-cert`).
+    #[arg(long)]
+    ca_file: PathBuf,
+    /// Client certificate of the site CA (`reemo-bundle pki issue-client`).
+    #[arg(long)]
+    client_cert: PathBuf,
+    /// Its key.
+    #[arg(long)]
+    client_key: PathBuf,
+    /// The control API's bearer secret (`<state>/secrets/relay_control_secret`).
+    #[arg(long)]
+    control_secret_file: PathBuf,
+    /// The stack name: its containers are those of the services STACK_proxy and STACK_relay.
+    #[arg(long)]
+    stack: String,
+    /// Control calls at once while making sessions.
+    #[arg(long, default_value_t = 8)]
+    control_parallel: usize,
 }
 
 const KEYS: &str = "bench=000102030405060708090a0b0c0d0e0f";
@@ -92,6 +136,7 @@ fn now_ns() -> u64 {
 enum Kind {
     Ws,
     Tcp,
+    Proxy,
 }
 
 impl Kind {
@@ -99,6 +144,7 @@ impl Kind {
         match self {
             Kind::Ws => "ws-relay-server",
             Kind::Tcp => "plain tcp relay",
+            Kind::Proxy => "through proxy",
         }
     }
 }
@@ -106,13 +152,44 @@ impl Kind {
 struct Target {
     kind: Kind,
     addr: SocketAddr,
-    pid: u32,
+    meter: Meter,
     keys: Arc<KeySet>,
     sources: u8,
     next_src: AtomicU64,
+    /// The appliance's clients (Kind::Proxy).
+    entry: Option<proxy::Entry>,
+}
+
+/// Where a target's CPU and memory are read.
+enum Meter {
+    /// A relay process started by the bench.
+    Pid(u32),
+    /// The appliance's proxy and relay containers (cgroups).
+    Stack(proxy::Stack),
+}
+
+impl Meter {
+    /// CPU seconds used so far, per part (see [`Meter::parts`]).
+    fn cpu_secs(&self) -> Vec<f64> {
+        match self {
+            Meter::Pid(pid) => vec![cpu_ticks(*pid) as f64 / 100.0],
+            Meter::Stack(s) => {
+                let (p, r) = s.cpu_secs();
+                vec![p, r]
+            }
+        }
+    }
+
+    fn parts(&self) -> &'static [&'static str] {
+        match self {
+            Meter::Pid(_) => &["relay"],
+            Meter::Stack(_) => &["proxy", "relays"],
+        }
+    }
 }
 
 type Ws = WebSocketStream<TcpStream>;
+type Wss = WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>;
 
 enum Tx {
     Ws(SplitSink<Ws, Message>),
@@ -169,7 +246,36 @@ impl Rx {
 /// An unsplit connection of the active runs (one side only sends, the other only receives).
 enum Conn {
     Ws(Box<Ws>),
+    Wss(Box<Wss>),
     Tcp(BufReader<TcpStream>),
+}
+
+/// Sends `buf` as one binary message; returns whether it went and the buffer back for reuse.
+async fn ws_send<S>(
+    ws: &mut WebSocketStream<S>,
+    buf: bytes::BytesMut,
+) -> (bool, Option<bytes::BytesMut>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let b = buf.freeze();
+    let ok = ws.send(Message::Binary(b.clone())).await.is_ok();
+    (ok, b.try_into_mut().ok())
+}
+
+/// Receives one binary message: (length, timestamp in its first 8 bytes).
+async fn ws_recv<S>(ws: &mut WebSocketStream<S>) -> Result<(usize, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => return Ok((b.len(), stamp(&b))),
+            Some(Ok(Message::Close(_))) | None => bail!("closed"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+        }
+    }
 }
 
 fn stamp(b: &[u8]) -> u64 {
@@ -184,11 +290,8 @@ impl Conn {
     /// (no allocation per message once the writer has released it).
     async fn send(&mut self, buf: bytes::BytesMut) -> (bool, Option<bytes::BytesMut>) {
         match self {
-            Conn::Ws(ws) => {
-                let b = buf.freeze();
-                let ok = ws.send(Message::Binary(b.clone())).await.is_ok();
-                (ok, b.try_into_mut().ok())
-            }
+            Conn::Ws(ws) => ws_send(ws, buf).await,
+            Conn::Wss(ws) => ws_send(ws, buf).await,
             Conn::Tcp(s) => {
                 use bytes::Buf;
                 let len = (buf.len() as u32).to_be_bytes();
@@ -202,14 +305,8 @@ impl Conn {
     /// Receives one message: (length, timestamp in its first 8 bytes).
     async fn recv(&mut self, buf: &mut Vec<u8>) -> Result<(usize, u64)> {
         match self {
-            Conn::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Binary(b))) => return Ok((b.len(), stamp(&b))),
-                    Some(Ok(Message::Close(_))) | None => bail!("closed"),
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(e.into()),
-                }
-            },
+            Conn::Ws(ws) => ws_recv(ws).await,
+            Conn::Wss(ws) => ws_recv(ws).await,
             Conn::Tcp(s) => {
                 let len = s.read_u32().await? as usize;
                 buf.resize(len, 0);
@@ -231,10 +328,14 @@ impl Target {
                 let (r, w) = s.into_inner().into_split();
                 (Tx::Tcp(w), Rx::Tcp(BufReader::with_capacity(65536 + 8, r)))
             }
+            Conn::Wss(_) => bail!("split connections are for the direct runs only"),
         })
     }
 
     async fn connect_conn(&self, session: &str, role: Role) -> Result<Conn> {
+        if let Some(e) = &self.entry {
+            return self.connect_entry(e, session, role).await;
+        }
         let n = self.next_src.fetch_add(1, Relaxed);
         let src = Ipv4Addr::new(127, 0, 0, 1 + (n % self.sources as u64) as u8);
         let sock = TcpSocket::new_v4()?;
@@ -265,7 +366,38 @@ impl Target {
                 tcp.write_all(&hdr).await?;
                 Ok(Conn::Tcp(BufReader::with_capacity(65536 + 8, tcp)))
             }
+            Kind::Proxy => bail!("a proxy target needs its entry"),
         }
+    }
+
+    /// A side of session `session` (made through the control port) through the entry
+    /// proxy's TLS listener, the token in the query.
+    async fn connect_entry(&self, e: &proxy::Entry, session: &str, role: Role) -> Result<Conn> {
+        let m = e.session(session)?;
+        let token = match role {
+            Role::Agent => &m.agent,
+            Role::User => &m.user,
+        };
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        tcp.set_nodelay(true)?;
+        let tls = e
+            .tls
+            .connect(e.server_name.clone(), tcp)
+            .await
+            .context("tls handshake with the entry proxy")?;
+        let url = format!(
+            "wss://{}/v1/relay/{}?role={role}&token={token}",
+            e.authority, m.id
+        );
+        let mut cfg = WebSocketConfig::default();
+        cfg.read_buffer_size = 8192;
+        cfg.write_buffer_size = 0;
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tls, Some(cfg))
+            .await
+            .context("ws handshake through the entry proxy")?;
+        Ok(Conn::Wss(Box::new(ws)))
     }
 
     /// Connects `n` pairs, at most 256 handshakes at once; returns (agent, user) halves.
@@ -347,31 +479,100 @@ async fn wait_port(addr: SocketAddr) -> Result<()> {
     bail!("{addr} did not open")
 }
 
-async fn idle(t: &Arc<Target>, n: usize) -> Result<()> {
-    let before = rss_kib(t.pid);
-    let start = Instant::now();
-    let pairs = t.pairs("idle", n).await?;
-    let took = start.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let after = rss_kib(t.pid);
-    println!(
-        "{:<16} idle: {n} pairs held (connected in {:.1}s); rss {} KiB -> {} KiB = {:.1} KiB per pair",
-        t.kind.name(),
-        took.as_secs_f64(),
-        before,
-        after,
-        (after.saturating_sub(before)) as f64 / n as f64
-    );
-    drop(pairs);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+/// Makes the sessions `{tag}0..{tag}{n-1}` through the control port first (Kind::Proxy).
+async fn make_sessions(t: &Arc<Target>, tag: &str, n: usize, parallel: usize) -> Result<()> {
+    if let Some(e) = &t.entry {
+        let took = tokio::time::timeout(Duration::from_secs(600), e.make(tag, n, parallel))
+            .await
+            .context("making sessions: not done within 600 s")??;
+        eprintln!(
+            "{:<16} {tag}: {n} sessions made through the control port in {:.1}s",
+            t.kind.name(),
+            took.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// Holds `n` idle paired sessions; returns the memory they added per pair, KiB.
+async fn idle(t: &Arc<Target>, n: usize) -> Result<f64> {
+    let start = Instant::now();
+    let ids: Vec<usize> = (0..n).collect();
+    let per_pair = match &t.meter {
+        Meter::Pid(pid) => {
+            let before = rss_kib(*pid);
+            let pairs = connect_share(t, "idle", &ids, 256).await?;
+            let took = start.elapsed();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = rss_kib(*pid);
+            let per = (after.saturating_sub(before)) as f64 / n as f64;
+            println!(
+                "{:<16} idle: {n} pairs held (connected in {:.1}s); rss {} KiB -> {} KiB = {per:.1} KiB per pair",
+                t.kind.name(),
+                took.as_secs_f64(),
+                before,
+                after,
+            );
+            drop(pairs);
+            per
+        }
+        Meter::Stack(s) => {
+            let (p0, r0) = s.mem();
+            let pairs =
+                tokio::time::timeout(Duration::from_secs(600), connect_share(t, "idle", &ids, 64))
+                    .await
+                    .context("connecting the idle pairs: not done within 600 s")??;
+            let took = start.elapsed();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let (p1, r1) = s.mem();
+            let conns = s
+                .haproxy_info()
+                .await
+                .ok()
+                .and_then(|i| i.get("CurrConns").cloned())
+                .unwrap_or_else(|| "?".into());
+            let kib = |a: u64, b: u64| a.saturating_sub(b) as f64 / 1024.0 / n as f64;
+            let per = kib(p1.used + r1.used, p0.used + r0.used);
+            println!(
+                "{:<16} idle: {n} pairs held (connected in {:.1}s, haproxy CurrConns {conns}); \
+                 memory (usage - inactive file, as docker stats) proxy {} -> {} MiB, relays {} -> {} MiB \
+                 = {per:.1} KiB per pair (proxy {:.1}: anon {:.1}, kernel {:.1}, tcp buffers {:.1}; \
+                 relays {:.1}: anon {:.1}, kernel {:.1}, tcp buffers {:.1})",
+                t.kind.name(),
+                took.as_secs_f64(),
+                p0.used >> 20,
+                p1.used >> 20,
+                r0.used >> 20,
+                r1.used >> 20,
+                kib(p1.used, p0.used),
+                kib(p1.anon, p0.anon),
+                kib(p1.kernel, p0.kernel),
+                kib(p1.tcp, p0.tcp),
+                kib(r1.used, r0.used),
+                kib(r1.anon, r0.anon),
+                kib(r1.kernel, r0.kernel),
+                kib(r1.tcp, r0.tcp),
+            );
+            // where the proxy's memory is: its pools (OpenSSL allocates outside them)
+            if let Ok(pools) = s.haproxy_cmd("show pools").await {
+                eprintln!(
+                    "haproxy show pools with {n} idle pairs:\n{}",
+                    pools.trim_end()
+                );
+            }
+            drop(pairs);
+            per
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(per_pair)
 }
 
 async fn throughput(t: &Arc<Target>, n: usize, secs: u64) -> Result<f64> {
     let pairs = t.pairs("tp", n).await?;
     let bytes = Arc::new(AtomicU64::new(0));
     let stop = Instant::now() + Duration::from_secs(secs);
-    let cpu0 = cpu_ticks(t.pid);
+    let cpu0 = t.meter.cpu_secs()[0];
     let start = Instant::now();
     let mut tasks = Vec::new();
     for ((mut atx, _arx), (_utx, mut urx)) in pairs {
@@ -403,7 +604,7 @@ async fn throughput(t: &Arc<Target>, n: usize, secs: u64) -> Result<f64> {
         let _ = task.await;
     }
     let el = start.elapsed().as_secs_f64();
-    let cpu = (cpu_ticks(t.pid) - cpu0) as f64 / 100.0 / el;
+    let cpu = (t.meter.cpu_secs()[0] - cpu0) / el;
     let mbps = bytes.load(Relaxed) as f64 * 8.0 / el / 1e6;
     println!(
         "{:<16} throughput: {n} sessions x 64 KiB messages: {:.0} Mbit/s payload ({:.0} MB/s), relay cpu {:.2} cores",
@@ -477,7 +678,8 @@ struct LoadResult {
     sent_mbps: f64,
     delivered_mbps: f64,
     hist: Vec<u64>,
-    relay_cpu: f64,
+    /// Cores used by each part of the target (see [`Meter::parts`]).
+    target_cpu: Vec<f64>,
     bench_cpu: f64,
     /// Busy cores of the whole machine: relay + bench + kernel + anything else running.
     machine_cpu: f64,
@@ -526,7 +728,7 @@ fn active(t: &Arc<Target>, tag: &str, l: Load) -> Result<LoadResult> {
                 .enable_all()
                 .build();
             let conns = match &rt {
-                Ok(rt) => rt.block_on(connect_share(&t, &tag, &ids)),
+                Ok(rt) => rt.block_on(connect_share(&t, &tag, &ids, 64)),
                 Err(e) => Err(anyhow::anyhow!("runtime: {e}")),
             };
             connected.wait();
@@ -545,14 +747,14 @@ fn active(t: &Arc<Target>, tag: &str, l: Load) -> Result<LoadResult> {
     let stop = warm + Duration::from_secs(l.secs);
     std::thread::sleep(warm.saturating_duration_since(Instant::now()));
     let (cpu0, self0, all0, t0) = (
-        cpu_ticks(t.pid),
+        t.meter.cpu_secs(),
         self_cpu_ticks(),
         machine_busy_ticks(),
         Instant::now(),
     );
     std::thread::sleep(stop.saturating_duration_since(Instant::now()));
     let (cpu1, self1, all1, el) = (
-        cpu_ticks(t.pid),
+        t.meter.cpu_secs(),
         self_cpu_ticks(),
         machine_busy_ticks(),
         t0.elapsed(),
@@ -586,14 +788,19 @@ fn active(t: &Arc<Target>, tag: &str, l: Load) -> Result<LoadResult> {
         sent_mbps: total.sent as f64 * 8.0 / secs / 1e6,
         delivered_mbps: total.received as f64 * 8.0 / secs / 1e6,
         hist: total.hist,
-        relay_cpu: cpu1.saturating_sub(cpu0) as f64 / 100.0 / el,
+        target_cpu: cpu1.iter().zip(&cpu0).map(|(b, a)| (b - a) / el).collect(),
         bench_cpu: self1.saturating_sub(self0) as f64 / 100.0 / el,
         machine_cpu: all1.saturating_sub(all0) as f64 / 100.0 / el,
     })
 }
 
-/// Connects the sessions `ids` of one worker, 64 handshakes at a time.
-async fn connect_share(t: &Arc<Target>, tag: &str, ids: &[usize]) -> Result<Vec<(Conn, Conn)>> {
+/// Connects the sessions `ids` (of one worker), `parallel` handshakes at a time.
+async fn connect_share(
+    t: &Arc<Target>,
+    tag: &str,
+    ids: &[usize],
+    parallel: usize,
+) -> Result<Vec<(Conn, Conn)>> {
     let results: Vec<Result<(Conn, Conn)>> = futures_util::stream::iter(ids.iter().copied())
         .map(|i| {
             let s = format!("{tag}{i}");
@@ -603,7 +810,7 @@ async fn connect_share(t: &Arc<Target>, tag: &str, ids: &[usize]) -> Result<Vec<
                 Ok((a, u))
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(parallel)
         .collect()
         .await;
     results.into_iter().collect()
@@ -756,19 +963,36 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    if let Some(Sub::TcpRelay { listen }) = cli.cmd {
-        if !listen.ip().is_loopback() {
-            bail!("tcp-relay listens on 127.0.0.0/8 only");
+    match &cli.cmd {
+        Some(Sub::TcpRelay { listen }) => {
+            if !listen.ip().is_loopback() {
+                bail!("tcp-relay listens on 127.0.0.0/8 only");
+            }
+            rt.block_on(tcp_relay(*listen))
         }
-        return rt.block_on(tcp_relay(listen));
+        Some(Sub::Proxy(p)) => rt.block_on(run_proxy(&cli, p)),
+        None => rt.block_on(run(cli)),
     }
-    rt.block_on(run(cli))
 }
 
-async fn run(cli: Cli) -> Result<()> {
-    base();
+/// The local relay (`ws-relay-server serve` on a free loopback port, plain), its folder of
+/// keys, killed by PID on drop.
+struct LocalRelay {
+    proc: Proc,
+    addr: SocketAddr,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Drop for LocalRelay {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_relay(cli: &Cli) -> Result<LocalRelay> {
     let me = std::env::current_exe()?;
-    let relay_bin = cli
+    let bin = cli
         .relay_bin
         .clone()
         .unwrap_or_else(|| me.with_file_name("ws-relay-server"));
@@ -776,12 +1000,11 @@ async fn run(cli: Cli) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let keys_file = dir.join("keys");
     std::fs::write(&keys_file, KEYS)?;
-    let ws_addr = free_addr()?;
-    let tcp_addr = free_addr()?;
-    let ws_proc = Proc(
-        Command::new(&relay_bin)
+    let addr = free_addr()?;
+    let proc = Proc(
+        Command::new(&bin)
             .arg("serve")
-            .env("RELAY_LISTEN", ws_addr.to_string())
+            .env("RELAY_LISTEN", addr.to_string())
             .env("RELAY_TOKEN_KEYS_FILE", &keys_file)
             .env("RELAY_CONTROL_SECRET_FILE", dir.join("none"))
             .env("RELAY_MAX_CONNECTIONS", "1000000")
@@ -790,8 +1013,95 @@ async fn run(cli: Cli) -> Result<()> {
             .env("RELAY_LOG_LEVEL", "warn")
             .stdout(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {}", relay_bin.display()))?,
+            .with_context(|| format!("starting {}", bin.display()))?,
     );
+    Ok(LocalRelay {
+        proc,
+        addr,
+        dir,
+        bin,
+    })
+}
+
+fn workers(cli: &Cli) -> usize {
+    if cli.workers == 0 {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cli.workers
+    }
+}
+
+/// The active runs the phases ask for: (name, sessions, message size).
+fn active_runs(cli: &Cli, phases: &[&str]) -> Vec<(&'static str, usize, usize)> {
+    let mut runs = Vec::new();
+    if phases.contains(&"active") {
+        runs.push(("active", cli.active, cli.active_msg));
+    }
+    if phases.contains(&"latency") {
+        runs.push(("latency", cli.latency_sessions.max(1), 1024));
+    }
+    runs
+}
+
+/// Percentiles of one active run, ms.
+#[derive(Clone, Copy, Default)]
+struct Pcts {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+/// Runs `load` against `t` (sessions made first for a proxy target) and prints its line.
+async fn active_line(
+    t: &Arc<Target>,
+    name: &str,
+    load: Load,
+    control_parallel: usize,
+) -> Result<Pcts> {
+    make_sessions(t, name, load.n, control_parallel).await?;
+    let r = tokio::task::block_in_place(|| active(t, name, load))?;
+    let samples: u64 = r.hist.iter().sum();
+    let pcts = Pcts {
+        p50: hist_pct(&r.hist, 0.5),
+        p99: hist_pct(&r.hist, 0.99),
+        p999: hist_pct(&r.hist, 0.999),
+    };
+    let cpu: Vec<String> = t
+        .meter
+        .parts()
+        .iter()
+        .zip(&r.target_cpu)
+        .map(|(p, c)| format!("{p} cpu {c:.2} cores"))
+        .collect();
+    println!(
+        "{:<16} {name}: {} sessions x {} Mbit/s in {} B msgs: offered {:.0} Mbit/s, sent {:.0}, delivered {:.0}; latency p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.1} ms ({samples} samples); {}, bench cpu {:.2} cores ({} workers), machine busy {:.2} cores",
+        t.kind.name(),
+        load.n,
+        load.rate_mbps,
+        load.size,
+        r.offered_mbps,
+        r.sent_mbps,
+        r.delivered_mbps,
+        pcts.p50,
+        hist_pct(&r.hist, 0.9),
+        pcts.p99,
+        pcts.p999,
+        hist_pct(&r.hist, 1.0),
+        cpu.join(", "),
+        r.bench_cpu,
+        load.workers,
+        r.machine_cpu,
+    );
+    Ok(pcts)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    base();
+    let me = std::env::current_exe()?;
+    let relay = start_relay(&cli)?;
+    let tcp_addr = free_addr()?;
     let tcp_proc = Proc(
         Command::new(&me)
             .args(["tcp-relay", "--listen", &tcp_addr.to_string()])
@@ -799,20 +1109,21 @@ async fn run(cli: Cli) -> Result<()> {
             .spawn()
             .context("starting the tcp relay")?,
     );
-    wait_port(ws_addr).await?;
+    wait_port(relay.addr).await?;
     wait_port(tcp_addr).await?;
     let keys = Arc::new(KeySet::parse(KEYS)?);
     let mk = |kind, addr, pid| {
         Arc::new(Target {
             kind,
             addr,
-            pid,
+            meter: Meter::Pid(pid),
             keys: keys.clone(),
             sources: cli.sources.max(1),
             next_src: AtomicU64::new(0),
+            entry: None,
         })
     };
-    let ws = mk(Kind::Ws, ws_addr, ws_proc.0.id());
+    let ws = mk(Kind::Ws, relay.addr, relay.proc.0.id());
     let tcp = mk(Kind::Tcp, tcp_addr, tcp_proc.0.id());
     let phases: Vec<&str> = cli.phases.split(',').map(str::trim).collect();
     println!(
@@ -820,7 +1131,7 @@ async fn run(cli: Cli) -> Result<()> {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
-        relay_bin.display(),
+        relay.bin.display(),
         cli.sources
     );
     if phases.contains(&"idle") {
@@ -832,21 +1143,8 @@ async fn run(cli: Cli) -> Result<()> {
         let p = throughput(&tcp, cli.stream_pairs, cli.secs).await?;
         println!("throughput ratio ws/plain: {:.2}", w / p);
     }
-    let workers = if cli.workers == 0 {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        cli.workers
-    };
-    let mut runs = Vec::new();
-    if phases.contains(&"active") {
-        runs.push(("active", cli.active, cli.active_msg));
-    }
-    if phases.contains(&"latency") {
-        runs.push(("latency", cli.latency_sessions.max(1), 1024));
-    }
-    for (name, n, size) in runs {
+    let workers = workers(&cli);
+    for (name, n, size) in active_runs(&cli, &phases) {
         let load = Load {
             n,
             size,
@@ -855,35 +1153,125 @@ async fn run(cli: Cli) -> Result<()> {
             workers,
             sample_every: cli.sample_every,
         };
-        let mut p50 = [0.0; 2];
-        for (j, t) in [&ws, &tcp].into_iter().enumerate() {
-            let r = tokio::task::block_in_place(|| active(t, name, load))?;
-            let samples: u64 = r.hist.iter().sum();
-            p50[j] = hist_pct(&r.hist, 0.5);
-            println!(
-                "{:<16} {name}: {n} sessions x {} Mbit/s in {size} B msgs: offered {:.0} Mbit/s, sent {:.0}, delivered {:.0}; latency p50 {:.2} ms p90 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms max {:.1} ms ({samples} samples); relay cpu {:.2} cores, bench cpu {:.2} cores ({workers} workers), machine busy {:.2} cores",
-                t.kind.name(),
-                cli.rate_mbps,
-                r.offered_mbps,
-                r.sent_mbps,
-                r.delivered_mbps,
-                p50[j],
-                hist_pct(&r.hist, 0.9),
-                hist_pct(&r.hist, 0.99),
-                hist_pct(&r.hist, 0.999),
-                hist_pct(&r.hist, 1.0),
-                r.relay_cpu,
-                r.bench_cpu,
-                r.machine_cpu,
-            );
-        }
+        let w = active_line(&ws, name, load, 1).await?;
+        let p = active_line(&tcp, name, load, 1).await?;
         println!(
             "{name}: ws-relay-server p50 minus plain tcp relay p50: {:+.2} ms",
-            p50[0] - p50[1]
+            w.p50 - p.p50
         );
     }
-    drop(ws_proc);
+    drop(relay);
     drop(tcp_proc);
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `relay-bench proxy`: each phase direct to the local relay, then through the appliance.
+async fn run_proxy(cli: &Cli, p: &ProxyArgs) -> Result<()> {
+    base();
+    let entry = proxy::Entry::new(
+        &p.url,
+        &p.control_url,
+        &p.ca_file,
+        (&p.client_cert, &p.client_key),
+        &p.control_secret_file,
+    )?;
+    let port: u16 = entry
+        .authority
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .context("no port in --url")?;
+    let ip = match p.connect_ip {
+        Some(ip) => ip,
+        None => tokio::net::lookup_host(&entry.authority)
+            .await
+            .with_context(|| format!("resolving {}", entry.authority))?
+            .next()
+            .with_context(|| format!("{} has no address", entry.authority))?
+            .ip(),
+    };
+    let stack = proxy::Stack::find(&p.stack)?;
+    let info = stack.haproxy_info().await.context("haproxy show info")?;
+    let get = |k: &str| info.get(k).cloned().unwrap_or_else(|| "?".into());
+    let maxconn: usize = get("Maxconn").parse().unwrap_or(0);
+    // each pair is two client connections at the proxy (and two to the replicas); keep a
+    // margin for health checks and control calls
+    let most_pairs = maxconn.saturating_sub(100) / 2;
+    let pairs = match cli.idle_pairs {
+        0 => most_pairs,
+        n if most_pairs > 0 && n > most_pairs => {
+            eprintln!(
+                "--idle-pairs {n} is over what the proxy's maxconn allows; using {most_pairs}"
+            );
+            most_pairs
+        }
+        n => n,
+    };
+    println!(
+        "relay-bench proxy: {} cpus; appliance {} (connecting to {ip}:{port}), {} proxy and {} relay containers; \
+         haproxy {} Ulimit-n {} Maxsock {} Maxconn {} (so at most {most_pairs} pairs), proxy container open files {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        p.url,
+        stack.proxy.len(),
+        stack.relays.len(),
+        get("Version"),
+        get("Ulimit-n"),
+        get("Maxsock"),
+        get("Maxconn"),
+        stack
+            .proxy_nofile()
+            .map_or_else(|| "?".to_string(), |n| n.to_string()),
+    );
+    let relay = start_relay(cli)?;
+    wait_port(relay.addr).await?;
+    let keys = Arc::new(KeySet::parse(KEYS)?);
+    let direct = Arc::new(Target {
+        kind: Kind::Ws,
+        addr: relay.addr,
+        meter: Meter::Pid(relay.proc.0.id()),
+        keys: keys.clone(),
+        sources: cli.sources.max(1),
+        next_src: AtomicU64::new(0),
+        entry: None,
+    });
+    let via = Arc::new(Target {
+        kind: Kind::Proxy,
+        addr: SocketAddr::new(ip, port),
+        meter: Meter::Stack(stack),
+        keys,
+        sources: 1,
+        next_src: AtomicU64::new(0),
+        entry: Some(entry),
+    });
+    let phases: Vec<&str> = cli.phases.split(',').map(str::trim).collect();
+    if phases.contains(&"idle") {
+        make_sessions(&via, "idle", pairs, p.control_parallel).await?;
+        let d = idle(&direct, pairs).await?;
+        let v = idle(&via, pairs).await?;
+        println!(
+            "idle: {pairs} pairs: proxy + relays {v:.1} KiB per pair (goal <= 48), direct relay alone {d:.1} KiB"
+        );
+    }
+    let workers = workers(cli);
+    for (name, n, size) in active_runs(cli, &phases) {
+        let load = Load {
+            n,
+            size,
+            rate_mbps: cli.rate_mbps,
+            secs: cli.secs,
+            workers,
+            sample_every: cli.sample_every,
+        };
+        let d = active_line(&direct, name, load, p.control_parallel).await?;
+        let v = active_line(&via, name, load, p.control_parallel).await?;
+        println!(
+            "{name}: added by the proxy path (through proxy minus direct): p50 {:+.2} ms, p99 {:+.2} ms (goal < 10), p99.9 {:+.2} ms",
+            v.p50 - d.p50,
+            v.p99 - d.p99,
+            v.p999 - d.p999,
+        );
+    }
+    drop(relay);
     Ok(())
 }
