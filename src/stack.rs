@@ -91,11 +91,16 @@ impl CertificateDef {
     pub fn lifetime_secs(&self) -> Result<i64> {
         match self.lifetime.as_deref() {
             None => Ok(crate::pki::LEAF_LIFETIME_DAYS * 86_400),
-            Some(s) => match s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
-                Some(days) if days > 0 => Ok(days * 86_400),
-                _ => Ok(parse_duration(s)? / 1_000_000_000),
-            },
+            Some(s) => lifetime_secs(s),
         }
+    }
+}
+
+/// A certificate lifetime such as `397d`, `30d` or `10m`, in seconds.
+pub fn lifetime_secs(s: &str) -> Result<i64> {
+    match s.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
+        Some(days) if days > 0 => Ok(days * 86_400),
+        _ => Ok(parse_duration(s)? / 1_000_000_000),
     }
 }
 

@@ -549,6 +549,12 @@ fn the_operators_certificate_is_checked_then_served() {
             err.contains("nothing was changed") || !err.contains("generation"),
             "{err}"
         );
+        // and each refusal on its own leaves the generations as they were
+        assert_eq!(
+            gens(),
+            before,
+            "{cert}/{key}: a refused import made a generation"
+        );
     };
     let full = p("full.pem").display().to_string();
     // the key of another certificate

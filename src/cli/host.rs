@@ -771,14 +771,8 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                     state_dir,
                 },
         } => {
-            let secs = crate::stack::CertificateDef {
-                usage: crate::pki::Usage::Client,
-                sans: vec![],
-                lifetime: Some(lifetime.clone()),
-                external: false,
-            }
-            .lifetime_secs()
-            .with_context(|| format!("--lifetime {lifetime:?}"))?;
+            let secs = crate::stack::lifetime_secs(&lifetime)
+                .with_context(|| format!("--lifetime {lifetime:?}"))?;
             let rec = certs::issue_client(&state_dir, &name, &out, secs)?;
             println!(
                 "client certificate {name}: {}/{name}.crt and {name}.key, issued by {}, valid until {}",

@@ -416,7 +416,6 @@ fn desire(
     )?;
     new.site = site;
     new.certificates = made.issued;
-    new.trust = made.trust;
     let desired = if only.is_empty() {
         new
     } else {

@@ -22,8 +22,6 @@ pub struct Made {
     pub contents: BTreeMap<String, PkiContent>,
     /// The records of the stack's certificates.
     pub issued: Vec<Issued>,
-    /// The trust bundle of its `x-reemo-ca` configs (empty when it has none).
-    pub trust: Vec<String>,
 }
 
 /// The name the internal CA is made with.
@@ -112,7 +110,6 @@ pub fn certificates(
         return Ok(Made {
             contents: BTreeMap::new(),
             issued: vec![],
-            trust: vec![],
         });
     }
     let root = state.root();
@@ -152,10 +149,7 @@ pub fn certificates(
     };
     let signing = keep(ca.cert_pem.clone().into_bytes())?;
     let (live_trust, live_cas) = match current {
-        Some(g) => (
-            g.desired.trust.clone(),
-            internal_cas(&g.desired.certificates),
-        ),
+        Some(g) => (g.desired.trust(), internal_cas(&g.desired.certificates)),
         None => (vec![], vec![]),
     };
     let switch = pki::may_switch_leaves(&signing, &live_trust, &live_cas);
@@ -270,11 +264,7 @@ pub fn certificates(
             contents.insert(format!("config:{key}"), content(trust.clone()));
         }
     }
-    Ok(Made {
-        contents,
-        issued,
-        trust,
-    })
+    Ok(Made { contents, issued })
 }
 
 /// The CAs that signed the certificates of the internal CA among `certs`.
@@ -336,7 +326,7 @@ pub fn ca_certificate(state_dir: &Path) -> Result<String> {
     let mut out = ca.cert_pem.clone();
     let signing = ca.sha256();
     if let Some(g) = StateDir::open_existing(state_dir).current_generation()? {
-        let mut others = g.desired.trust.clone();
+        let mut others = g.desired.trust();
         others.extend(internal_cas(&g.desired.certificates));
         let mut seen = vec![signing];
         for sha in others {

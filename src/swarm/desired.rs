@@ -279,7 +279,6 @@ pub fn build(
         secrets,
         services,
         certificates: vec![],
-        trust: vec![],
         site: BTreeMap::new(),
     };
     d.prune();

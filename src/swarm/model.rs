@@ -146,16 +146,25 @@ pub struct DesiredStack {
     /// Certificates issued for the stack by the host's internal CA.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<crate::pki::Issued>,
-    /// The CAs (sha256 of their certificate PEM) of the trust bundle its `x-reemo-ca`
-    /// configs carry, the signing CA first; empty when it has none.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trust: Vec<String>,
     /// Site parameter values the stack was rendered with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub site: BTreeMap<String, crate::site::SiteValue>,
 }
 
 impl DesiredStack {
+    /// The CAs (sha256 of their certificate PEM) of the trust bundle its `x-reemo-ca`
+    /// configs carry, the signing CA first (the only configs the PKI makes); empty when it
+    /// has none.
+    pub fn trust(&self) -> Vec<String> {
+        self.configs
+            .iter()
+            .find_map(|c| match &c.source {
+                ObjectSource::Pki { objects } => Some(objects.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
     /// Look up a service by short name.
     pub fn service(&self, name: &str) -> Option<&DesiredService> {
         self.services.iter().find(|s| s.name == name)

@@ -224,7 +224,6 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         secrets: vec![],
         services: vec![],
         certificates: vec![],
-        trust: vec![],
         site: BTreeMap::new(),
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
@@ -319,7 +318,6 @@ mod tests {
             secrets: vec![],
             services,
             certificates: vec![],
-            trust: vec![],
             site: BTreeMap::new(),
         }
     }
