@@ -482,18 +482,45 @@ pub struct LayoutImage {
 /// Annotation naming an image for containerd (and Docker 25+ loading an OCI layout).
 pub const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
-/// The OCI index of the layout holding all images, each manifest annotated with its names.
+/// `reference` as the containerd store names images: with its registry
+/// (`docker.io/reemo/relay:1`, `docker.io/library/busybox:1`). The store takes
+/// `io.containerd.image.name` verbatim; Docker finds only fully qualified names.
+pub fn qualified(reference: &str) -> String {
+    match reference.split_once('/') {
+        None => format!("docker.io/library/{reference}"),
+        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
+            reference.to_string()
+        }
+        Some(_) => format!("docker.io/{reference}"),
+    }
+}
+
+/// One manifest of an OCI layout's index: its descriptor, `repository:tag` and tag.
+#[derive(Debug, Clone, Copy)]
+pub struct IndexEntry<'a> {
+    /// Manifest descriptor.
+    pub manifest: &'a Descriptor,
+    /// `repository:tag` (annotated fully qualified, as the containerd store names it).
+    pub reference: &'a str,
+    /// Tag alone (`org.opencontainers.image.ref.name`).
+    pub tag: &'a str,
+}
+
+/// The OCI index of a layout, each manifest annotated with its names.
 ///
 /// # Panics
 /// When a manifest descriptor's digest is not a valid OCI digest.
-pub fn image_index(images: &[LayoutImage]) -> spec::ImageIndex {
-    let manifests: Vec<spec::Descriptor> = images
+pub fn image_index(entries: &[IndexEntry]) -> spec::ImageIndex {
+    let manifests: Vec<spec::Descriptor> = entries
         .iter()
-        .map(|i| {
-            let mut d = i.manifest.oci();
+        .map(|e| {
+            let mut d = e.manifest.oci();
             d.set_annotations(Some(HashMap::from([
-                (ANNOTATION_CONTAINERD_NAME.to_string(), i.reference.clone()),
-                (spec::ANNOTATION_REF_NAME.to_string(), i.tag.clone()),
+                (
+                    ANNOTATION_CONTAINERD_NAME.to_string(),
+                    qualified(e.reference),
+                ),
+                (spec::ANNOTATION_REF_NAME.to_string(), e.tag.to_string()),
             ])));
             d
         })
@@ -506,14 +533,30 @@ pub fn image_index(images: &[LayoutImage]) -> spec::ImageIndex {
         .expect("index fields are all set")
 }
 
-/// `index.json` of the OCI layout holding all images (Docker 25+ reads it).
+/// `index.json` of an OCI layout (Docker 25+ reads it) holding `entries`.
+///
+/// # Panics
+/// When a manifest descriptor's digest is not a valid OCI digest.
+pub fn index_json_of(entries: &[IndexEntry]) -> Vec<u8> {
+    let mut v = to_value(&image_index(entries));
+    edit(&mut v, "manifests", |m| each(m, descriptor_value));
+    to_bytes(&ordered(v, INDEX_KEYS))
+}
+
+/// `index.json` of the OCI layout holding all images.
 ///
 /// # Panics
 /// When a manifest descriptor's digest is not a valid OCI digest.
 pub fn index_json(images: &[LayoutImage]) -> Vec<u8> {
-    let mut v = to_value(&image_index(images));
-    edit(&mut v, "manifests", |m| each(m, descriptor_value));
-    to_bytes(&ordered(v, INDEX_KEYS))
+    let entries: Vec<IndexEntry> = images
+        .iter()
+        .map(|i| IndexEntry {
+            manifest: &i.manifest,
+            reference: &i.reference,
+            tag: &i.tag,
+        })
+        .collect();
+    index_json_of(&entries)
 }
 
 /// One image of Docker's `manifest.json` (docker-archive format, which OCI does not define).
@@ -709,7 +752,7 @@ mod tests {
     const GOLDEN_CONFIG_EMPTY: &str = r#"{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{},"rootfs":{"type":"layers","diff_ids":[]},"history":[]}"#;
     const GOLDEN_MANIFEST: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","size":570},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","size":1},{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa","size":1}],"annotations":{"a.b":"c","org.opencontainers.image.version":"1.0"}}"#;
     const GOLDEN_MANIFEST_BARE: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","size":570},"layers":[]}"#;
-    const GOLDEN_INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0ce45a6563d809c28fc74b7247a4bd32c4d048c3c5c20f0f1b4e2f61428a655d","size":613,"annotations":{"io.containerd.image.name":"r/x:1-abc","org.opencontainers.image.ref.name":"1-abc"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:620775e349df2fad1fe563d7fa948d24435a8899fe7a2808beaeb8b7e31ed024","size":248,"annotations":{"io.containerd.image.name":"r/y:2-def","org.opencontainers.image.ref.name":"2-def"}}]}"#;
+    const GOLDEN_INDEX: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0ce45a6563d809c28fc74b7247a4bd32c4d048c3c5c20f0f1b4e2f61428a655d","size":613,"annotations":{"io.containerd.image.name":"docker.io/r/x:1-abc","org.opencontainers.image.ref.name":"1-abc"}},{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:620775e349df2fad1fe563d7fa948d24435a8899fe7a2808beaeb8b7e31ed024","size":248,"annotations":{"io.containerd.image.name":"docker.io/r/y:2-def","org.opencontainers.image.ref.name":"2-def"}}]}"#;
     const GOLDEN_INDEX_EMPTY: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
     const GOLDEN_DOCKER_MANIFEST: &str = r#"[{"Config":"blobs/sha256/559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","RepoTags":["r/x:1-abc"],"Layers":["blobs/sha256/2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881","blobs/sha256/a1fce4363854ff888cff4b8e7875d600c2682390412a8cf79b37d0b11148b0fa"]},{"Config":"blobs/sha256/559a63f5b0c759a66b40d7b04668e6535d2ef90431d0b4ccc021a2bf585ddce4","RepoTags":["r/y:2-def"],"Layers":[]}]"#;
 
@@ -788,10 +831,35 @@ mod tests {
         assert_eq!(m, image_manifest(&cd, &layers(), &annotations()));
         assert_eq!(Descriptor::from(m.config()), cd);
         let i = spec::ImageIndex::from_reader(GOLDEN_INDEX.as_bytes()).unwrap();
-        assert_eq!(i, image_index(&layout_images()));
+        let images = layout_images();
+        let entries: Vec<IndexEntry> = images
+            .iter()
+            .map(|i| IndexEntry {
+                manifest: &i.manifest,
+                reference: &i.reference,
+                tag: &i.tag,
+            })
+            .collect();
+        assert_eq!(i, image_index(&entries));
         let l = spec::OciLayout::from_reader(OCI_LAYOUT).unwrap();
         assert_eq!(l.image_layout_version(), "1.0.0");
         assert_eq!(l.to_string().unwrap().as_bytes(), OCI_LAYOUT);
+    }
+
+    #[test]
+    fn names_in_the_oci_index_are_qualified_as_the_containerd_store_keeps_them() {
+        for (r, want) in [
+            (
+                "reemo/ws-relay-server:1.0.0-a0452bf7f296",
+                "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
+            ),
+            ("busybox:1", "docker.io/library/busybox:1"),
+            ("registry.local/x/y:1", "registry.local/x/y:1"),
+            ("localhost/x:1", "localhost/x:1"),
+            ("host:5000/x:1", "host:5000/x:1"),
+        ] {
+            assert_eq!(qualified(r), want, "{r}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! store) and a Docker 26.1.5 worker with the containerd image store, both namespaced. The
 //! relay appliance (global: a task on each node) activates, updates and rolls back; each
 //! engine holds the image under the ID its store gives it, and the services are pinned by
-//! `repository:tag`, the one reference both stores resolve.
+//! `repository:tag`, the one reference both stores resolve. Then the default appliance
+//! (entry proxy + relay replicas on an overlay network across both engines) activates,
+//! scales and rolls back.
 
 mod common;
 
@@ -14,6 +16,8 @@ use common::*;
 
 const STACK: &str = "mmixed";
 const PORT: u16 = 18483;
+/// The default appliance's stack on the same swarm.
+const APP_STACK: &str = "mmixedapp";
 
 /// `(node id, state)` of the tasks Swarm wants running for `service`.
 fn running_nodes(manager: &common::nodes::Node, service: &str) -> Vec<String> {
@@ -45,6 +49,7 @@ fn mixed_swarm_of_docker20_and_docker26_containerd_runs_the_relay() {
         (
             relay_bundle(&dir.join("v1"), STACK, PORT, "1.0.0", "v1", true),
             relay_bundle(&dir.join("v2"), STACK, PORT, "2.0.0", "v2", true),
+            appliance::build(&dir.join("appliance"), APP_STACK),
         )
     });
     let kinds = [
@@ -75,7 +80,7 @@ fn mixed_swarm_of_docker20_and_docker26_containerd_runs_the_relay() {
         versions.contains("20.10.") && versions.contains("26.1.5"),
         "{versions}"
     );
-    let (v1, v2) = builder.join().expect("building the bundles");
+    let (v1, v2, app) = builder.join().expect("building the bundles");
     lap("mixed", "swarm formed, bundles built", &mut t);
 
     let img = bundle_images(&v1).remove(0);
@@ -154,6 +159,17 @@ fn mixed_swarm_of_docker20_and_docker26_containerd_runs_the_relay() {
     );
     serves_on_both("rollback");
     lap("mixed", "rolled back and probed", &mut t);
+
+    // the default appliance: entry proxy and relay replicas over an overlay network that
+    // spans both engines
+    appliance_walk(
+        "mixed",
+        &tmp.path().join("app-state"),
+        &app,
+        APP_STACK,
+        &[n1, n2],
+        &kinds,
+    );
     drop(cluster);
     lap("mixed", "engines stopped", &mut t);
 }

@@ -23,7 +23,7 @@ use crate::bundle::manifest::ImageEntry;
 use crate::bundle::reader::BundleFile;
 use crate::engine::{Engine, EngineFacts, ImageFacts, ImageKey, ImageStore};
 use crate::events::{Event, Events};
-use crate::oci::{blob_path, DockerArchiveImage};
+use crate::oci::{self, blob_path, DockerArchiveImage};
 
 /// What loading did on one engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,41 +93,29 @@ pub fn archive_manifest(images: &[&ImageEntry]) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-/// `reference` as the containerd store names images: with its registry
-/// (`docker.io/reemo/relay:1`, `docker.io/library/busybox:1`). The store takes
-/// `io.containerd.image.name` verbatim; Docker finds only fully qualified names.
-pub fn qualified(reference: &str) -> String {
-    match reference.split_once('/') {
-        None => format!("docker.io/library/{reference}"),
-        Some((first, _)) if first.contains(['.', ':']) || first == "localhost" => {
-            reference.to_string()
-        }
-        Some(_) => format!("docker.io/{reference}"),
-    }
-}
-
 /// The OCI layout `index.json` for `images`: one manifest descriptor each, named.
 pub fn archive_index(bundle_images: &[(&ImageEntry, u64)]) -> Vec<u8> {
-    let manifests: Vec<_> = bundle_images
+    let descriptors: Vec<(oci::Descriptor, String)> = bundle_images
         .iter()
         .map(|(i, size)| {
-            serde_json::json!({
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "digest": i.manifest_digest,
-                "size": size,
-                "annotations": {
-                    "io.containerd.image.name": qualified(&i.reference()),
-                    "org.opencontainers.image.ref.name": i.tag,
-                },
-            })
+            let d = oci::Descriptor {
+                digest: i.manifest_digest.clone(),
+                size: *size,
+                media_type: oci::MT_MANIFEST.to_string(),
+            };
+            (d, i.reference())
         })
         .collect();
-    serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": manifests,
-    }))
-    .unwrap_or_default()
+    let entries: Vec<oci::IndexEntry> = descriptors
+        .iter()
+        .zip(bundle_images)
+        .map(|((d, r), (i, _))| oci::IndexEntry {
+            manifest: d,
+            reference: r,
+            tag: &i.tag,
+        })
+        .collect();
+    oci::index_json_of(&entries)
 }
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -441,22 +429,6 @@ mod tests {
     use super::*;
     use crate::engine::ApiVersion;
 
-    #[test]
-    fn names_in_the_oci_index_are_qualified_as_the_containerd_store_keeps_them() {
-        for (r, want) in [
-            (
-                "reemo/ws-relay-server:1.0.0-a0452bf7f296",
-                "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
-            ),
-            ("busybox:1", "docker.io/library/busybox:1"),
-            ("registry.local/x/y:1", "registry.local/x/y:1"),
-            ("localhost/x:1", "localhost/x:1"),
-            ("host:5000/x:1", "host:5000/x:1"),
-        ] {
-            assert_eq!(qualified(r), want, "{r}");
-        }
-    }
-
     fn entry() -> ImageEntry {
         let blob = |d: &str| crate::bundle::manifest::BlobRef {
             digest: d.into(),
@@ -470,7 +442,8 @@ mod tests {
             repository: "reemo/ws-relay-server".into(),
             tag: "1.0.0-a0452bf7f296".into(),
             config_digest: "sha256:cc".into(),
-            manifest_digest: "sha256:mm".into(),
+            manifest_digest:
+                "sha256:62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a".into(),
             layers: vec![blob("sha256:l1")],
             config: blob("sha256:cc"),
             size: 2,
@@ -488,7 +461,7 @@ mod tests {
                 "mediaType": "application/vnd.oci.image.index.v1+json",
                 "manifests": [{
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": "sha256:mm",
+                    "digest": "sha256:62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a",
                     "size": 727,
                     "annotations": {
                         "io.containerd.image.name": "docker.io/reemo/ws-relay-server:1.0.0-a0452bf7f296",
@@ -520,7 +493,10 @@ mod tests {
             &ctrd,
             &key,
             &diff,
-            Some(&img("sha256:mm", &["sha256:d1"])),
+            Some(&img(
+                "sha256:62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a",
+                &["sha256:d1"],
+            )),
             None,
         )
         .unwrap();
@@ -545,7 +521,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "engine unix:///e.sock (containerd image store) does not hold image reemo/ws-relay-server:1.0.0-a0452bf7f296 as sha256:mm after loading; the tag names sha256:56d3 there"
+            "engine unix:///e.sock (containerd image store) does not hold image reemo/ws-relay-server:1.0.0-a0452bf7f296 as sha256:62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a after loading; the tag names sha256:56d3 there"
         );
         let e = check_loaded(
             "e",

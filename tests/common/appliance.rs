@@ -32,3 +32,45 @@ pub fn build(dir: &Path, stack: &str) -> PathBuf {
     super::fetch_haproxy();
     build_def(&def, &dir.join("out"))
 }
+
+/// `ws-relay-server probe` of the appliance at `ip`: a session made through the control
+/// port with a client certificate of the site CA (issued into `clients` on first use),
+/// paired through the TLS port, both verified against the site CA of `state`. Its JSON
+/// line, or the failure output.
+pub fn probe_at(
+    relay: &Path,
+    ip: &str,
+    https_port: u16,
+    control_port: u16,
+    state: &Path,
+) -> Result<String, String> {
+    let clients = state.join("test-clients");
+    let (cert, key) = (clients.join("probe.crt"), clients.join("probe.key"));
+    if !cert.is_file() {
+        super::run_ok(
+            super::loader(state)
+                .args(["pki", "issue-client", "probe", "--out"])
+                .arg(&clients),
+        );
+    }
+    let o = std::process::Command::new(relay)
+        .args(["probe", "--url", &format!("https://{ip}:{https_port}")])
+        .args(["--control-url", &format!("https://{ip}:{control_port}")])
+        .arg("--ca-file")
+        .arg(state.join("pki/ca.pem"))
+        .arg("--client-cert")
+        .arg(&cert)
+        .arg("--client-key")
+        .arg(&key)
+        .arg("--control-secret-file")
+        .arg(state.join("secrets/relay_control_secret"))
+        .args(["--wait-secs", "30", "--messages", "3"])
+        .output()
+        .expect("running ws-relay-server probe");
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    if o.status.success() && out.contains("\"ok\":true") {
+        Ok(out)
+    } else {
+        Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
+    }
+}

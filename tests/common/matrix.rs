@@ -1,6 +1,7 @@
 //! The engine matrix (tests/engine26_*.rs, tests/engine_mixed_swarm.rs): what an engine of a
-//! given kind must show after `load`, `activate` and `rollback` of the relay appliance, and
-//! the steps the matrix files share.
+//! given kind must show after `load`, `activate`, `rollback` and `gc` of the relay alone and
+//! of the default appliance (entry proxy + relay replicas), and the steps the matrix files
+//! share.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -111,16 +112,29 @@ pub fn swarm_init(state: &Path, n: &Node) {
 /// relay's certificate names the nodes' addresses (site values PUBLIC_HOST and PUBLIC_IP:
 /// the first node's and the last one's), so that probes at either verify.
 pub fn activate(state: &Path, bundle: &Path, nodes: &[&Node]) -> serde_json::Value {
+    activate_with(state, bundle, nodes, &[])
+}
+
+/// [`activate`] with more site values (`NAME=VALUE`).
+pub fn activate_with(
+    state: &Path,
+    bundle: &Path,
+    nodes: &[&Node],
+    sets: &[String],
+) -> serde_json::Value {
     let (first, last) = (nodes[0], nodes[nodes.len() - 1]);
-    loader_json(
+    let r = loader_json(
         loader(state)
             .arg("activate")
             .arg(bundle)
             .args(engine_args(nodes))
-            .args(["--timeout", "120s", "--monitor", "1s"])
+            .args(["--timeout", "180s", "--monitor", "1s"])
             .arg(format!("--set=PUBLIC_HOST={}", first.ip))
-            .arg(format!("--set=PUBLIC_IP={}", last.ip)),
-    )
+            .arg(format!("--set=PUBLIC_IP={}", last.ip))
+            .args(sets.iter().map(|s| format!("--set={s}"))),
+    );
+    assert_eq!(r["result"], "activated", "{r}");
+    r
 }
 
 /// `reemo-bundle rollback` through `nodes`; the JSON result.
@@ -178,7 +192,8 @@ pub fn lap(tag: &str, what: &str, t: &mut Instant) {
 
 /// The single-engine walk of the matrix on one Docker 26 node (classic or containerd
 /// store): `load` (ID as the store gives it, then skipped), `activate` v1 (the relay serves;
-/// the service is pinned by what that store resolves), `activate` v2, `rollback` to v1.
+/// the service is pinned by what that store resolves), `activate` v2, `rollback` to v1,
+/// `gc` (v2's image leaves the store); then the default appliance's [`appliance_walk`].
 pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
     use super::nodes::{Cluster, EngineKind};
     let tag = if containerd {
@@ -194,6 +209,7 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
         (
             relay_bundle(&dir.join("v1"), stack, port, "1.0.0", "v1", false),
             relay_bundle(&dir.join("v2"), stack, port, "2.0.0", "v2", false),
+            super::appliance::build(&dir.join("appliance"), &format!("{stack}app")),
         )
     });
     let cluster = Cluster::start_engines(&[kind], false);
@@ -210,7 +226,7 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
         "the engine runs the store asked for: {info}"
     );
     lap(tag, "engine started", &mut t);
-    let (v1, v2) = builder.join().expect("building the bundles");
+    let (v1, v2, app) = builder.join().expect("building the bundles");
     lap(tag, "bundles built (waited)", &mut t);
     let img = bundle_images(&v1).remove(0);
     let state = tmp.path().join("state");
@@ -270,6 +286,144 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
     assert_eq!((image, cfg), (pin, cfg_v1), "{tag}: back on v1");
     super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves after rollback");
     lap(tag, "rolled back and probed", &mut t);
+
+    // gc: what only v2 used leaves this store, v1's image stays
+    let v2_img = bundle_images(&v2).remove(0);
+    let r = loader_json(
+        loader(&state)
+            .args(["gc", "--keep", "1"])
+            .args(engine_args(&[n])),
+    );
+    assert_eq!(
+        image_id_on(n, &v2_img.reference),
+        None,
+        "{tag}: gc removed v2's image: {r}"
+    );
+    assert_eq!(
+        image_id_on(n, &img.reference).as_deref(),
+        Some(expected_id(kind, &img)),
+        "{tag}: gc kept v1's image: {r}"
+    );
+    super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves after gc");
+    lap(tag, "gc", &mut t);
+
+    // the default appliance (entry proxy + relay replicas) on the same engine
+    appliance_walk(
+        tag,
+        &tmp.path().join("app-state"),
+        &app,
+        &format!("{stack}app"),
+        &[n],
+        &[kind],
+    );
     drop(cluster);
     lap(tag, "engine stopped", &mut t);
+}
+
+/// The reference the loader pins a service's image by, on a swarm whose engines are `kinds`:
+/// the config digest when every engine has the classic store, `repository:tag@manifest
+/// digest` when every one has the containerd store, `repository:tag` when they are mixed.
+pub fn pin(kinds: &[EngineKind], img: &BundleImage) -> String {
+    let containerd = |k: &EngineKind| matches!(k, EngineKind::Docker26 { containerd: true });
+    if kinds.iter().all(containerd) {
+        format!("{}@{}", img.reference, img.manifest)
+    } else if kinds.iter().any(containerd) {
+        img.reference.clone()
+    } else {
+        img.config.clone()
+    }
+}
+
+/// The node ID of the task Swarm runs for a single-replica `service`.
+pub fn task_node(manager: &Node, service: &str) -> String {
+    let ids = manager.docker_ok(&[
+        "service",
+        "ps",
+        "-q",
+        "--filter",
+        "desired-state=running",
+        service,
+    ]);
+    let id = ids
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no task for {service}"));
+    manager.docker_ok(&["inspect", "--format", "{{.NodeID}}", id])
+}
+
+/// Replicas a replicated service's spec asks for.
+pub fn replicas(manager: &Node, service: &str) -> String {
+    manager.docker_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.Mode.Replicated.Replicas}}",
+        service,
+    ])
+}
+
+/// The shipped RELAYWS appliance (haproxy entry proxy + relay replicas, `bundle`, stack
+/// `stack`) on the swarm of `nodes` (the first is its manager; their engines are `kinds`):
+/// activation with the defaults (the nodes' addresses as PUBLIC_HOST and PUBLIC_IP), each
+/// node holding each image under the ID its store gives it, both services pinned as the
+/// swarm's stores resolve, a session made through the mTLS control port and paired through
+/// TLS on 443 (verified against the site CA); a second generation with 3 relay replicas,
+/// probed; rollback to 2, probed.
+pub fn appliance_walk(
+    tag: &str,
+    state: &Path,
+    bundle: &Path,
+    stack: &str,
+    nodes: &[&Node],
+    kinds: &[EngineKind],
+) {
+    let mut t = Instant::now();
+    let manager = nodes[0];
+    let bin_dir = state.with_extension("bin");
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let relay = super::extract_relay(bundle, &bin_dir);
+    let probe = |what: &str| {
+        let on = task_node(manager, &format!("{stack}_proxy"));
+        let n = nodes
+            .iter()
+            .find(|n| n.node_id() == on)
+            .expect("the proxy runs on a node of the test");
+        super::appliance::probe_at(&relay, &n.ip, 443, 8443, state)
+            .unwrap_or_else(|e| panic!("{tag} {what}: the appliance serves at {}: {e}", n.ip));
+    };
+    activate_with(state, bundle, nodes, &[]);
+    let images = bundle_images(bundle);
+    assert_eq!(images.len(), 2, "haproxy and the relay");
+    for img in &images {
+        for (n, kind) in nodes.iter().zip(kinds) {
+            assert_eq!(
+                image_id_on(n, &img.reference).as_deref(),
+                Some(expected_id(*kind, img)),
+                "{tag}: node {} ({kind:?}) holds {} under the ID its store gives",
+                n.index,
+                img.reference
+            );
+        }
+    }
+    let pinned: Vec<String> = ["proxy", "relay"]
+        .iter()
+        .map(|s| service_image_and_configs(manager, &format!("{stack}_{s}")).0)
+        .collect();
+    let mut want: Vec<String> = images.iter().map(|i| pin(kinds, i)).collect();
+    let mut got = pinned.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "{tag}: the appliance's services are pinned");
+    probe("defaults");
+    lap(tag, "appliance activated and probed", &mut t);
+
+    activate_with(state, bundle, nodes, &["RELAY_REPLICAS=3".into()]);
+    assert_eq!(replicas(manager, &format!("{stack}_relay")), "3");
+    probe("3 relay replicas");
+    lap(tag, "appliance with 3 relay replicas", &mut t);
+
+    let r = rollback(state, nodes);
+    assert_eq!(replicas(manager, &format!("{stack}_relay")), "2", "{r}");
+    probe("rolled back");
+    lap(tag, "appliance rolled back and probed", &mut t);
 }
