@@ -72,18 +72,25 @@ ensure_swarm() {
     fi
 }
 
-# Docker 26 beside the system's 20.10, for the engine matrix (tests/engine_matrix.rs):
-# Debian trixie's docker.io and containerd, fetched from the pool of the configured Debian
-# mirror, checked against these sha256 pins (fixed inputs, like any other), and extracted
-# with `dpkg-deb -x` into $REEMO_DOCKER26_ROOT. Nothing is installed: no maintainer
-# scripts run, and the engine runs with bookworm's runc (trixie's needs glibc 2.38).
-# A .deb already in $REEMO_DEB_CACHE with the right sha256 is not fetched again (an
-# offline CI can seed that folder).
+# Newer engines beside the system's 20.10, for the engine matrix (tests/engine26_*.rs,
+# tests/engine28_containerd.rs, tests/engine_mixed_swarm.rs): Debian's docker.io and
+# containerd, fetched from the pool of the configured Debian mirror, checked against these
+# sha256 pins (fixed inputs, like any other), and extracted with `dpkg-deb -x`. Nothing is
+# installed: no maintainer scripts run, and the engines run with bookworm's runc (trixie's
+# and forky's need glibc 2.38). A .deb already in $REEMO_DEB_CACHE with the right sha256 is
+# not fetched again (an offline CI can seed that folder).
+# Docker 26.1.5 (API 1.45) with containerd 1.7, from trixie:
 DOCKER26_DEBS=(
     "pool/main/d/docker.io/docker.io_26.1.5+dfsg1-9+deb13u1+b1_amd64.deb 53ae1a99f15113f0a0d2226808ec0d24ee31b3b87b87ab8ec35be09a1a2ee13b"
     "pool/main/c/containerd/containerd_1.7.24~ds1-6+deb13u1_amd64.deb ed708deb96fe476a3bce4efa5c0538dfbcf717ab9a7c7944ba7260342c25899c"
 )
 export REEMO_DOCKER26_ROOT="${REEMO_DOCKER26_ROOT:-/var/cache/reemo-bundle/docker-26.1.5}"
+# Docker 28.5.2 (API 1.51: image descriptors) with containerd 2.1, from forky:
+DOCKER28_DEBS=(
+    "pool/main/d/docker.io/docker.io_28.5.2+dfsg4-5_amd64.deb 69a59cc77a1fb8ee9ad6859abc2e6de5d76b70887405595c2b1307818fecf682"
+    "pool/main/c/containerd/containerd_2.1.9+ds1-5_amd64.deb 2dda86ce7033fd612fc50e136679d8174ccad680eb29cd4611e0d2a1b84cf591"
+)
+export REEMO_DOCKER28_ROOT="${REEMO_DOCKER28_ROOT:-/var/cache/reemo-bundle/docker-28.5.2}"
 REEMO_DEB_CACHE="${REEMO_DEB_CACHE:-/var/cache/reemo-bundle/debs}"
 
 # The Debian mirror apt uses (first `URIs:` of a deb822 source, else a `deb` line).
@@ -98,19 +105,23 @@ debian_mirror() {
     echo "${DEBIAN_MIRROR:-${m:-http://deb.debian.org/debian}}" | sed 's:/*$::'
 }
 
-ensure_docker26() {
-    local stamp="$REEMO_DOCKER26_ROOT/.reemo-extracted"
+# Usage: extract_debs ROOT "PATH SHA256"... — fetch (pinned) and extract the .debs into ROOT
+# (replaced whole, and only when the pins changed).
+extract_debs() {
+    local root=$1
+    shift
+    local stamp="$root/.reemo-extracted"
     local want
-    want=$(printf '%s\n' "${DOCKER26_DEBS[@]}" | sha256sum | cut -c1-64)
-    if [ -x "$REEMO_DOCKER26_ROOT/usr/sbin/dockerd" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    want=$(printf '%s\n' "$@" | sha256sum | cut -c1-64)
+    if [ -x "$root/usr/sbin/dockerd" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return
     fi
     local mirror entry path sum deb
     mirror=$(debian_mirror)
     mkdir -p "$REEMO_DEB_CACHE"
-    rm -rf "$REEMO_DOCKER26_ROOT.tmp"
-    mkdir -p "$REEMO_DOCKER26_ROOT.tmp"
-    for entry in "${DOCKER26_DEBS[@]}"; do
+    rm -rf "$root.tmp"
+    mkdir -p "$root.tmp"
+    for entry in "$@"; do
         read -r path sum <<<"$entry"
         deb="$REEMO_DEB_CACHE/$(basename "$path")"
         if ! echo "$sum  $deb" | sha256sum -c --status 2>/dev/null; then
@@ -123,12 +134,20 @@ ensure_docker26() {
             fi
             mv "$deb.part" "$deb"
         fi
-        dpkg-deb -x "$deb" "$REEMO_DOCKER26_ROOT.tmp"
+        dpkg-deb -x "$deb" "$root.tmp"
     done
-    echo "$want" >"$REEMO_DOCKER26_ROOT.tmp/.reemo-extracted"
-    rm -rf "$REEMO_DOCKER26_ROOT"
-    mv "$REEMO_DOCKER26_ROOT.tmp" "$REEMO_DOCKER26_ROOT"
-    echo "== Docker $("$REEMO_DOCKER26_ROOT/usr/sbin/dockerd" --version | cut -d' ' -f3 | tr -d ,) extracted into $REEMO_DOCKER26_ROOT"
+    echo "$want" >"$root.tmp/.reemo-extracted"
+    rm -rf "$root"
+    mv "$root.tmp" "$root"
+    echo "== Docker $("$root/usr/sbin/dockerd" --version | cut -d' ' -f3 | tr -d ,) extracted into $root"
+}
+
+ensure_docker26() {
+    extract_debs "$REEMO_DOCKER26_ROOT" "${DOCKER26_DEBS[@]}"
+}
+
+ensure_docker28() {
+    extract_debs "$REEMO_DOCKER28_ROOT" "${DOCKER28_DEBS[@]}"
 }
 
 # The environment reemo-bundle's builder gives cargo for a static binary

@@ -11,15 +11,16 @@ use bollard::models::{
     ConfigSpec, LocalNodeState, NetworkCreateRequest, SecretSpec, ServiceSpec, SwarmInitRequest,
 };
 use bollard::query_parameters::{
-    ImportImageOptionsBuilder, ListConfigsOptionsBuilder, ListNetworksOptionsBuilder,
-    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-    LogsOptionsBuilder, RemoveImageOptionsBuilder, UpdateServiceOptionsBuilder,
+    ImportImageOptionsBuilder, ListConfigsOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, ListSecretsOptionsBuilder, ListServicesOptionsBuilder,
+    ListTasksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptions, RemoveImageOptionsBuilder,
+    UpdateServiceOptionsBuilder,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
 
 use super::{ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts, ImageKey};
-use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL};
+use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL, TASK_LABEL};
 use crate::swarm::observed::{
     Id, LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo, TaskState,
     UpdateState,
@@ -500,6 +501,59 @@ impl Engine for DockerEngine {
                 e => Err(e),
             },
         }
+    }
+
+    async fn remove_stopped_task_containers(
+        &self,
+        image: &ImageKey,
+        stacks: &std::collections::BTreeSet<String>,
+    ) -> EngineResult<usize> {
+        let store = self.facts().await?.store;
+        let Some(id) = image.id_on(store) else {
+            return Ok(0);
+        };
+        let filters = HashMap::from([
+            ("label".to_string(), vec![TASK_LABEL.to_string()]),
+            (
+                "status".to_string(),
+                ["created", "exited", "dead"].map(String::from).to_vec(),
+            ),
+        ]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self.docker.list_containers(Some(opts)).await.map_err(|e| {
+            self.err(
+                e,
+                &format!("listing stopped task containers on {}", self.url),
+            )
+        })?;
+        let mut removed = 0;
+        for c in list {
+            let ours = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(STACK_LABEL))
+                .is_some_and(|s| stacks.contains(s));
+            let (Some(cid), true) = (c.id, ours && c.image_id.as_deref() == Some(id)) else {
+                continue;
+            };
+            match self
+                .docker
+                .remove_container(&cid, None::<RemoveContainerOptions>)
+                .await
+            {
+                Ok(()) => removed += 1,
+                Err(e) => match self.err(e, &format!("removing container {cid} from {}", self.url))
+                {
+                    // gone meanwhile (Swarm prunes its task history too), or started again
+                    EngineError::NotFound { .. } | EngineError::Conflict { .. } => {}
+                    e => return Err(e),
+                },
+            }
+        }
+        Ok(removed)
     }
 
     async fn stack_services(&self, stack: &str) -> EngineResult<Vec<LiveService>> {

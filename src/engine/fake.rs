@@ -597,6 +597,15 @@ impl Engine for FakeEngine {
         Ok(st.nodes.get_mut(&node).is_some_and(|n| n.images.remove(id)))
     }
 
+    async fn remove_stopped_task_containers(
+        &self,
+        _image: &ImageKey,
+        _stacks: &std::collections::BTreeSet<String>,
+    ) -> EngineResult<usize> {
+        // the fake keeps no task containers: a service in use is what holds an image
+        Ok(0)
+    }
+
     async fn stack_services(&self, stack: &str) -> EngineResult<Vec<LiveService>> {
         let mut st = self.lock();
         st.injected("stack_services", stack)?;

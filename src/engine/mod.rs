@@ -299,6 +299,14 @@ pub trait Engine: Send + Sync {
     async fn load_archive(&self, archive: ArchiveStream) -> EngineResult<()>;
     /// Remove an image; `Ok(false)` when it is absent or in use.
     async fn remove_image(&self, image: &ImageKey) -> EngineResult<bool>;
+    /// Remove the stopped containers of Swarm tasks of `stacks` (the tasks' history, which
+    /// Swarm keeps) that were made from `image`, so that the image can go; how many. Running
+    /// containers, and containers that are not tasks of these stacks, are left alone.
+    async fn remove_stopped_task_containers(
+        &self,
+        image: &ImageKey,
+        stacks: &std::collections::BTreeSet<String>,
+    ) -> EngineResult<usize>;
 
     /// Services labelled with the stack namespace.
     async fn stack_services(&self, stack: &str) -> EngineResult<Vec<LiveService>>;

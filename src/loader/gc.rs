@@ -153,6 +153,9 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
             let Some(key) = keys.get(id.as_str()) else {
                 continue;
             };
+            // Swarm keeps the containers of a service's past tasks, and a container holds its
+            // image: those of the removed generations' stacks go first
+            e.remove_stopped_task_containers(key, &sel.stacks).await?;
             if e.remove_image(key).await? {
                 engine.set_node_label(&node, &image_label(id), None).await?;
                 r.images.push(id.clone());

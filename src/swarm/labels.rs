@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 /// Label that marks objects of a stack (what `docker stack` filters on).
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// Label Swarm puts on the container of each task (its task ID).
+pub const TASK_LABEL: &str = "com.docker.swarm.task.id";
 /// Label holding the hash of the desired spec a service or task was built from.
 pub const SPEC_LABEL: &str = "com.reemo-bundle.spec";
 /// Label of configs and secrets holding the sha256 of their content.

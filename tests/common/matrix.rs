@@ -47,17 +47,19 @@ pub fn bundle_images(bundle: &Path) -> Vec<BundleImage> {
 
 /// The image ID an engine of `kind` gives `img` once loaded.
 pub fn expected_id(kind: EngineKind, img: &BundleImage) -> &str {
-    match kind {
-        EngineKind::Docker26 { containerd: true } => &img.manifest,
-        _ => &img.config,
+    if kind.containerd_store() {
+        &img.manifest
+    } else {
+        &img.config
     }
 }
 
 /// The store label the loader puts on a node running `kind`.
 pub fn store_name(kind: EngineKind) -> &'static str {
-    match kind {
-        EngineKind::Docker26 { containerd: true } => "containerd",
-        _ => "classic",
+    if kind.containerd_store() {
+        "containerd"
+    } else {
+        "classic"
     }
 }
 
@@ -190,18 +192,18 @@ pub fn lap(tag: &str, what: &str, t: &mut Instant) {
     *t = Instant::now();
 }
 
-/// The single-engine walk of the matrix on one Docker 26 node (classic or containerd
-/// store): `load` (ID as the store gives it, then skipped), `activate` v1 (the relay serves;
-/// the service is pinned by what that store resolves), `activate` v2, `rollback` to v1,
-/// `gc` (v2's image leaves the store); then the default appliance's [`appliance_walk`].
-pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
-    use super::nodes::{Cluster, EngineKind};
-    let tag = if containerd {
-        "d26-containerd"
-    } else {
-        "d26-classic"
-    };
-    let kind = EngineKind::Docker26 { containerd };
+/// The tiny appliance (tests/common: busybox, one service) as stack `stack`, built.
+fn tiny(dir: &Path, version: &str, motd: &str, stack: &str) -> PathBuf {
+    let def = super::tiny_appliance_on(dir, version, motd, stack, None);
+    super::build_def(&def, &dir.join("out"))
+}
+
+/// The single-engine walk of the matrix on one namespaced node running `kind` (tagged `tag`
+/// in the output): `load` (ID as the store gives it, then skipped), `activate` v1 (the relay
+/// serves; the service is pinned by what that store resolves), `activate` v2, `rollback` to
+/// v1, `gc` (v2's image leaves the store); then the default appliance's [`appliance_walk`].
+pub fn engine_walk(kind: EngineKind, tag: &str, stack: &'static str, port: u16) {
+    use super::nodes::Cluster;
     let tmp = tempfile::tempdir().unwrap();
     let mut t = Instant::now();
     let dir = tmp.path().to_path_buf();
@@ -210,6 +212,8 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
             relay_bundle(&dir.join("v1"), stack, port, "1.0.0", "v1", false),
             relay_bundle(&dir.join("v2"), stack, port, "2.0.0", "v2", false),
             super::appliance::build(&dir.join("appliance"), &format!("{stack}app")),
+            tiny(&dir.join("t1"), "1.0.0", "one", &format!("{stack}tiny")),
+            tiny(&dir.join("t2"), "2.0.0", "two", &format!("{stack}tiny")),
         )
     });
     let cluster = Cluster::start_engines(&[kind], false);
@@ -219,14 +223,15 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
         "--format",
         "{{.ServerVersion}} {{.Driver}} {{json .DriverStatus}}",
     ]);
-    assert!(info.starts_with("26.1.5"), "{info}");
+    let (version, api) = kind.versions();
+    assert!(info.starts_with(version), "{info}");
     assert_eq!(
         info.contains("io.containerd.snapshotter.v1"),
-        containerd,
+        kind.containerd_store(),
         "the engine runs the store asked for: {info}"
     );
     lap(tag, "engine started", &mut t);
-    let (v1, v2, app) = builder.join().expect("building the bundles");
+    let (v1, v2, app, t1, t2) = builder.join().expect("building the bundles");
     lap(tag, "bundles built (waited)", &mut t);
     let img = bundle_images(&v1).remove(0);
     let state = tmp.path().join("state");
@@ -246,10 +251,7 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
     // activate v1, v2, rollback
     swarm_init(&state, n);
     activate(&state, &v1, &[n]);
-    let pin = match kind {
-        EngineKind::Docker26 { containerd: true } => format!("{}@{}", img.reference, img.manifest),
-        _ => img.config.clone(),
-    };
+    let pin = pin(&[kind], &img);
     let (image, cfg_v1) = service_image_and_configs(n, &format!("{stack}_relay"));
     assert_eq!(
         image, pin,
@@ -266,7 +268,7 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
         (&st["engines"][0]["store"], &st["engines"][0]["api"]),
         (
             &serde_json::json!(store_name(kind)),
-            &serde_json::json!("1.45")
+            &serde_json::json!(api)
         ),
         "{st}"
     );
@@ -287,24 +289,38 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
     super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves after rollback");
     lap(tag, "rolled back and probed", &mut t);
 
-    // gc: what only v2 used leaves this store, v1's image stays
-    let v2_img = bundle_images(&v2).remove(0);
+    // gc: an image only a removed generation used leaves this store, the current one's
+    // stays (the tiny appliance: its two versions differ in an image layer)
+    let tiny_state = tmp.path().join("tiny-state");
+    let tiny = |tb: &Path| {
+        loader_json(
+            loader(&tiny_state)
+                .arg("activate")
+                .arg(tb)
+                .args(engine_args(&[n]))
+                .args(["--timeout", "120s", "--monitor", "1s"]),
+        )
+    };
+    assert_eq!(tiny(&t1)["result"], "activated");
+    assert_eq!(tiny(&t2)["result"], "activated");
+    rollback(&tiny_state, &[n]);
+    let (i1, i2) = (bundle_images(&t1).remove(0), bundle_images(&t2).remove(0));
+    assert_ne!(i1.config, i2.config, "the tiny appliance's versions differ");
     let r = loader_json(
-        loader(&state)
+        loader(&tiny_state)
             .args(["gc", "--keep", "1"])
             .args(engine_args(&[n])),
     );
     assert_eq!(
-        image_id_on(n, &v2_img.reference),
+        image_id_on(n, &i2.reference),
         None,
-        "{tag}: gc removed v2's image: {r}"
+        "{tag}: gc removed the image only generation 2 used: {r}"
     );
     assert_eq!(
-        image_id_on(n, &img.reference).as_deref(),
-        Some(expected_id(kind, &img)),
-        "{tag}: gc kept v1's image: {r}"
+        image_id_on(n, &i1.reference).as_deref(),
+        Some(expected_id(kind, &i1)),
+        "{tag}: gc kept the current generation's image: {r}"
     );
-    super::relay_probe_at(&relay, &n.ip, port, &state).expect("v1 serves after gc");
     lap(tag, "gc", &mut t);
 
     // the default appliance (entry proxy + relay replicas) on the same engine
@@ -324,10 +340,9 @@ pub fn docker26_walk(containerd: bool, stack: &'static str, port: u16) {
 /// the config digest when every engine has the classic store, `repository:tag@manifest
 /// digest` when every one has the containerd store, `repository:tag` when they are mixed.
 pub fn pin(kinds: &[EngineKind], img: &BundleImage) -> String {
-    let containerd = |k: &EngineKind| matches!(k, EngineKind::Docker26 { containerd: true });
-    if kinds.iter().all(containerd) {
+    if kinds.iter().all(|k| k.containerd_store()) {
         format!("{}@{}", img.reference, img.manifest)
-    } else if kinds.iter().any(containerd) {
+    } else if kinds.iter().any(|k| k.containerd_store()) {
         img.reference.clone()
     } else {
         img.config.clone()

@@ -16,9 +16,10 @@
 //! without dropping its cluster are removed by the next [`Cluster::start`].
 //! The host's own dockerd and its swarm are never touched.
 //!
-//! A node runs the system's dockerd (Debian's 20.10) or, with [`EngineKind::Docker26`],
-//! Debian trixie's Docker 26.1.5 extracted by `ensure_docker26` (scripts/lib.sh) into
-//! `$REEMO_DOCKER26_ROOT`, with its own containerd, bookworm's runc, and the classic or the
+//! A node runs the system's dockerd (Debian's 20.10) or, with [`EngineKind::Docker26`] /
+//! [`EngineKind::Docker28`], Debian trixie's Docker 26.1.5 / forky's 28.5.2 extracted by
+//! `ensure_docker26` / `ensure_docker28` (scripts/lib.sh) into `$REEMO_DOCKER26_ROOT` /
+//! `$REEMO_DOCKER28_ROOT`, with its own containerd, bookworm's runc, and the classic or the
 //! containerd image store (`daemon.json` `features.containerd-snapshotter`).
 
 use std::io::{Read, Write};
@@ -42,26 +43,62 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(25);
 pub enum EngineKind {
     /// The system's dockerd (Debian bookworm's 20.10).
     System,
-    /// Debian trixie's Docker 26.1.5, with the containerd image store or the classic one.
+    /// Debian trixie's Docker 26.1.5 (API 1.45), with the containerd image store or the
+    /// classic one.
     Docker26 {
+        /// `features.containerd-snapshotter` in its daemon.json.
+        containerd: bool,
+    },
+    /// Debian forky's Docker 28.5.2 (API 1.51, image descriptors) with containerd 2.1, with
+    /// the containerd image store (Docker 29's default) or the classic one.
+    Docker28 {
         /// `features.containerd-snapshotter` in its daemon.json.
         containerd: bool,
     },
 }
 
-/// Where `ensure_docker26` (scripts/lib.sh) extracted Docker 26; fails with advice when it
-/// is not there.
-pub fn docker26_root() -> PathBuf {
-    let root = PathBuf::from(
-        std::env::var("REEMO_DOCKER26_ROOT")
-            .unwrap_or_else(|_| "/var/cache/reemo-bundle/docker-26.1.5".into()),
-    );
-    assert!(
-        root.join("usr/sbin/dockerd").is_file() && root.join("usr/bin/containerd").is_file(),
-        "the engine matrix needs Docker 26 extracted into {} (run `source scripts/lib.sh; ensure_docker26`, which the README's test command does)",
-        root.display()
-    );
-    root
+impl EngineKind {
+    /// Whether the engine runs the containerd image store.
+    pub fn containerd_store(self) -> bool {
+        matches!(
+            self,
+            EngineKind::Docker26 { containerd: true } | EngineKind::Docker28 { containerd: true }
+        )
+    }
+
+    /// `(version, API version)` the engine reports.
+    pub fn versions(self) -> (&'static str, &'static str) {
+        match self {
+            EngineKind::System => ("20.10.", "1.41"),
+            EngineKind::Docker26 { .. } => ("26.1.5", "1.45"),
+            EngineKind::Docker28 { .. } => ("28.5.2", "1.51"),
+        }
+    }
+
+    /// Where scripts/lib.sh extracted this engine (None: the system's); fails with advice
+    /// when it is not there.
+    fn extracted_root(self) -> Option<PathBuf> {
+        let (var, default, ensure) = match self {
+            EngineKind::System => return None,
+            EngineKind::Docker26 { .. } => (
+                "REEMO_DOCKER26_ROOT",
+                "/var/cache/reemo-bundle/docker-26.1.5",
+                "ensure_docker26",
+            ),
+            EngineKind::Docker28 { .. } => (
+                "REEMO_DOCKER28_ROOT",
+                "/var/cache/reemo-bundle/docker-28.5.2",
+                "ensure_docker28",
+            ),
+        };
+        let root = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.into()));
+        assert!(
+            root.join("usr/sbin/dockerd").is_file() && root.join("usr/bin/containerd").is_file(),
+            "the engine matrix needs {self:?} extracted into {} (run `source scripts/lib.sh; {ensure}`, which the README's test command does)",
+            root.display()
+        );
+        Some(root)
+    }
 }
 
 /// One engine in its network namespace.
@@ -666,10 +703,10 @@ impl Cluster {
     pub fn start_engines(kinds: &[EngineKind], tls: bool) -> Cluster {
         let n = kinds.len();
         require_tools();
-        let d26 = kinds
-            .iter()
-            .any(|k| matches!(k, EngineKind::Docker26 { .. }))
-            .then(docker26_root);
+        // fail early, before anything is set up, when an engine is missing
+        for k in kinds {
+            k.extracted_root();
+        }
         let pid = std::process::id();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -776,8 +813,11 @@ impl Cluster {
             cmd.arg(format!("--net=/var/run/netns/{netns}"));
             // its own binaries first (containerd, shims, docker-init); runc is bookworm's
             let mut path = String::new();
-            match (kind, &d26) {
-                (EngineKind::Docker26 { containerd }, Some(root)) => {
+            match (kind, kind.extracted_root()) {
+                (
+                    EngineKind::Docker26 { containerd } | EngineKind::Docker28 { containerd },
+                    Some(root),
+                ) => {
                     let cfg = dir.join("daemon.json");
                     std::fs::write(
                         &cfg,
