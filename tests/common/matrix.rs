@@ -244,6 +244,24 @@ pub fn engine_walk(kind: EngineKind, tag: &str, stack: &'static str, port: u16) 
         Some(expected_id(kind, &img)),
         "{tag}: the loaded image's ID"
     );
+    if kind.versions().1 >= "1.48" {
+        // what the loader reads there: the image's descriptor names our manifest
+        let o = run_ok(
+            std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "10", "--unix-socket"])
+                .arg(&n.sock)
+                .arg(format!(
+                    "http://engine/v{}/images/{}/json",
+                    kind.versions().1,
+                    img.reference
+                )),
+        );
+        let v: serde_json::Value = serde_json::from_str(&o).expect("image inspect JSON");
+        assert_eq!(
+            v["Descriptor"]["digest"], img.manifest,
+            "{tag}: the image's descriptor: {o}"
+        );
+    }
     let r = loader_json(loader(&state).arg("load").arg(&v1).args(engine_args(&[n])));
     assert_eq!(r["engines"][0]["skipped"], 1, "{r}");
     lap(tag, "loaded", &mut t);
