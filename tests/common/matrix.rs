@@ -384,6 +384,26 @@ pub fn task_node(manager: &Node, service: &str) -> String {
     manager.docker_ok(&["inspect", "--format", "{{.NodeID}}", id])
 }
 
+/// Sessions the running containers of `service` on `n` have paired (their logs).
+pub fn sessions_paired(n: &Node, service: &str) -> usize {
+    let ids = n.docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    ids.lines()
+        .map(|id| {
+            let o = n.docker().args(["logs", id]).output().unwrap();
+            let all = [o.stdout, o.stderr].concat();
+            String::from_utf8_lossy(&all)
+                .lines()
+                .filter(|l| l.contains("session paired"))
+                .count()
+        })
+        .sum()
+}
+
 /// Replicas a replicated service's spec asks for.
 pub fn replicas(manager: &Node, service: &str) -> String {
     manager.docker_ok(&[
@@ -448,6 +468,26 @@ pub fn appliance_walk(
     got.sort();
     assert_eq!(got, want, "{tag}: the appliance's services are pinned");
     probe("defaults");
+    if nodes.len() > 1 {
+        // the proxy reaches the replicas on every node (the overlay spans the engines):
+        // probes until a relay task on each node has paired a session, at most 16
+        let relay_service = format!("{stack}_relay");
+        let mut paired = vec![0; nodes.len()];
+        for _ in 0..16 {
+            paired = nodes
+                .iter()
+                .map(|n| sessions_paired(n, &relay_service))
+                .collect();
+            if paired.iter().all(|&p| p > 0) {
+                break;
+            }
+            probe("across the nodes");
+        }
+        assert!(
+            paired.iter().all(|&p| p > 0),
+            "{tag}: sessions paired per node {paired:?}: the relay tasks of some node got none through the proxy"
+        );
+    }
     lap(tag, "appliance activated and probed", &mut t);
 
     activate_with(state, bundle, nodes, &["RELAY_REPLICAS=3".into()]);
