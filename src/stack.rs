@@ -6,6 +6,8 @@
 //! services, configs and secrets since compose 3.7):
 //! - `x-reemo-phase: N` on a service: deployment phase, lower first (default 0). Every
 //!   service of a phase converges (jobs complete) before the next phase starts.
+//! - `x-reemo-tags: [NAME, …]` on a service: more names for it in `activate --only` (a tag
+//!   several services carry, such as `signal` for signal1, signal2, …, names them all).
 //! - `deploy.mode: replicated-job` (or `global-job`) makes a one-shot job; `x-reemo-job: true`
 //!   is the same as `replicated-job`. A job must complete before the next phase.
 //! - `x-reemo-generate: "TEMPLATE"` on a secret: the loader generates the content on the
@@ -234,6 +236,13 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub phase: Option<u32>,
+    /// Tags naming the service for `activate --only` besides its name (extension).
+    #[serde(
+        rename = "x-reemo-tags",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub tags: Vec<String>,
     /// One-shot job (extension), same as `deploy.mode: replicated-job`.
     #[serde(
         rename = "x-reemo-job",
@@ -1019,6 +1028,14 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
 fn validate_service(file: &ComposeFile, s: &Service) -> Result<()> {
     if s.image.trim().is_empty() {
         bail!("image is empty");
+    }
+    for t in &s.tags {
+        check_name("tag", t).context("x-reemo-tags")?;
+        if file.services.contains_key(t) {
+            bail!(
+                "x-reemo-tags: tag {t:?} is the name of a service (--only {t} would be ambiguous)"
+            );
+        }
     }
     let deploy = s.deploy.clone().unwrap_or_default();
     if let Some(m) = &deploy.mode {

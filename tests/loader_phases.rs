@@ -87,8 +87,26 @@ fn phases_jobs_and_only() {
     );
     let migrate_v1 = service_image("lphases_migrate");
 
-    // --only app: the job keeps its v1 spec
-    let o = loader_json(loader(&state).args(["activate", "--only", "app"]).arg(&v2));
+    // --only app while the job (phase 0) also changes: refused, nothing changed
+    let refused = fails(loader(&state).args(["activate", "--only", "app"]).arg(&v2));
+    assert!(
+        refused.contains("--only app: this bundle also changes migrate (phase 0, before app)")
+            && refused.contains("--out-of-order")
+            && refused.contains("nothing was changed"),
+        "{refused}"
+    );
+    assert_eq!(service_image("lphases_migrate"), migrate_v1);
+    // the dry run says what restarts
+    let o = loader_json(loader(&state).args(["activate", "--dry-run"]).arg(&v2));
+    let notes = o["notes"].to_string();
+    assert!(notes.contains("restarts: "), "{notes}");
+    assert!(notes.contains("app"), "{notes}");
+    // --only app --out-of-order: the job keeps its v1 spec
+    let o = loader_json(
+        loader(&state)
+            .args(["activate", "--only", "app", "--out-of-order"])
+            .arg(&v2),
+    );
     let touched: Vec<&str> = o["plan"]
         .as_array()
         .unwrap()
@@ -113,7 +131,7 @@ fn phases_jobs_and_only() {
     )
     .into_owned();
     assert!(
-        err.contains("--only nope: the bundle has no such service"),
+        err.contains("--only nope: the bundle has no such service or tag (services migrate, app)"),
         "{err}"
     );
 

@@ -130,9 +130,15 @@ pub enum HostCommand {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// Update only these services (others stay as in the current generation).
-        #[arg(long, value_name = "SERVICE")]
+        /// Update only these services (others stay as in the current generation): service
+        /// names or the tags services carry (`x-reemo-tags`, e.g. `signal`); repeatable or
+        /// comma-separated. Refused while a service of an earlier phase also changes.
+        #[arg(long, value_name = "SERVICE|TAG", value_delimiter = ',')]
         only: Vec<String>,
+        /// With --only: update the services named even though a service of an earlier
+        /// phase also changes (it stays on its current version).
+        #[arg(long, requires = "only")]
+        out_of_order: bool,
         /// Accept a bundle whose version is lower than the current generation's (same
         /// bundle name). `rollback` needs no such flag.
         #[arg(long)]
@@ -686,6 +692,7 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
             file,
             dry_run,
             only,
+            out_of_order,
             allow_downgrade,
             site,
             trust,
@@ -699,6 +706,7 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                 set: site.set,
                 dry_run,
                 only,
+                out_of_order,
                 timing: timing.timing(ACTIVATE_MONITOR),
                 trusted_keys: trust.trusted_keys,
                 allow_downgrade,

@@ -21,6 +21,7 @@ use crate::sign::{self, Verdict};
 use crate::state::journal::Kind;
 use crate::state::{GenResult, StateDir, StoreFile};
 use crate::swarm::desired::{self, Contents, DesiredStack};
+use crate::swarm::only;
 use crate::swarm::plan::Step;
 
 /// Options of `activate`.
@@ -28,8 +29,10 @@ use crate::swarm::plan::Step;
 pub struct ActivateOptions {
     /// Plan only: change nothing anywhere.
     pub dry_run: bool,
-    /// Update only these services.
+    /// Update only these services (names or `x-reemo-tags`).
     pub only: Vec<String>,
+    /// Let `only` update a service while an earlier phase also changes.
+    pub out_of_order: bool,
     /// Timing.
     pub timing: Timing,
     /// Trusted public key files given on the command line, on top of
@@ -227,7 +230,7 @@ async fn run(
         recovered: s.recovered.clone(),
         unfinished: s.unfinished.clone(),
         signed_by: None,
-        notes: vec![],
+        notes: restart_notes(d, s.state.current_generation()?.as_ref()),
     };
     if dry_run {
         return Ok(o);
@@ -246,6 +249,27 @@ async fn run(
         }
     }
     Ok(o)
+}
+
+/// Which services `desired` restarts against the current generation, and a warning for
+/// each restart that interrupts its service.
+fn restart_notes(
+    desired: &DesiredStack,
+    current: Option<&crate::state::Generation>,
+) -> Vec<String> {
+    let restarting = only::restarting(desired, current.map(|g| &g.desired));
+    if restarting.is_empty() {
+        return vec![];
+    }
+    let names: Vec<&str> = restarting.iter().map(|s| s.name.as_str()).collect();
+    let mut v = vec![format!("restarts: {}", names.join(", "))];
+    v.extend(
+        restarting
+            .iter()
+            .filter_map(|s| only::interruption(s))
+            .map(|w| format!("warning: {w}")),
+    );
+    v
 }
 
 /// `activate FILE`.
@@ -298,7 +322,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
         current.as_ref(),
         &super::certs::Imports::new(),
         opts.dry_run,
-        &opts.only,
+        (&opts.only, opts.out_of_order),
         &mut notes,
     )
     .map_err(|e| e.context(format!("bundle {}", file.display())))?;
@@ -318,6 +342,7 @@ pub async fn activate(host: &Host, file: &Path, opts: &ActivateOptions) -> Resul
     };
     let mut o = run(host, nodes, &s, target, opts.dry_run, opts.timing).await?;
     o.signed_by = signed_by(&verdict);
+    notes.append(&mut o.notes);
     o.notes = notes;
     Ok(o)
 }
@@ -358,7 +383,7 @@ fn desire(
     current: Option<&crate::state::Generation>,
     imports: &super::certs::Imports,
     dry_run: bool,
-    only: &[String],
+    (only, out_of_order): (&[String], bool),
     notes: &mut Vec<String>,
 ) -> Result<(DesiredStack, BTreeMap<String, Vec<u8>>)> {
     let no_values = BTreeMap::new();
@@ -419,7 +444,12 @@ fn desire(
     let desired = if only.is_empty() {
         new
     } else {
-        desired::merge_only(&new, current.map(|g| &g.desired), only)?
+        let previous = current.map(|g| &g.desired);
+        let selected = only::resolve(&new, only)?;
+        only::check_order(&new, previous, &selected, out_of_order)
+            .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+        notes.push(format!("--only: updating {}", selected.join(", ")));
+        desired::merge_only(&new, previous, &selected)?
     };
     Ok((desired, new_secrets))
 }
@@ -476,7 +506,7 @@ pub async fn configure(host: &Host, opts: &ConfigureOptions) -> Result<Outcome> 
         Some(&current),
         &opts.imports,
         opts.dry_run,
-        &[],
+        (&[], false),
         &mut notes,
     )?;
     let target = Target {
@@ -489,6 +519,7 @@ pub async fn configure(host: &Host, opts: &ConfigureOptions) -> Result<Outcome> 
         remove_others: true,
     };
     let mut o = run(host, nodes, &s, target, opts.dry_run, opts.timing).await?;
+    notes.append(&mut o.notes);
     o.notes = notes;
     Ok(o)
 }

@@ -257,6 +257,7 @@ pub fn build(
             full_name: format!("{stack}_{}", summary.name),
             phase: summary.phase,
             job: summary.job,
+            tags: svc.tags.clone(),
             image_id: img.config_digest.clone(),
             configs: cfg_names,
             secrets: sec_names,

@@ -1,7 +1,7 @@
 //! Swarm side of the loader, all pure: the desired state of a stack (`model`, built by
 //! `desired`), Engine-API specs built from it (`spec`), what runs (`observed`) and the
 //! decisions over both — the activation planner (`plan`), convergence (`health`),
-//! placement feasibility (`feasible`) — plus swarm initialisation options. `crate::engine`
+//! placement feasibility (`feasible`), partial updates (`only`) — plus swarm initialisation options. `crate::engine`
 //! does the I/O.
 
 pub mod desired;
@@ -11,5 +11,6 @@ pub mod init;
 pub mod labels;
 pub mod model;
 pub mod observed;
+pub mod only;
 pub mod plan;
 pub mod spec;

@@ -98,6 +98,9 @@ pub struct DesiredService {
     pub phase: u32,
     /// One-shot job.
     pub job: bool,
+    /// Tags naming it for `activate --only` besides its name (`x-reemo-tags`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// Image ID.
     pub image_id: String,
     /// Swarm names of the configs it mounts.

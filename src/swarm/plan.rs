@@ -278,6 +278,7 @@ mod tests {
             full_name: format!("s_{name}"),
             phase,
             job: false,
+            tags: vec![],
             image_id: "sha256:1".into(),
             configs: vec![format!("s_{name}_cfg_{hash}")],
             secrets: vec![],
