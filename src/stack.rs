@@ -6,6 +6,11 @@
 //! services, configs and secrets since compose 3.7):
 //! - `x-reemo-phase: N` on a service: deployment phase, lower first (default 0). Every
 //!   service of a phase converges (jobs complete) before the next phase starts.
+//! - `x-reemo-node-roles: {ROLE: "node,node", …}` at the top level and `x-reemo-role: ROLE`
+//!   on a service: the service's tasks run only on the nodes of its role (host names, node
+//!   IDs or addresses, usually site parameters; the loader labels them
+//!   `com.reemo-bundle.role.ROLE=true`, checking each against the swarm's nodes). A role
+//!   whose list is empty puts no constraint: every node has it.
 //! - `x-reemo-tags: [NAME, …]` on a service: more names for it in `activate --only` (a tag
 //!   several services carry, such as `signal` for signal1, signal2, …, names them all).
 //! - `deploy.mode: replicated-job` (or `global-job`) makes a one-shot job; `x-reemo-job: true`
@@ -57,6 +62,33 @@ pub struct ComposeFile {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub certificates: BTreeMap<String, CertificateDef>,
+    /// Node roles (extension): role name → the nodes that have it, comma-separated host
+    /// names, node IDs or addresses (usually a site parameter); empty: every node.
+    #[serde(
+        rename = "x-reemo-node-roles",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub node_roles: BTreeMap<String, String>,
+}
+
+impl ComposeFile {
+    /// The nodes `x-reemo-node-roles` gives each role, for the roles that name nodes.
+    pub fn role_nodes(&self) -> BTreeMap<String, Vec<String>> {
+        self.node_roles
+            .iter()
+            .map(|(role, list)| {
+                let nodes: Vec<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+                    .collect();
+                (role.clone(), nodes)
+            })
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .collect()
+    }
 }
 
 /// A certificate of `x-reemo-certificates`.
@@ -236,6 +268,13 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub phase: Option<u32>,
+    /// The node role whose nodes run it (extension; a key of `x-reemo-node-roles`).
+    #[serde(
+        rename = "x-reemo-role",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub role: Option<String>,
     /// Tags naming the service for `activate --only` besides its name (extension).
     #[serde(
         rename = "x-reemo-tags",
@@ -938,6 +977,10 @@ fn validate_objects(file: &ComposeFile) -> std::result::Result<(), (Vec<String>,
     if file.services.is_empty() {
         return Err((vec!["services".into()], anyhow::anyhow!("no services")));
     }
+    for role in file.node_roles.keys() {
+        check_name("role", role)
+            .map_err(|e| (vec!["x-reemo-node-roles".into(), role.clone()], e))?;
+    }
     fn at(kind: &str, name: &str) -> impl FnOnce(anyhow::Error) -> (Vec<String>, anyhow::Error) {
         let path = vec![kind.to_string(), name.to_string()];
         move |e| (path, e)
@@ -1028,6 +1071,19 @@ pub fn check_name(kind: &str, name: &str) -> Result<()> {
 fn validate_service(file: &ComposeFile, s: &Service) -> Result<()> {
     if s.image.trim().is_empty() {
         bail!("image is empty");
+    }
+    if let Some(r) = &s.role {
+        if !file.node_roles.contains_key(r) {
+            let roles: Vec<&str> = file.node_roles.keys().map(String::as_str).collect();
+            bail!(
+                "x-reemo-role: {r:?} is not a role of x-reemo-node-roles (roles: {})",
+                if roles.is_empty() {
+                    "none".to_string()
+                } else {
+                    roles.join(", ")
+                }
+            );
+        }
     }
     for t in &s.tags {
         check_name("tag", t).context("x-reemo-tags")?;

@@ -81,6 +81,7 @@ pub fn build(
     contents: &Contents<'_>,
 ) -> Result<DesiredStack> {
     let stack = manifest.stack.clone();
+    let role_nodes = compose.role_nodes();
     let mut images = Vec::new();
     let mut by_ref: BTreeMap<String, &crate::bundle::manifest::ImageEntry> = BTreeMap::new();
     for i in &manifest.images {
@@ -239,10 +240,13 @@ pub fn build(
                     .unwrap_or_default()
             })
             .collect();
+        // a role constrains placement only when it names nodes
+        let role = svc.role.clone().filter(|r| role_nodes.contains_key(r));
         let input = super::spec::ServiceInput {
             stack: &stack,
             name: summary.name,
             service: svc,
+            role: role.as_deref(),
             image_id: &img.config_digest,
             image_ref: &img.reference(),
             configs: &cfg_names,
@@ -258,6 +262,7 @@ pub fn build(
             phase: summary.phase,
             job: summary.job,
             tags: svc.tags.clone(),
+            role: role.clone(),
             image_id: img.config_digest.clone(),
             configs: cfg_names,
             secrets: sec_names,
@@ -281,6 +286,7 @@ pub fn build(
         services,
         certificates: vec![],
         site: BTreeMap::new(),
+        node_roles: role_nodes,
     };
     d.prune();
     Ok(d)

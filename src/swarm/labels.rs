@@ -5,6 +5,14 @@ use std::collections::BTreeMap;
 
 /// Label that marks objects of a stack (what `docker stack` filters on).
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// Prefix of the node labels of node roles (`x-reemo-node-roles`).
+pub const ROLE_LABEL_PREFIX: &str = "com.reemo-bundle.role.";
+
+/// The node label of node role `role` (value `true` on the nodes that have it).
+pub fn role_label(role: &str) -> String {
+    format!("{ROLE_LABEL_PREFIX}{role}")
+}
+
 /// Label Swarm puts on the container of each task (its task ID).
 pub const TASK_LABEL: &str = "com.docker.swarm.task.id";
 /// Label holding the hash of the desired spec a service or task was built from.

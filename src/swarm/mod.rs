@@ -13,4 +13,5 @@ pub mod model;
 pub mod observed;
 pub mod only;
 pub mod plan;
+pub mod roles;
 pub mod spec;

@@ -98,6 +98,10 @@ pub struct DesiredService {
     pub phase: u32,
     /// One-shot job.
     pub job: bool,
+    /// Its node role when that role names nodes (`x-reemo-role`): its tasks run only on
+    /// nodes labelled with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
     /// Tags naming it for `activate --only` besides its name (`x-reemo-tags`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -152,6 +156,10 @@ pub struct DesiredStack {
     /// Site parameter values the stack was rendered with.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub site: BTreeMap<String, crate::site::SiteValue>,
+    /// Node roles that name nodes (`x-reemo-node-roles`): role → host names, node IDs or
+    /// addresses, resolved against the swarm's nodes when the host is planned.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_roles: BTreeMap<String, Vec<String>>,
 }
 
 impl DesiredStack {

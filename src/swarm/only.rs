@@ -147,6 +147,7 @@ mod tests {
             phase,
             job: false,
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            role: None,
             image_id: "sha256:aa".into(),
             configs: vec![],
             secrets: vec![],

@@ -225,6 +225,7 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         services: vec![],
         certificates: vec![],
         site: BTreeMap::new(),
+        node_roles: BTreeMap::new(),
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
     target
@@ -279,6 +280,7 @@ mod tests {
             phase,
             job: false,
             tags: vec![],
+            role: None,
             image_id: "sha256:1".into(),
             configs: vec![format!("s_{name}_cfg_{hash}")],
             secrets: vec![],
@@ -320,6 +322,7 @@ mod tests {
             services,
             certificates: vec![],
             site: BTreeMap::new(),
+            node_roles: BTreeMap::new(),
         }
     }
 

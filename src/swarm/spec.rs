@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Result};
 use serde_json::{json, Map, Value};
 
-use super::labels::{image_label, SPEC_LABEL, STACK_LABEL};
+use super::labels::{image_label, role_label, SPEC_LABEL, STACK_LABEL};
 use super::model::DesiredNetwork;
 use crate::hash::sha256_hex;
 use crate::stack::{self, Mode, Service};
@@ -19,6 +19,8 @@ pub struct ServiceInput<'a> {
     pub name: &'a str,
     /// Compose service.
     pub service: &'a Service,
+    /// Its node role, when that role names nodes: a placement constraint on the role label.
+    pub role: Option<&'a str>,
     /// Image ID `sha256:…`.
     pub image_id: &'a str,
     /// `repository:tag` (recorded as `com.docker.stack.image`).
@@ -259,6 +261,9 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
     let placement = deploy.placement.clone().unwrap_or_default();
     let mut constraints = placement.constraints.clone();
     constraints.push(format!("node.labels.{}==present", image_label(i.image_id)));
+    if let Some(r) = i.role {
+        constraints.push(format!("node.labels.{}==true", role_label(r)));
+    }
     let mut m = Map::new();
     m.insert("Constraints".into(), json!(constraints));
     put(
@@ -464,6 +469,7 @@ mod tests {
             stack: "relayws",
             name: "relay",
             service: &f.services["relay"],
+            role: None,
             image_id: "sha256:aa",
             image_ref: "reemo/ws-relay-server:1.0.0-x",
             configs: &["relayws_relay_config_11111111".into()],
