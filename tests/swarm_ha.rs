@@ -339,6 +339,10 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
             "ha-v2\n"
         }
         Some(1) => {
+            eprintln!(
+                "[swarm-ha] tasks after the revert:\n{}",
+                n1.docker_ok(&["service", "ps", "--no-trunc", &format!("{STACK}_app")])
+            );
             // reverted as a whole: v1 stays current, the attempt is recorded as failed
             assert!(log.contains("revert") || log.contains("reverted"), "{log}");
             assert_eq!(current[0]["version"], "1.0.0", "{gens}");
@@ -417,6 +421,7 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
     assert!(s["engines"][2]["error"].is_string(), "{s}");
     assert_eq!(s["services"][0]["health"], "healthy", "{s}");
     let text = run_ok(loader(&state).arg("status").args(engine_args(&[n1, n2])));
+    eprintln!("[swarm-ha] status after the loss:\n{text}");
     assert!(
         text.contains("quorum 2 of 3, tolerates 0 more manager loss(es)")
             && text.contains("one more manager loss loses the quorum"),
