@@ -431,6 +431,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn status_reports_a_lost_manager_and_no_tolerance_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m1 = FakeEngine::manager("m1");
+        let (m2, m3) = (m1.join("m2", true), m1.join("m3", true));
+        let (h, _) = host(&m1, tmp.path());
+        let st = super::super::status::status(&h).await.unwrap();
+        assert_eq!(
+            (st.quorum.needed, st.quorum.tolerates, st.tolerated_failures),
+            (2, 1, 1)
+        );
+        assert!(st.warnings.is_empty(), "{:?}", st.warnings);
+
+        m1.set_reachable(m3.node_id(), false);
+        m1.join("w1", false);
+        let st = super::super::status::status(&h).await.unwrap();
+        let q = &st.quorum;
+        assert_eq!(
+            (q.managers, q.reachable, q.needed, q.tolerates, q.workers),
+            (3, 2, 2, 0, 1)
+        );
+        assert_eq!(q.nodes[0].id, "node-m1", "the leader first");
+        assert!(q.nodes[0].leader);
+        let w = st.warnings.join("\n");
+        assert!(
+            w.contains("manager m3 (node-m3) at m3:2377 is unreachable"),
+            "{w}"
+        );
+        assert!(w.contains("one more manager loss loses the quorum"), "{w}");
+        assert!(w.contains("1 worker node(s) (w1 (node-w1))"), "{w}");
+        assert_eq!(st.tolerated_failures, 0);
+        assert!(m2.swarm_facts().await.unwrap().manager);
+    }
+
+    #[tokio::test]
     async fn join_token_needs_a_manager_and_a_file_path() {
         let tmp = tempfile::tempdir().unwrap();
         let m1 = FakeEngine::manager("m1");
