@@ -50,7 +50,7 @@ const TOKEN_ADVICE: &str =
 pub fn read_token_file(path: &Path) -> Result<(JoinToken, Vec<String>)> {
     let p = path.display();
     let meta = std::fs::metadata(path)
-        .with_context(|| format!("--token-file {p}: cannot read it; {TOKEN_ADVICE}"))?;
+        .map_err(|e| anyhow::anyhow!("--token-file {p}: cannot read it ({e}); {TOKEN_ADVICE}"))?;
     if !meta.is_file() {
         bail!("--token-file {p}: not a regular file; {TOKEN_ADVICE}");
     }
@@ -130,7 +130,6 @@ async fn swarm_join_with(
             engine.url()
         )
     })?;
-    drop(req);
     let facts = settle(engine, role_grace).await?;
     if !facts.manager {
         let left = engine.leave_swarm(false).await;
