@@ -157,8 +157,10 @@ pub enum HostCommand {
         json: bool,
     },
     /// Show the current generation, services (judged as `activate` judges them), images
-    /// per engine, swarm quorum, and any unfinished activation with the command that
-    /// finishes it. Changes nothing.
+    /// per engine, the managers (address, reachability, leader) with their quorum (managers
+    /// needed, further losses tolerated, what one more loss would do), and any unfinished
+    /// activation with the command that finishes it. An `--engine` after the first that
+    /// does not answer is reported, not an error. Changes nothing.
     Status {
         /// Engines and state.
         #[command(flatten)]
