@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::multinode::{build_global_tiny, bundle_images, engine_args, running_tasks};
 use common::nodes::{http_get, poll, Cluster, Node};
 use common::*;
 
@@ -17,70 +17,6 @@ use common::*;
 const TINY_PORT: u16 = 8081;
 /// Port the relay is published on.
 const RELAY_PORT: u16 = 8080;
-
-/// `(reference, image ID)` of each image in a bundle's `bundle.json`.
-fn bundle_images(bundle: &Path) -> Vec<(String, String)> {
-    let out = run_ok(
-        Command::new("tar")
-            .arg("-xOf")
-            .arg(bundle)
-            .arg("bundle.json"),
-    );
-    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
-    m["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| {
-            (
-                format!(
-                    "{}:{}",
-                    i["repository"].as_str().unwrap(),
-                    i["tag"].as_str().unwrap()
-                ),
-                i["config_digest"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
-/// The tiny appliance with its service in global mode (a task on every node holding the
-/// image), serving `/etc/motd` with busybox httpd on a host-mode port.
-fn build_global_tiny(dir: &Path, version: &str, motd: &str) -> PathBuf {
-    let yml = format!(
-        r#"version: "3.8"
-services:
-  app:
-    image: ${{image:tiny-image}}
-    command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]
-    # busybox as PID 1 ignores SIGTERM: do not wait the default 10 s on each update
-    stop_grace_period: 1s
-    configs:
-      - source: app_config
-        target: /etc/app.conf
-    ports:
-      - target: 8080
-        published: {TINY_PORT}
-        protocol: tcp
-        mode: host
-    deploy:
-      mode: global
-configs:
-  app_config:
-    file: ../configs/app.conf
-"#
-    );
-    let def = tiny_appliance_on(dir, version, motd, "tiny", Some(&yml));
-    build_def(&def, &dir.join("out"))
-}
-
-/// `--engine URL` for each node.
-fn engine_args(nodes: &[&Node]) -> Vec<String> {
-    nodes
-        .iter()
-        .flat_map(|n| ["--engine".to_string(), n.url()])
-        .collect()
-}
 
 /// `reemo-bundle activate` through the given engines (the first is the manager).
 fn activate(state: &Path, bundle: &Path, nodes: &[&Node]) -> String {
@@ -91,33 +27,6 @@ fn activate(state: &Path, bundle: &Path, nodes: &[&Node]) -> String {
             .args(engine_args(nodes))
             .args(["--timeout", "120s", "--monitor", "1s"]),
     )
-}
-
-/// `(node id, observed state)` of the tasks of `service` that Swarm wants running.
-fn running_tasks(manager: &Node, service: &str) -> Vec<(String, String)> {
-    let ids = manager.docker_ok(&[
-        "service",
-        "ps",
-        "-q",
-        "--no-trunc",
-        "--filter",
-        "desired-state=running",
-        service,
-    ]);
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if ids.is_empty() {
-        return vec![];
-    }
-    let mut args = vec!["inspect", "--format", "{{.NodeID}} {{.Status.State}}"];
-    args.extend(&ids);
-    manager
-        .docker_ok(&args)
-        .lines()
-        .filter_map(|l| {
-            let (n, s) = l.split_once(' ')?;
-            Some((n.to_string(), s.to_string()))
-        })
-        .collect()
 }
 
 fn lap(what: &str, t: &mut Instant) {
@@ -136,8 +45,8 @@ fn two_node_swarm_init_load_placement_status_and_relay() {
     // the bundles are built while the engines start
     let dir = tmp.path().to_path_buf();
     let builder = std::thread::spawn(move || {
-        let b1 = build_global_tiny(&dir.join("v1"), "1.0.0", "multinode-v1");
-        let b2 = build_global_tiny(&dir.join("v2"), "2.0.0", "multinode-v2");
+        let b1 = build_global_tiny(&dir.join("v1"), "tiny", TINY_PORT, "1.0.0", "multinode-v1");
+        let b2 = build_global_tiny(&dir.join("v2"), "tiny", TINY_PORT, "2.0.0", "multinode-v2");
         let relay = build_relay_variant(&dir.join("relay"), "mnrelay", RELAY_PORT, "1.0.0", |c| c);
         (b1, b2, relay)
     });

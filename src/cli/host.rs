@@ -18,8 +18,11 @@ use crate::engine::docker::DockerEngine;
 use crate::engine::Engine;
 use crate::events::{Event, Events};
 use crate::loader::activate::{self, ActivateOptions, Outcome, OutcomeResult};
-use crate::loader::{certs, gc, images, status, Host, Timing, ACTIVATE_MONITOR, ROLLBACK_MONITOR};
+use crate::loader::{
+    certs, cluster, gc, images, status, Host, Timing, ACTIVATE_MONITOR, ROLLBACK_MONITOR,
+};
 use crate::swarm::init::InitOptions;
+use crate::swarm::join::JoinOptions;
 
 /// Engines and state directory, shared by the host commands.
 #[derive(Debug, Clone, Args)]
@@ -160,8 +163,10 @@ pub enum HostCommand {
         json: bool,
     },
     /// Show the current generation, services (judged as `activate` judges them), images
-    /// per engine, swarm quorum, and any unfinished activation with the command that
-    /// finishes it. Changes nothing.
+    /// per engine, the managers (address, reachability, leader) with their quorum (managers
+    /// needed, further losses tolerated, what one more loss would do), and any unfinished
+    /// activation with the command that finishes it. An `--engine` after the first that
+    /// does not answer is reported, not an error. Changes nothing.
     Status {
         /// Engines and state.
         #[command(flatten)]
@@ -280,6 +285,45 @@ pub enum SwarmCommand {
         #[command(flatten)]
         host: HostArgs,
     },
+    /// Write the token that joins a node as a manager into FILE (mode 0600; replaced
+    /// atomically if it exists), for `swarm join --token-file` on the other hosts. The token
+    /// is a secret: it is never printed. Run on a manager.
+    JoinToken {
+        /// File to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+    },
+    /// Join this engine to an existing swarm as a manager (the seeds want managers only:
+    /// three tolerate the loss of one). The token is read from a file, never from the
+    /// command line, and never printed. Refused when the engine is in a swarm already; a
+    /// worker token is refused after the swarm said so, and the node leaves again.
+    Join {
+        /// File holding the manager join token (from `swarm join-token --out FILE` on a
+        /// manager).
+        #[arg(long, value_name = "FILE")]
+        token_file: PathBuf,
+        /// A manager of the swarm, ADDR[:PORT] (port 2377 by default); repeatable, each is
+        /// tried.
+        #[arg(long, value_name = "ADDR[:PORT]", required = true)]
+        remote: Vec<String>,
+        /// IP address or interface name (e.g. eth0), with an optional :PORT, that the other
+        /// nodes reach this one at (default: chosen by the engine).
+        #[arg(long, value_name = "IP|IFACE[:PORT]")]
+        advertise_addr: Option<String>,
+        /// Where this manager listens for swarm traffic (default 0.0.0.0:2377).
+        #[arg(long, value_name = "IP|IFACE[:PORT]")]
+        listen_addr: Option<String>,
+        /// IP address or interface name for overlay (VXLAN) traffic, to keep it apart from
+        /// the swarm's control traffic (default: the advertise address).
+        #[arg(long, value_name = "IP|IFACE")]
+        data_path_addr: Option<String>,
+        /// Engines and state.
+        #[command(flatten)]
+        host: HostArgs,
+    },
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -394,10 +438,26 @@ fn print_status(s: &status::Status) {
             if i.present { "present" } else { "MISSING" }
         );
     }
+    let q = &s.quorum;
     println!(
-        "swarm: {} manager(s), {} node(s); the quorum tolerates {} manager failure(s)",
-        s.managers, s.nodes, s.tolerated_failures
+        "swarm: {} node(s), {} manager(s) ({} reachable); quorum {} of {}, tolerates {} more manager loss(es)",
+        s.nodes, q.managers, q.reachable, q.needed, q.managers, q.tolerates
     );
+    for m in &q.nodes {
+        println!(
+            "  manager {} ({}) at {}: {}{}",
+            if m.hostname.is_empty() {
+                "?"
+            } else {
+                &m.hostname
+            },
+            crate::swarm::observed::short(&m.id),
+            if m.addr.is_empty() { "?" } else { &m.addr },
+            m.reachability,
+            if m.leader { ", leader" } else { "" }
+        );
+    }
+    println!("  {}", q.next_loss);
     for w in &s.warnings {
         println!("warning: {w}");
     }
@@ -882,11 +942,51 @@ pub fn run(cmd: HostCommand) -> Result<i32> {
                 pools: default_addr_pool,
                 data_path_port,
             };
-            let (id, warnings) = rt.block_on(gc::swarm_init(&host, &opts))?;
+            let (id, warnings) = rt.block_on(cluster::swarm_init(&host, &opts))?;
             for w in warnings {
                 host.emit(Event::warning(w));
             }
             println!("swarm initialised: node {id} is its manager");
+            Ok(0)
+        }
+        HostCommand::Swarm(SwarmCommand::JoinToken { out, host }) => {
+            let host = host.host(events(false))?;
+            let w = rt.block_on(cluster::write_join_token(&host, &out))?;
+            println!(
+                "manager join token of the swarm (read on node {}) written to {} (mode 0600)",
+                w.node_id,
+                out.display()
+            );
+            let remotes: Vec<String> = w.remotes.iter().map(|r| format!(" --remote {r}")).collect();
+            println!(
+                "on each new manager: reemo-bundle swarm join --token-file FILE{}",
+                remotes.concat()
+            );
+            Ok(0)
+        }
+        HostCommand::Swarm(SwarmCommand::Join {
+            token_file,
+            remote,
+            advertise_addr,
+            listen_addr,
+            data_path_addr,
+            host,
+        }) => {
+            let host = host.host(events(false))?;
+            let opts = JoinOptions {
+                remotes: remote,
+                advertise: advertise_addr,
+                listen: listen_addr,
+                data_path: data_path_addr,
+            };
+            let (j, warnings) = rt.block_on(cluster::swarm_join(&host, &opts, &token_file))?;
+            for w in warnings {
+                host.emit(Event::warning(w));
+            }
+            println!(
+                "joined the swarm as manager node {}: {} manager(s), {} node(s)",
+                j.node_id, j.managers, j.nodes
+            );
             Ok(0)
         }
     }

@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Result};
 use async_trait::async_trait;
 use bollard::models::{
     ConfigSpec, LocalNodeState, NetworkCreateRequest, SecretSpec, ServiceSpec, SwarmInitRequest,
+    SwarmJoinRequest,
 };
 use bollard::query_parameters::{
     ImportImageOptionsBuilder, ListConfigsOptionsBuilder, ListContainersOptionsBuilder,
@@ -19,7 +20,10 @@ use bollard::query_parameters::{
 use bollard::{Docker, API_DEFAULT_VERSION};
 use futures_util::StreamExt;
 
-use super::{ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts, ImageKey};
+use super::{
+    ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts, ImageKey,
+    JoinRequest, JoinToken,
+};
 use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL, TASK_LABEL};
 use crate::swarm::observed::{
     Id, LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo, TaskState,
@@ -225,9 +229,12 @@ fn task_info(t: bollard::models::Task) -> TaskInfo {
 
 fn node_info(n: bollard::models::Node) -> NodeInfo {
     let id = n.id.unwrap_or_default();
+    let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
     NodeInfo {
         manager: n.manager_status.map(|m| ManagerNode {
             id: id.clone(),
+            hostname: hostname.clone(),
+            addr: m.addr.unwrap_or_default(),
             reachability: m.reachability.map(|r| r.to_string()).unwrap_or_default(),
             leader: m.leader.unwrap_or(false),
         }),
@@ -238,6 +245,7 @@ fn node_info(n: bollard::models::Node) -> NodeInfo {
             .into_iter()
             .collect(),
         id,
+        hostname,
     }
 }
 
@@ -432,6 +440,49 @@ impl Engine for DockerEngine {
             .init_swarm(r)
             .await
             .map_err(|e| self.err(e, &op))
+    }
+
+    async fn join_swarm(&self, req: &JoinRequest) -> EngineResult<()> {
+        let op = format!(
+            "joining the engine at {} to the swarm of {}",
+            self.url,
+            req.remotes.join(", ")
+        );
+        let r = SwarmJoinRequest {
+            listen_addr: Some(req.listen.clone()),
+            advertise_addr: req.advertise.clone(),
+            data_path_addr: req.data_path.clone(),
+            remote_addrs: Some(req.remotes.clone()),
+            join_token: Some(req.token.expose().to_string()),
+        };
+        self.docker
+            .join_swarm(r)
+            .await
+            .map_err(|e| self.err(e, &op).map_text(|t| req.token.scrub(t)))
+    }
+
+    async fn leave_swarm(&self, force: bool) -> EngineResult<()> {
+        let opts = bollard::query_parameters::LeaveSwarmOptionsBuilder::default()
+            .force(force)
+            .build();
+        self.docker
+            .leave_swarm(Some(opts))
+            .await
+            .map_err(|e| self.err(e, &format!("leaving the swarm on {}", self.url)))
+    }
+
+    async fn manager_join_token(&self) -> EngineResult<JoinToken> {
+        let op = format!("reading the manager join token on {}", self.url);
+        let sw = self
+            .docker
+            .inspect_swarm()
+            .await
+            .map_err(|e| self.err(e, &op))?;
+        let text = sw.join_tokens.and_then(|t| t.manager).unwrap_or_default();
+        JoinToken::parse(&text).map_err(|e| EngineError::Other {
+            op,
+            message: format!("the token the engine gave {e}"),
+        })
     }
 
     async fn facts(&self) -> EngineResult<EngineFacts> {

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::{
     ApiVersion, ArchiveStream, Engine, EngineError, EngineFacts, EngineResult, ImageFacts,
-    ImageKey, ImageStore,
+    ImageKey, ImageStore, JoinRequest, JoinToken,
 };
 use crate::swarm::labels::{SPEC_LABEL, STACK_LABEL};
 use crate::swarm::observed::{
@@ -37,6 +37,8 @@ pub enum Script {
 #[derive(Debug, Clone)]
 struct Node {
     manager: bool,
+    /// A manager whose engine the other managers reach (false: its engine is lost).
+    reachable: bool,
     labels: BTreeMap<String, String>,
     images: BTreeSet<String>,
 }
@@ -255,6 +257,7 @@ impl FakeEngine {
             e.node.clone(),
             Node {
                 manager: true,
+                reachable: true,
                 labels: BTreeMap::new(),
                 images: BTreeSet::new(),
             },
@@ -273,11 +276,40 @@ impl FakeEngine {
             e.node.clone(),
             Node {
                 manager,
+                reachable: true,
                 labels: BTreeMap::new(),
                 images: BTreeSet::new(),
             },
         );
         e
+    }
+
+    /// An engine outside any swarm that can join this one with one of its join tokens
+    /// ([`FakeEngine::join_token`]).
+    pub fn candidate(&self, name: &str) -> FakeEngine {
+        FakeEngine {
+            url: format!("fake://{name}"),
+            node: format!("node-{name}"),
+            state: self.state.clone(),
+        }
+    }
+
+    /// The token that joins this fake swarm as a manager (`true`) or a worker, in the shape
+    /// of Docker's.
+    pub fn join_token(&self, manager: bool) -> String {
+        let secret = if manager { "m" } else { "w" };
+        format!(
+            "SWMTKN-1-{}-{}",
+            &"f4k3".repeat(13)[..50],
+            secret.repeat(25)
+        )
+    }
+
+    /// Make manager `node_id` reachable or not (its engine killed, or back).
+    pub fn set_reachable(&self, node_id: &str, reachable: bool) {
+        if let Some(n) = self.lock().nodes.get_mut(node_id) {
+            n.reachable = reachable;
+        }
     }
 
     /// An engine outside any swarm.
@@ -444,10 +476,18 @@ impl Engine for FakeEngine {
             .iter()
             .map(|(id, n)| NodeInfo {
                 id: id.clone(),
+                hostname: id.trim_start_matches("node-").to_string(),
                 labels: n.labels.clone(),
                 manager: n.manager.then(|| ManagerNode {
                     id: id.clone(),
-                    reachability: "reachable".into(),
+                    hostname: id.trim_start_matches("node-").to_string(),
+                    addr: format!("{}:2377", id.trim_start_matches("node-")),
+                    reachability: if n.reachable {
+                        "reachable"
+                    } else {
+                        "unreachable"
+                    }
+                    .into(),
                     leader: *id == self.node,
                 }),
             })
@@ -483,6 +523,79 @@ impl Engine for FakeEngine {
         Err(EngineError::Other {
             op: "initialising a swarm".into(),
             message: "the fake engine does not initialise swarms".into(),
+        })
+    }
+
+    async fn join_swarm(&self, req: &JoinRequest) -> EngineResult<()> {
+        let mut st = self.lock();
+        let op = format!("joining the engine at {} to the swarm", self.url);
+        st.injected("join_swarm", &self.url)
+            .map_err(|e| e.map_text(|t| req.token.scrub(t)))?;
+        if st.nodes.contains_key(&self.node) || self.node.is_empty() {
+            return Err(EngineError::Other {
+                op,
+                message: "This node is already part of a swarm".into(),
+            });
+        }
+        let manager = match req.token.expose() {
+            t if t == self.join_token(true) => true,
+            t if t == self.join_token(false) => false,
+            _ => {
+                return Err(EngineError::Other {
+                    op,
+                    message: "A valid join token is necessary to join this cluster".into(),
+                })
+            }
+        };
+        st.mutations.push(format!(
+            "join_swarm {} as {} via {}",
+            self.url,
+            if manager { "manager" } else { "worker" },
+            req.remotes.join(",")
+        ));
+        st.nodes.insert(
+            self.node.clone(),
+            Node {
+                manager,
+                reachable: true,
+                labels: BTreeMap::new(),
+                images: BTreeSet::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn leave_swarm(&self, force: bool) -> EngineResult<()> {
+        let mut st = self.lock();
+        st.mutate("leave_swarm", &self.url)?;
+        match st.nodes.get(&self.node) {
+            None => Err(EngineError::Other {
+                op: "leaving the swarm".into(),
+                message: "This node is not part of a swarm".into(),
+            }),
+            Some(n) if n.manager && !force => Err(EngineError::Other {
+                op: "leaving the swarm".into(),
+                message: "a manager leaves only with force".into(),
+            }),
+            Some(_) => {
+                st.nodes.remove(&self.node);
+                Ok(())
+            }
+        }
+    }
+
+    async fn manager_join_token(&self) -> EngineResult<JoinToken> {
+        let mut st = self.lock();
+        st.injected("manager_join_token", &self.url)?;
+        if !st.nodes.get(&self.node).is_some_and(|n| n.manager) {
+            return Err(EngineError::Other {
+                op: "reading the manager join token".into(),
+                message: "This node is not a swarm manager".into(),
+            });
+        }
+        JoinToken::parse(&self.join_token(true)).map_err(|e| EngineError::Other {
+            op: "reading the manager join token".into(),
+            message: e.to_string(),
         })
     }
 
@@ -557,6 +670,7 @@ impl Engine for FakeEngine {
         st.mutate("load_archive", &self.url)?;
         let node = st.nodes.entry(self.node.clone()).or_insert_with(|| Node {
             manager: false,
+            reachable: true,
             labels: BTreeMap::new(),
             images: BTreeSet::new(),
         });

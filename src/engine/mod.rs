@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use thiserror::Error;
 
+pub use crate::swarm::join::{JoinRequest, JoinToken};
 pub use crate::swarm::observed::{
     LiveService, ManagerNode, NodeInfo, SwarmFacts, SwarmState, TaskInfo,
 };
@@ -69,6 +70,36 @@ pub enum EngineError {
 
 /// A result of an engine operation.
 pub type EngineResult<T> = Result<T, EngineError>;
+
+impl EngineError {
+    /// The same error with `f` applied to every text it carries (to scrub a secret out of
+    /// what a daemon answered).
+    pub fn map_text(self, f: impl Fn(&str) -> String) -> EngineError {
+        match self {
+            EngineError::NotFound { op, message } => EngineError::NotFound {
+                op: f(&op),
+                message: f(&message),
+            },
+            EngineError::Conflict { op, message } => EngineError::Conflict {
+                op: f(&op),
+                message: f(&message),
+            },
+            EngineError::OutOfSequence { op, message } => EngineError::OutOfSequence {
+                op: f(&op),
+                message: f(&message),
+            },
+            EngineError::NetworkGone { op, network } => EngineError::NetworkGone {
+                op: f(&op),
+                network: f(&network),
+            },
+            EngineError::Unreachable(m) => EngineError::Unreachable(f(&m)),
+            EngineError::Other { op, message } => EngineError::Other {
+                op: f(&op),
+                message: f(&message),
+            },
+        }
+    }
+}
 
 /// Where an engine keeps its images: what its image IDs mean and how it is asked for ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -287,6 +318,12 @@ pub trait Engine: Send + Sync {
     async fn set_node_label(&self, id: &str, key: &str, value: Option<&str>) -> EngineResult<()>;
     /// Initialise a swarm from Engine-API JSON (`SwarmInitRequest`); returns the node id.
     async fn init_swarm(&self, req: &serde_json::Value) -> EngineResult<String>;
+    /// Join this engine's node to a swarm (`POST /swarm/join`). The token is in no error.
+    async fn join_swarm(&self, req: &JoinRequest) -> EngineResult<()>;
+    /// Leave the swarm (`POST /swarm/leave`); a manager needs `force`.
+    async fn leave_swarm(&self, force: bool) -> EngineResult<()>;
+    /// The token that joins a node as a manager (`GET /swarm`, manager only).
+    async fn manager_join_token(&self) -> EngineResult<JoinToken>;
 
     /// Version, negotiated API version and image store (read once, then remembered).
     async fn facts(&self) -> EngineResult<EngineFacts>;

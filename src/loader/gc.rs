@@ -1,4 +1,4 @@
-//! `gc --keep K` and `swarm init`. What gc may remove is decided purely ([`select`]): the
+//! `gc --keep K`. What gc may remove is decided purely ([`select`]): the
 //! current generation and the newest succeeded ones up to K are kept, and nothing a kept
 //! generation still uses (image, config, secret, store entry) is ever selected.
 
@@ -11,9 +11,7 @@ use super::{recover, Host, Timing};
 use crate::events::Event;
 use crate::state::{GenResult, Generation, StateDir};
 use crate::swarm::desired::ObjectSource;
-use crate::swarm::init::InitOptions;
 use crate::swarm::labels::image_label;
-use crate::swarm::observed::SwarmState;
 
 /// What gc may remove, decided from the generations alone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -176,21 +174,4 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
         r.generations.push(*n);
     }
     Ok(r)
-}
-
-/// `swarm init`: the new node's id and warnings about the options.
-pub async fn swarm_init(host: &Host, opts: &InitOptions) -> Result<(String, Vec<String>)> {
-    let warnings = opts.validate()?;
-    let engine = host.manager();
-    let facts = engine.swarm_facts().await?;
-    if facts.state != SwarmState::Inactive {
-        bail!(
-            "the engine at {} is already part of a swarm (state {}, node {}); a swarm is not re-initialised, and its advertise address, address pool and data path port cannot change once it exists",
-            engine.url(),
-            facts.state,
-            facts.node_id
-        );
-    }
-    let id = engine.init_swarm(&opts.request()).await?;
-    Ok((id, warnings))
 }

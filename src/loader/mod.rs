@@ -3,10 +3,12 @@
 //! `pipeline`): the front end (`activate`) makes the target desired state → observe the
 //! host once → plan every side effect purely → apply: host steps, then the journaled
 //! transaction (`transaction`: `steps`, `converge`, commit or revert) → `recover` finishes
-//! or reverts what a crashed process left. `status` and `gc` report and clean up.
+//! or reverts what a crashed process left. `status` and `gc` report and clean up; `cluster`
+//! sets up the swarm (init, join, join token).
 
 pub mod activate;
 pub mod certs;
+pub mod cluster;
 pub mod converge;
 pub mod gc;
 pub mod images;

@@ -13,8 +13,8 @@ use super::Host;
 use crate::engine::ManagerNode;
 use crate::state::{GenResult, StateDir};
 use crate::swarm::health::{assess, count, Health, Wanted};
-use crate::swarm::init::{quorum_warnings, tolerated_failures};
 use crate::swarm::observed::TaskState;
+use crate::swarm::quorum::{self, Quorum};
 
 /// One line of `generations`.
 #[derive(Debug, Clone, Serialize)]
@@ -120,9 +120,12 @@ pub struct ImagePresence {
 pub struct EngineStatus {
     /// Address.
     pub engine: String,
-    /// Docker version, API version used, image store.
+    /// Docker version, API version used, image store (absent when it does not answer).
     #[serde(flatten)]
-    pub facts: crate::engine::EngineFacts,
+    pub facts: Option<crate::engine::EngineFacts>,
+    /// Why it does not answer (an engine other than the manager, e.g. a lost node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `status`.
@@ -156,8 +159,10 @@ pub struct Status {
     pub manager_nodes: Vec<ManagerNode>,
     /// Swarm: nodes.
     pub nodes: i64,
-    /// Manager failures the quorum tolerates.
-    pub tolerated_failures: i64,
+    /// Further manager losses the quorum tolerates now (`quorum.tolerates`).
+    pub tolerated_failures: usize,
+    /// The managers' quorum: needed, reachable, tolerance, what one more loss would do.
+    pub quorum: Quorum,
     /// Warnings (quorum, missing images, drift).
     pub warnings: Vec<String>,
     /// An unfinished activation, and the command that finishes it.
@@ -174,25 +179,33 @@ pub async fn status(host: &Host) -> Result<Status> {
     } else {
         None
     };
-    let mut warnings = quorum_warnings(facts.managers);
-    let manager_nodes = engine.managers().await?;
-    let unreachable = manager_nodes
-        .iter()
-        .filter(|m| m.reachability != "reachable")
-        .count() as i64;
-    if unreachable > 0 {
-        warnings.push(format!(
-            "{unreachable} of {} manager(s) not reachable: the quorum tolerates {} more failure(s)",
-            facts.managers,
-            (tolerated_failures(facts.managers) - unreachable).max(0)
-        ));
-    }
+    let nodes = engine.nodes().await?;
+    let q = quorum::assess(&nodes);
+    let mut warnings = q.warnings(&nodes);
+    let manager_nodes: Vec<ManagerNode> = nodes.iter().filter_map(|n| n.manager.clone()).collect();
     let current = state.current_generation()?;
+    // the manager must answer; another engine that does not (a lost node) is reported
     let mut engines = Vec::new();
-    for e in &host.engines {
+    let mut answering = Vec::new();
+    for (i, e) in host.engines.iter().enumerate() {
+        let (facts, error) = match e.facts().await {
+            Ok(f) => (Some(f), None),
+            Err(err) if i > 0 => {
+                warnings.push(format!(
+                    "engine {} does not answer ({err}); its images are not checked",
+                    e.url()
+                ));
+                (None, Some(err.to_string()))
+            }
+            Err(err) => return Err(err.into()),
+        };
+        if facts.is_some() {
+            answering.push(e.clone());
+        }
         engines.push(EngineStatus {
             engine: e.url().to_string(),
-            facts: e.facts().await?,
+            facts,
+            error,
         });
     }
     let mut st = Status {
@@ -210,7 +223,8 @@ pub async fn status(host: &Host) -> Result<Status> {
         managers: facts.managers,
         manager_nodes,
         nodes: facts.nodes,
-        tolerated_failures: tolerated_failures(facts.managers),
+        tolerated_failures: q.tolerates,
+        quorum: q,
         warnings: vec![],
         journal,
     };
@@ -279,7 +293,7 @@ pub async fn status(host: &Host) -> Result<Status> {
                 job: s.job,
             });
         }
-        for e in &host.engines {
+        for e in &answering {
             for img in &d.images {
                 let present = e.has_image(&img.into()).await?;
                 if !present {

@@ -78,25 +78,6 @@ impl InitOptions {
     }
 }
 
-/// Failures the quorum of `managers` tolerates: ⌊(N−1)/2⌋.
-pub fn tolerated_failures(managers: i64) -> i64 {
-    ((managers - 1).max(0)) / 2
-}
-
-/// Warnings about the manager count.
-pub fn quorum_warnings(managers: i64) -> Vec<String> {
-    let mut w = Vec::new();
-    if managers == 1 {
-        w.push("single manager: losing it loses the swarm's control plane".to_string());
-    } else if managers > 0 && managers % 2 == 0 {
-        w.push(format!(
-            "{managers} managers (even): they tolerate no more failures than {}; use an odd count",
-            managers - 1
-        ));
-    }
-    w
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,14 +110,6 @@ mod tests {
         let w = opts("10.0.0.0/16", Some(4789)).validate().unwrap();
         assert!(w[0].contains("NSX"));
         assert!(opts("10.0.0.0/16", Some(80)).validate().is_err());
-    }
-
-    #[test]
-    fn quorum() {
-        assert_eq!([1, 2, 3, 4, 5].map(tolerated_failures), [0, 0, 1, 1, 2]);
-        assert!(quorum_warnings(1)[0].contains("single"));
-        assert!(quorum_warnings(2)[0].contains("even"));
-        assert!(quorum_warnings(3).is_empty());
     }
 
     #[test]

@@ -92,6 +92,8 @@ pub struct SwarmFacts {
 pub struct NodeInfo {
     /// Node id.
     pub id: String,
+    /// Host name the node reports (`Description.Hostname`).
+    pub hostname: String,
     /// Node labels (`node.labels.*`).
     pub labels: BTreeMap<String, String>,
     /// Manager status, when it is a manager.
@@ -103,6 +105,10 @@ pub struct NodeInfo {
 pub struct ManagerNode {
     /// Node id.
     pub id: String,
+    /// Host name the node reports.
+    pub hostname: String,
+    /// Address other managers reach it at (`ManagerStatus.Addr`, `IP:2377`).
+    pub addr: String,
     /// `reachable`, `unreachable`, `unknown`.
     pub reachability: String,
     /// Whether it is the raft leader.

@@ -51,10 +51,12 @@ fn find<'a>(reference: &str, nodes: &'a [NodeName]) -> Result<&'a NodeName, Stri
     match by_name.len() {
         1 => return Ok(by_name[0]),
         0 => {}
-        k => return Err(format!(
+        k => {
+            return Err(format!(
             "host name {reference:?} names {k} nodes; name them by address or node ID (nodes: {})",
             list()
-        )),
+        ))
+        }
     }
     let by_prefix: Vec<&NodeName> = nodes
         .iter()

@@ -6,6 +6,7 @@ pub mod appliance;
 pub mod browser;
 pub mod debian;
 pub mod matrix;
+pub mod multinode;
 pub mod nodes;
 
 use std::path::PathBuf;

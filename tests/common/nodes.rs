@@ -157,6 +157,27 @@ impl Node {
     pub fn node_id(&self) -> String {
         self.docker_ok(&["info", "--format", "{{.Swarm.NodeID}}"])
     }
+
+    /// SIGKILL this node's dockerd, by the pid it was started with, as when the engine
+    /// crashes (its containerd and containers are left running; the cluster's drop removes
+    /// them). Returns the pid; waits (bounded) until the process is gone.
+    pub fn kill_engine(&self) -> u32 {
+        let pid = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {}: its dockerd was not started here", self.index))
+            .id();
+        assert!(
+            cmdline(pid).contains(&self.dir.to_string_lossy().to_string()),
+            "node {}: pid {pid} is not its dockerd",
+            self.index
+        );
+        signal(pid, libc::SIGKILL);
+        // a zombie counts as gone (the cluster's drop reaps it)
+        let gone = wait_until(Duration::from_secs(10), || !process_alive(pid));
+        assert!(gone, "node {}: dockerd {pid} survived SIGKILL", self.index);
+        pid
+    }
 }
 
 /// Client certificate directories (`ca.pem`, `cert.pem`, `key.pem`, as DOCKER_CERT_PATH).

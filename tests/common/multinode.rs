@@ -1,0 +1,101 @@
+//! Helpers of the tests that run the loader against a swarm of namespaced engines
+//! (`nodes`): the tiny appliance as a global service on a host-mode port, `--engine`
+//! arguments, what a bundle's `bundle.json` lists, and where a service's tasks run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::nodes::Node;
+use super::{build_def, run_ok, tiny_appliance_on};
+
+/// `(reference, image ID)` of each image in a bundle's `bundle.json`.
+pub fn bundle_images(bundle: &Path) -> Vec<(String, String)> {
+    let out = run_ok(
+        Command::new("tar")
+            .arg("-xOf")
+            .arg(bundle)
+            .arg("bundle.json"),
+    );
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    m["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                format!(
+                    "{}:{}",
+                    i["repository"].as_str().unwrap(),
+                    i["tag"].as_str().unwrap()
+                ),
+                i["config_digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The tiny appliance as stack `stack` with its service in global mode (a task on every
+/// node holding the image), serving `/etc/motd` with busybox httpd on host-mode port
+/// `port` of each node. Returns the bundle file.
+pub fn build_global_tiny(dir: &Path, stack: &str, port: u16, version: &str, motd: &str) -> PathBuf {
+    let yml = format!(
+        r#"version: "3.8"
+services:
+  app:
+    image: ${{image:tiny-image}}
+    command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]
+    # busybox as PID 1 ignores SIGTERM: do not wait the default 10 s on each update
+    stop_grace_period: 1s
+    configs:
+      - source: app_config
+        target: /etc/app.conf
+    ports:
+      - target: 8080
+        published: {port}
+        protocol: tcp
+        mode: host
+    deploy:
+      mode: global
+configs:
+  app_config:
+    file: ../configs/app.conf
+"#
+    );
+    let def = tiny_appliance_on(dir, version, motd, stack, Some(&yml));
+    build_def(&def, &dir.join("out"))
+}
+
+/// `--engine URL` for each node.
+pub fn engine_args(nodes: &[&Node]) -> Vec<String> {
+    nodes
+        .iter()
+        .flat_map(|n| ["--engine".to_string(), n.url()])
+        .collect()
+}
+
+/// `(node id, observed state)` of the tasks of `service` that Swarm wants running.
+pub fn running_tasks(manager: &Node, service: &str) -> Vec<(String, String)> {
+    let ids = manager.docker_ok(&[
+        "service",
+        "ps",
+        "-q",
+        "--no-trunc",
+        "--filter",
+        "desired-state=running",
+        service,
+    ]);
+    let ids: Vec<&str> = ids.split_whitespace().collect();
+    if ids.is_empty() {
+        return vec![];
+    }
+    let mut args = vec!["inspect", "--format", "{{.NodeID}} {{.Status.State}}"];
+    args.extend(&ids);
+    manager
+        .docker_ok(&args)
+        .lines()
+        .filter_map(|l| {
+            let (n, s) = l.split_once(' ')?;
+            Some((n.to_string(), s.to_string()))
+        })
+        .collect()
+}
