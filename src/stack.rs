@@ -1392,6 +1392,40 @@ services:
     }
 
     #[test]
+    fn roles_and_tags_are_checked() {
+        let ok = "version: \"3.8\"\nx-reemo-node-roles:\n  portal: \"n1, n2\"\n  api: \"\"\nservices:\n  portal:\n    image: x\n    x-reemo-role: portal\n    x-reemo-tags: [front]\n  signal1:\n    image: x\n    x-reemo-tags: [signal]\n";
+        let f = parse(ok, "t.yml").unwrap();
+        assert_eq!(
+            f.role_nodes(),
+            BTreeMap::from([(
+                "portal".to_string(),
+                vec!["n1".to_string(), "n2".to_string()]
+            )]),
+            "an empty role names no node"
+        );
+        assert_eq!(f.services["signal1"].tags, vec!["signal"]);
+        for (from, to, want) in [
+            (
+                "x-reemo-role: portal",
+                "x-reemo-role: infra",
+                "x-reemo-role: \"infra\" is not a role of x-reemo-node-roles (roles: api, portal)",
+            ),
+            (
+                "[signal]",
+                "[portal]",
+                "x-reemo-tags: tag \"portal\" is the name of a service",
+            ),
+            ("[front]", "[\"-x\"]", "tag name \"-x\""),
+            ("  api: \"\"", "  \"a b\": \"\"", "role name \"a b\""),
+        ] {
+            let bad = ok.replacen(from, to, 1);
+            let e = format!("{:#}", parse(&bad, "t.yml").unwrap_err());
+            assert!(e.contains(want), "{to}: {e}");
+            assert!(e.starts_with("t.yml"), "{e}");
+        }
+    }
+
+    #[test]
     fn validation_errors_carry_a_line() {
         let bad = RELAY.replace("version: \"3.8\"", "version: \"2.4\"");
         let e = format!("{:#}", parse(&bad, "s.yml").unwrap_err());

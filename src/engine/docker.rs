@@ -230,6 +230,7 @@ fn task_info(t: bollard::models::Task) -> TaskInfo {
 fn node_info(n: bollard::models::Node) -> NodeInfo {
     let id = n.id.unwrap_or_default();
     let hostname = n.description.and_then(|d| d.hostname).unwrap_or_default();
+    let addr = n.status.and_then(|s| s.addr).unwrap_or_default();
     NodeInfo {
         manager: n.manager_status.map(|m| ManagerNode {
             id: id.clone(),
@@ -246,6 +247,7 @@ fn node_info(n: bollard::models::Node) -> NodeInfo {
             .collect(),
         id,
         hostname,
+        addr,
     }
 }
 

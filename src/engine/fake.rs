@@ -477,6 +477,7 @@ impl Engine for FakeEngine {
             .map(|(id, n)| NodeInfo {
                 id: id.clone(),
                 hostname: id.trim_start_matches("node-").to_string(),
+                addr: id.trim_start_matches("node-").to_string(),
                 labels: n.labels.clone(),
                 manager: n.manager.then(|| ManagerNode {
                     id: id.clone(),

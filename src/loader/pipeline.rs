@@ -16,9 +16,10 @@ use crate::bundle::reader::BundleFile;
 use crate::state::journal::Kind;
 use crate::state::{now, GenResult, Generation, StateDir};
 use crate::swarm::desired::DesiredStack;
-use crate::swarm::labels::{image_label, STORE_LABEL};
+use crate::swarm::labels::{image_label, role_label, STORE_LABEL};
 use crate::swarm::observed::Observed;
 use crate::swarm::plan::{self, Plan, Step};
+use crate::swarm::roles::{self, NodeName, RoleLabel};
 
 /// What an activation or rollback wants the host to become.
 pub struct Target {
@@ -47,6 +48,8 @@ pub struct HostView {
     pub nodes: Vec<String>,
     /// Labels of every node of the swarm, by node id.
     pub labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// Every node of the swarm as a site may name it (node roles).
+    pub names: Vec<NodeName>,
     /// Per engine (same order): the desired images it holds.
     pub present: Vec<BTreeSet<String>>,
     /// The stack's objects.
@@ -87,6 +90,11 @@ pub struct HostPlan {
     pub load: Vec<EngineLoad>,
     /// Node labels to set.
     pub labels: Vec<NodeLabel>,
+    /// Node role labels to set or remove (`x-reemo-node-roles`).
+    pub roles: Vec<RoleLabel>,
+    /// Each role's nodes, once the plan is applied.
+    #[serde(skip)]
+    pub role_nodes: BTreeMap<String, BTreeSet<String>>,
     /// The Swarm steps (the journaled transaction).
     pub swarm: Plan,
 }
@@ -114,6 +122,14 @@ impl HostPlan {
                 crate::swarm::observed::short(l.image.trim_start_matches("sha256:"))
             ));
         }
+        for r in &self.roles {
+            let node = crate::swarm::observed::short(&r.node);
+            v.push(if r.set {
+                format!("label node {node} with role {}", r.role)
+            } else {
+                format!("take role {} off node {node}", r.role)
+            });
+        }
         v.extend(self.swarm.steps.iter().map(Step::to_string));
         v
     }
@@ -124,6 +140,7 @@ impl HostPlan {
             && self.generate.is_empty()
             && self.load.is_empty()
             && self.labels.is_empty()
+            && self.roles.is_empty()
             && self.swarm.is_empty()
     }
 }
@@ -150,12 +167,16 @@ pub async fn observe(
     desired: &DesiredStack,
 ) -> Result<HostView> {
     let manager = host.manager();
-    let labels = manager
-        .nodes()
-        .await?
-        .into_iter()
-        .map(|n| (n.id, n.labels))
+    let all = manager.nodes().await?;
+    let names = all
+        .iter()
+        .map(|n| NodeName {
+            id: n.id.clone(),
+            hostname: n.hostname.clone(),
+            addr: n.addr.clone(),
+        })
         .collect();
+    let labels = all.into_iter().map(|n| (n.id, n.labels)).collect();
     let mut present = Vec::new();
     for e in &host.engines {
         let mut have = BTreeSet::new();
@@ -170,6 +191,7 @@ pub async fn observe(
         engines: host.engines.iter().map(|e| e.url().to_string()).collect(),
         nodes,
         labels,
+        names,
         present,
         stack: transaction::observe(manager, &desired.stack).await?,
         imported: state.store_entries()?.contains(&desired.bundle.identity),
@@ -231,41 +253,53 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
             }
         }
     }
+    let role_nodes = roles::resolve(&d.node_roles, &view.names)
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     Ok(HostPlan {
         import: (target.bundle.is_some() && !view.imported).then(|| d.bundle.identity.clone()),
         generate: target.new_secrets.keys().cloned().collect(),
         load,
         labels,
+        roles: roles::label_changes(&role_nodes, &view.labels),
+        role_nodes,
         swarm: plan::plan(d, &view.stack, target.remove_others),
     })
 }
 
-/// How many swarm nodes will hold each desired image once the plan is applied: the nodes
+/// The swarm nodes that will hold each desired image once the plan is applied: the nodes
 /// of the engines given (they get every image) and nodes already labelled as holding it.
-pub fn holders(desired: &DesiredStack, view: &HostView) -> BTreeMap<String, u64> {
+pub fn holders(desired: &DesiredStack, view: &HostView) -> BTreeMap<String, BTreeSet<String>> {
     desired
         .images
         .iter()
         .map(|img| {
             let label = image_label(&img.id);
-            let mut nodes: BTreeSet<&str> = view.nodes.iter().map(String::as_str).collect();
+            let mut nodes: BTreeSet<String> = view.nodes.iter().cloned().collect();
             nodes.extend(
                 view.labels
                     .iter()
                     .filter(|(_, l)| l.get(&label).is_some_and(|v| v == "present"))
-                    .map(|(n, _)| n.as_str()),
+                    .map(|(n, _)| n.clone()),
             );
-            (img.id.clone(), nodes.len() as u64)
+            (img.id.clone(), nodes)
         })
         .collect()
 }
 
 /// Refuse a plan whose services could never converge on the nodes that will hold their
-/// images (see [`crate::swarm::feasible`]); activate and rollback alike.
+/// images and have their role (see [`crate::swarm::feasible`]); activate and rollback alike.
 pub fn check_feasible(desired: &DesiredStack, view: &HostView, p: &HostPlan) -> Result<()> {
     let h = holders(desired, view);
-    crate::swarm::feasible::check(desired, &p.swarm, |id| h.get(id).copied().unwrap_or(0))
-        .map_err(|e| anyhow::anyhow!("{e}; the stack was not changed"))
+    crate::swarm::feasible::check(desired, &p.swarm, |s| {
+        let Some(holding) = h.get(&s.image_id) else {
+            return 0;
+        };
+        match s.role.as_ref().and_then(|r| p.role_nodes.get(r)) {
+            Some(role) => holding.intersection(role).count() as u64,
+            None => holding.len() as u64,
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("{e}; the stack was not changed"))
 }
 
 /// What applying a plan came to.
@@ -317,6 +351,11 @@ pub async fn apply(
     for l in &p.labels {
         host.manager()
             .set_node_label(&l.node, &image_label(&l.image), Some("present"))
+            .await?;
+    }
+    for r in &p.roles {
+        host.manager()
+            .set_node_label(&r.node, &role_label(&r.role), r.set.then_some("true"))
             .await?;
     }
     // The store of every engine's node decides how services are pinned to images (see
@@ -399,6 +438,15 @@ mod tests {
             engines: nodes.iter().map(|n| format!("fake://{n}")).collect(),
             nodes: nodes.iter().map(|n| n.to_string()).collect(),
             labels,
+            names: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| NodeName {
+                    id: n.to_string(),
+                    hostname: format!("host-{n}"),
+                    addr: format!("10.0.0.{}", i + 1),
+                })
+                .collect(),
             present,
             stack: Observed::default(),
             imported: false,
@@ -446,7 +494,11 @@ mod tests {
         );
         let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
         assert!(p.labels.is_empty(), "{:?}", p.labels);
-        assert_eq!(holders(&d, &v)[&img], 2, "n1 (given) and n2 (labelled)");
+        assert_eq!(
+            holders(&d, &v)[&img].len(),
+            2,
+            "n1 (given) and n2 (labelled)"
+        );
     }
 
     #[test]
@@ -469,5 +521,81 @@ mod tests {
             vec![BTreeSet::from([img.clone()])],
         );
         check_feasible(&d, &v, &plan_host(&rollback_target(d.clone()), &v).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn node_roles_become_labels_and_bound_placement() {
+        // portal on n2 and n3 (by host name and by address), two replicas at most one per node
+        let yaml = |nodes: &str| {
+            format!(
+                "version: \"3.8\"\nx-reemo-node-roles:\n  portal: \"{nodes}\"\n  api: \"\"\nservices:\n  portal:\n    image: img\n    x-reemo-role: portal\n    deploy:\n      replicas: 2\n      placement:\n        max_replicas_per_node: 1\n  api:\n    image: img\n    x-reemo-role: api\n"
+            )
+        };
+        let d = testkit::desired_yaml("infra", "1.0.0", &yaml("host-n2, 10.0.0.2"));
+        let portal = d.service("portal").unwrap();
+        assert_eq!(portal.role.as_deref(), Some("portal"));
+        let constraints = portal.spec["TaskTemplate"]["Placement"]["Constraints"].to_string();
+        assert!(
+            constraints.contains("node.labels.com.reemo-bundle.role.portal==true"),
+            "{constraints}"
+        );
+        let api = d.service("api").unwrap();
+        assert_eq!(api.role, None, "a role naming no node constrains nothing");
+        assert!(!api.spec["TaskTemplate"]["Placement"]["Constraints"]
+            .to_string()
+            .contains("role"));
+
+        let img = d.images[0].id.clone();
+        let all = BTreeSet::from([img.clone()]);
+        // every node holds the image; n2's address is 10.0.0.2
+        let mut v = view_with(
+            &["n1", "n2", "n22"],
+            &[],
+            vec![all.clone(), all.clone(), all],
+        );
+        v.labels
+            .get_mut("n1")
+            .unwrap()
+            .insert(role_label("portal"), "true".into());
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        // "host-n2" and "10.0.0.2" both name n2: one node has the role
+        assert_eq!(
+            p.roles,
+            vec![
+                RoleLabel {
+                    node: "n1".into(),
+                    role: "portal".into(),
+                    set: false
+                },
+                RoleLabel {
+                    node: "n2".into(),
+                    role: "portal".into(),
+                    set: true
+                },
+            ]
+        );
+        assert!(
+            p.lines()
+                .contains(&"take role portal off node n1".to_string()),
+            "{:?}",
+            p.lines()
+        );
+        // two replicas, one per node, on the one portal node: refused before anything changes
+        let e = check_feasible(&d, &v, &p).unwrap_err().to_string();
+        assert!(
+            e.contains("infra_portal: 2 replicas") && e.contains("on 1 node(s)"),
+            "{e}"
+        );
+        let d = testkit::desired_yaml("infra", "1.0.0", &yaml("host-n2,host-n22"));
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        check_feasible(&d, &v, &p).unwrap();
+        // a node the swarm does not have
+        let d = testkit::desired_yaml("infra", "1.0.0", &yaml("host-n2,infra9"));
+        let e = plan_host(&rollback_target(d), &v).unwrap_err().to_string();
+        assert!(
+            e.contains("x-reemo-node-roles portal: \"infra9\" is not a node of this swarm")
+                && e.ends_with("nothing was changed"),
+            "{e}"
+        );
     }
 }

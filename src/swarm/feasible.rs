@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::model::DesiredStack;
+use super::model::{DesiredService, DesiredStack};
 use super::plan::{Plan, Step};
 
 /// What bounds a service's tasks per node.
@@ -72,7 +72,7 @@ fn problem(name: &str, spec: &Value, updating: bool, nodes: u64) -> Option<Strin
     let l = limits(spec);
     if nodes == 0 {
         return Some(format!(
-            "service {name}: no node holds its image (load the bundle on a node of the swarm)"
+            "service {name}: no node holds its image and has its node role (load the bundle on a node of the swarm; check x-reemo-node-roles)"
         ));
     }
     let (per, why) = l.per_node?;
@@ -81,7 +81,7 @@ fn problem(name: &str, spec: &Value, updating: bool, nodes: u64) -> Option<Strin
     if let Some(r) = l.replicas {
         if r > slots {
             return Some(format!(
-                "service {name}: {r} replicas, but {why} on {nodes} node(s) holding its image allow {slots}; {} task(s) would stay pending",
+                "service {name}: {r} replicas, but {why} on {nodes} node(s) holding its image (and with its role) allow {slots}; {} task(s) would stay pending",
                 r - slots
             ));
         }
@@ -104,12 +104,13 @@ fn problem(name: &str, spec: &Value, updating: bool, nodes: u64) -> Option<Strin
     None
 }
 
-/// Check every service the plan creates or updates. `nodes(image_id)` counts the swarm
-/// nodes that hold that image. Errors list every service that cannot converge.
+/// Check every service the plan creates or updates. `nodes(service)` counts the swarm
+/// nodes that can run its tasks (they hold its image and have its node role). Errors list
+/// every service that cannot converge.
 pub fn check(
     desired: &DesiredStack,
     plan: &Plan,
-    nodes: impl Fn(&str) -> u64,
+    nodes: impl Fn(&DesiredService) -> u64,
 ) -> Result<(), String> {
     let mut problems = Vec::new();
     for step in &plan.steps {
@@ -121,7 +122,7 @@ pub fn check(
         let Some(s) = desired.services.iter().find(|s| &s.full_name == name) else {
             continue;
         };
-        if let Some(p) = problem(name, &s.spec, updating, nodes(&s.image_id)) {
+        if let Some(p) = problem(name, &s.spec, updating, nodes(s)) {
             problems.push(p);
         }
     }

@@ -94,6 +94,8 @@ pub struct NodeInfo {
     pub id: String,
     /// Host name the node reports (`Description.Hostname`).
     pub hostname: String,
+    /// Its address (`Status.Addr`).
+    pub addr: String,
     /// Node labels (`node.labels.*`).
     pub labels: BTreeMap<String, String>,
     /// Manager status, when it is a manager.

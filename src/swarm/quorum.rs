@@ -162,6 +162,7 @@ mod tests {
         NodeInfo {
             id: format!("{host}id0123456789"),
             hostname: host.to_string(),
+            addr: format!("10.0.0.{}", host.len()),
             labels: Default::default(),
             manager: role.map(|(reach, leader)| ManagerNode {
                 id: format!("{host}id0123456789"),
