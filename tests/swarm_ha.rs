@@ -5,7 +5,9 @@
 //! quorum (2 of 3) and the tolerance (1). Then one manager's dockerd is SIGKILLed during an
 //! activation: the cluster keeps serving, the activation completes or reverts (generations
 //! and journal consistent), the next `activate` finishes the job, and `status` reports the
-//! lost manager and a tolerance of 0 with the warning about one more loss.
+//! lost manager and a tolerance of 0 with the warning about one more loss. Before that, node
+//! roles: a service of role `portal` runs only on the nodes the site names (by address),
+//! follows a change of the list, and an unknown node is refused.
 
 mod common;
 
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::multinode::{build_global_tiny, engine_args};
+use common::multinode::{build_global_tiny, build_global_tiny_on, engine_args, running_tasks};
 use common::nodes::{http_get, poll, Cluster, Node};
 use common::*;
 
@@ -23,6 +25,9 @@ use common::*;
 const STACK: &str = "ha";
 /// Its host-mode port on every node.
 const PORT: u16 = 8083;
+/// Stack of the node-role appliance, and its port.
+const ROLE_STACK: &str = "haroles";
+const ROLE_PORT: u16 = 8084;
 
 fn lap(what: &str, t: &mut Instant) {
     eprintln!("[swarm-ha] {what}: {:.1}s", t.elapsed().as_secs_f64());
@@ -78,6 +83,20 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
     let all = [n1, n2, n3];
     let state = tmp.path().join("state");
     lap("engines started", &mut t);
+    let (dir, ips) = (
+        tmp.path().to_path_buf(),
+        [n1.ip.clone(), n2.ip.clone(), n3.ip.clone()],
+    );
+    let roles_builder = std::thread::spawn(move || {
+        let b = |v: &str, version: &str, nodes: &str| {
+            build_global_tiny_on(&dir.join(v), ROLE_STACK, ROLE_PORT, version, v, Some(nodes))
+        };
+        (
+            b("r1", "1.0.1", &format!("{}, {}", ips[1], ips[2])),
+            b("r2", "1.0.2", &ips[0]),
+            b("r-bad", "1.0.3", &format!("{},10.9.9.9", ips[0])),
+        )
+    });
 
     // --- swarm init on node 1, the manager join token into a file ---
     run_ok(
@@ -240,6 +259,58 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
         assert_eq!(motd(n).as_deref(), Ok("ha-v1\n"), "node {}", n.index);
     }
     lap("v1 activated on three nodes", &mut t);
+
+    // --- node roles: a service of role portal runs only on the nodes the site names
+    // (by address and by node ID), and follows a change of the list ---
+    let (r1, r2, r_bad) = roles_builder.join().expect("building the role bundles");
+    let role_state = tmp.path().join("role-state");
+    let role_service = format!("{ROLE_STACK}_app");
+    let where_tasks = |want: usize| {
+        let got = poll(Duration::from_secs(60), || {
+            let mut r: Vec<String> = running_tasks(n1, &role_service)
+                .into_iter()
+                .filter(|(_, s)| s == "running")
+                .map(|(n, _)| n)
+                .collect();
+            r.sort();
+            (r.len() == want).then_some(r)
+        });
+        got.unwrap_or_else(|| panic!("{role_service}: {:?}", running_tasks(n1, &role_service)))
+    };
+    let role_activate = |b: &Path| {
+        run_ok(
+            loader(&role_state)
+                .arg("activate")
+                .arg(b)
+                .args(engine_args(&all))
+                .args(["--timeout", "120s", "--monitor", "1s"]),
+        )
+    };
+    role_activate(&r1);
+    let mut want = vec![n2.node_id(), n3.node_id()];
+    want.sort();
+    assert_eq!(where_tasks(2), want, "portal runs on nodes 2 and 3 only");
+    let labels = n1.docker_ok(&[
+        "node",
+        "inspect",
+        "--format",
+        "{{json .Spec.Labels}}",
+        &n1.node_id(),
+    ]);
+    assert!(!labels.contains("com.reemo-bundle.role.portal"), "{labels}");
+    role_activate(&r2);
+    assert_eq!(where_tasks(1), vec![n1.node_id()], "portal moved to node 1");
+    let e = fails(
+        loader(&role_state)
+            .args(["activate", "--dry-run"])
+            .arg(&r_bad)
+            .args(engine_args(&all)),
+    );
+    assert!(
+        e.contains("x-reemo-node-roles portal: \"10.9.9.9\" is not a node of this swarm"),
+        "{e}"
+    );
+    lap("node roles", &mut t);
 
     // --- v2, and node 3's dockerd killed as soon as the Swarm steps start ---
     let n3_id_before_kill = n3.node_id();

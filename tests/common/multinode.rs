@@ -38,11 +38,31 @@ pub fn bundle_images(bundle: &Path) -> Vec<(String, String)> {
 /// node holding the image), serving `/etc/motd` with busybox httpd on host-mode port
 /// `port` of each node. Returns the bundle file.
 pub fn build_global_tiny(dir: &Path, stack: &str, port: u16, version: &str, motd: &str) -> PathBuf {
+    build_global_tiny_on(dir, stack, port, version, motd, None)
+}
+
+/// [`build_global_tiny`] whose service has node role `portal`, the nodes `portal_nodes`
+/// (comma-separated host names, addresses or node IDs) when given.
+pub fn build_global_tiny_on(
+    dir: &Path,
+    stack: &str,
+    port: u16,
+    version: &str,
+    motd: &str,
+    portal_nodes: Option<&str>,
+) -> PathBuf {
+    let (roles, role) = match portal_nodes {
+        Some(n) => (
+            format!("x-reemo-node-roles:\n  portal: \"{n}\"\n"),
+            "    x-reemo-role: portal\n",
+        ),
+        None => (String::new(), ""),
+    };
     let yml = format!(
         r#"version: "3.8"
-services:
+{roles}services:
   app:
-    image: ${{image:tiny-image}}
+{role}    image: ${{image:tiny-image}}
     command: ["httpd", "-f", "-p", "8080", "-h", "/etc"]
     # busybox as PID 1 ignores SIGTERM: do not wait the default 10 s on each update
     stop_grace_period: 1s
