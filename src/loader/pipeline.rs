@@ -397,7 +397,7 @@ pub async fn apply(
             (number, true)
         }
     };
-    Transaction {
+    let ran = Transaction {
         state,
         engine: host.manager(),
         kind: target.kind,
@@ -410,7 +410,23 @@ pub async fn apply(
         events: host.events.as_ref(),
     }
     .run()
-    .await?;
+    .await;
+    if let Err(e) = ran {
+        // the previous generation runs again: so do its node roles
+        for r in &p.roles {
+            if let Err(le) = host
+                .manager()
+                .set_node_label(&r.node, &role_label(&r.role), (!r.set).then_some("true"))
+                .await
+            {
+                host.emit(crate::events::Event::warning(format!(
+                    "restoring role {} on node {}: {le}",
+                    r.role, r.node
+                )));
+            }
+        }
+        return Err(e);
+    }
     Ok(Applied::Current(number))
 }
 

@@ -723,3 +723,40 @@ fn import_refuses_bytes_that_differ_from_the_manifest() {
     let ok = StoreFile::verified("stack/motd.txt", b"hello\n".to_vec());
     assert!(state.import("abc", &[ok]).unwrap());
 }
+
+#[tokio::test]
+async fn a_failed_activation_puts_the_previous_node_roles_back() {
+    let fx = Fx::new();
+    let w = fx.engine.join("w", false);
+    w.add_image(&testkit::image_id(STACK));
+    let (host, _) = testkit::host(&[&fx.engine, &w], &fx.host.state_dir);
+    let yaml = |nodes: &str, cmd: &str| {
+        format!(
+            "version: \"3.8\"\nx-reemo-node-roles:\n  portal: \"{nodes}\"\nservices:\n  portal:\n    image: img\n    x-reemo-role: portal\n    command: [\"{cmd}\"]\n"
+        )
+    };
+    let role = crate::swarm::labels::role_label("portal");
+    let roles = |fx: &Fx| -> Vec<String> {
+        fx.engine
+            .snapshot()
+            .nodes
+            .into_iter()
+            .filter(|(_, (l, _))| l.get(&role).is_some_and(|v| v == "true"))
+            .map(|(n, _)| n)
+            .collect()
+    };
+    // v1: portal on node m (the fake's host names are the node names)
+    let v1 = testkit::desired_yaml(STACK, "1.0.0", &yaml("m", "v1"));
+    activate(&host, &v1).await.unwrap();
+    assert_eq!(roles(&fx), vec!["node-m"]);
+    // v2 moves portal to w and fails: the stack and the roles are v1's again
+    let v2 = testkit::desired_yaml(STACK, "2.0.0", &yaml("w", "v2"));
+    fx.engine.script("app_portal", Script::Fail(1));
+    let e = format!("{:#}", activate(&host, &v2).await.unwrap_err());
+    assert!(
+        e.contains("exit code 1"),
+        "the activation ran and failed: {e}"
+    );
+    assert_eq!(roles(&fx), vec!["node-m"], "the previous roles are back");
+    drop(w);
+}
