@@ -35,8 +35,11 @@ const NET_PREFIX: &str = "10.231";
 const DIR_PREFIX: &str = "reemo-nodes-";
 /// How long an engine may take to answer after it was started.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a dockerd may take to stop after SIGTERM before it gets SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a dockerd may take to stop after SIGTERM before it gets SIGKILL. A swarm node's
+/// engine takes 20 s and more to stop cleanly (its containers already killed, Swarm's agent
+/// restarts tasks meanwhile); nothing of a test engine outlives the teardown, which kills
+/// what is left by exec root and cgroup and unmounts its directory, so a short wait is enough.
+const STOP_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// Which Docker engine a node runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -313,6 +316,7 @@ fn require_tools() {
         ("ip", "iproute2"),
         ("iptables", "iptables"),
         ("nsenter", "util-linux"),
+        ("unshare", "util-linux"),
         ("dockerd", "docker.io"),
         ("openssl", "openssl"),
     ] {
@@ -830,8 +834,23 @@ impl Cluster {
             let sock = dir.join("docker.sock");
             let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
             let kind = kinds[i - 1];
-            let mut cmd = Command::new("nsenter");
-            cmd.arg(format!("--net=/var/run/netns/{netns}"));
+            // A mount namespace of its own, where /var/lib/docker/network/files is the node's:
+            // libnetwork keeps the files of an overlay network's load-balancer sandbox
+            // (`lb_<network id>/resolv.conf.hash`) there whatever the data root, so engines
+            // of one swarm on one machine would share them — and Docker 26 cannot read
+            // what 20.10 writes ("failed to parse hash file"). Mounts stay private to it;
+            // each `exec` keeps the pid, which is dockerd's in the end.
+            let files = dir.join("network-files");
+            std::fs::create_dir_all(&files).unwrap();
+            let mut cmd = Command::new("unshare");
+            cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(
+                    "mkdir -p /var/lib/docker/network/files && \
+                     mount --bind \"$0\" /var/lib/docker/network/files && exec \"$@\"",
+                )
+                .arg(&files)
+                .arg("nsenter")
+                .arg(format!("--net=/var/run/netns/{netns}"));
             // its own binaries first (containerd, shims, docker-init); runc is bookworm's
             let mut path = String::new();
             match (kind, kind.extracted_root()) {
