@@ -116,7 +116,11 @@ pub fn save(args: SaveArgs) -> Result<i32> {
         )?;
     } else {
         println!("{}", args.out.display());
-        println!("  sha256 {sha}  image {} id {}", image.reference(), image.config_digest);
+        println!(
+            "  sha256 {sha}  image {} id {}",
+            image.reference(),
+            image.config_digest
+        );
     }
     Ok(0)
 }

@@ -7,6 +7,7 @@ pub mod browser;
 pub mod debian;
 pub mod matrix;
 pub mod nodes;
+pub mod standin;
 
 use std::path::PathBuf;
 use std::process::Command;
