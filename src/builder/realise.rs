@@ -1245,6 +1245,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_base_with_nothing_added_is_taken_as_it_is() {
+        let head = "kind = \"image\"\nrepository = \"v/x\"\nversion = \"1\"\n";
+        for (rest, as_is) in [
+            ("base = \"vendor\"\n", true),
+            ("", false),
+            ("base = \"vendor\"\n[annotations]\ntitle = \"x\"\n", false),
+            ("base = \"vendor\"\n[config]\nenv = { A = \"1\" }\n", false),
+            ("base = \"vendor\"\n[config]\ncmd = [\"x\"]\n", false),
+            (
+                "base = \"vendor\"\n[[layer]]\nentries = [{ dest = \"/a\", text = \"a\" }]\n",
+                false,
+            ),
+        ] {
+            let img: ImageRecipe = toml::from_str(&format!("{head}{rest}")).unwrap();
+            assert_eq!(takes_base_as_is(&img), as_is, "{rest}");
+        }
+    }
+
+    #[test]
     fn placeholders_with_lines() {
         let t = "a: ${image:x}\n# ${image:c}\nd: ${image:y} ${image:z} # ${image:q}\n";
         let names: Vec<String> = image_placeholders(t).into_iter().map(|(_, n)| n).collect();
