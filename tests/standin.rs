@@ -2,7 +2,7 @@
 //! stand-in image is built from source, handed on as a `docker save` archive (`reemo-bundle
 //! save`), and enters a second appliance the way a vendor's archive does: a `fixed` recipe
 //! with `format = "docker-archive"` pinned by sha256, taken as it is (same image ID). That
-//! appliance (mysql, api and portal stand-ins; mutual TLS with the site CA; HMACSECRET and
+//! appliance (mysql, its db migration job, api and portal stand-ins; mutual TLS with the site CA; HMACSECRET and
 //! API_LICENSE as generated secrets) is activated as a stack of its own and checked: the
 //! seed's health JSON, 503 while the database is down, mutual TLS (a client without a
 //! certificate of the site CA is refused, the portal reaches the api with its own), a bad
@@ -301,6 +301,15 @@ fn the_standin_stack_from_a_vendor_archive_on_the_swarm() {
         service_image(&format!("{STACK}_api")),
         saved["id"].as_str().unwrap()
     );
+    // the migration job ran to completion before the api started
+    let job = run_ok(docker().args([
+        "service",
+        "ps",
+        "--format",
+        "{{.CurrentState}}",
+        &format!("{STACK}_db"),
+    ]));
+    assert!(job.trim().starts_with("Complete"), "db job: {job}");
 
     let ca = fx.state.join("pki/ca.pem");
     let clients = fx.path("clients");

@@ -321,7 +321,14 @@ pub async fn healthcheck(ready: &Ready) -> Result<()> {
         port: c.port,
     };
     match c.role {
-        Role::Db => bail!("the db role is a job and has no health check"),
+        // the job is healthy while it can reach what it migrates
+        Role::Db => match &c.db {
+            Some(db) => match reachable(db).await {
+                Check::Healthy(_) => Ok(()),
+                Check::Unhealthy { error, .. } => bail!("database unreachable: {error}"),
+            },
+            None => bail!("STANDIN_DB is not set"),
+        },
         Role::Mysql => {
             let mut s =
                 tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(("127.0.0.1", c.port)))
