@@ -169,7 +169,7 @@ fn bad_configurations_exit_2_naming_what_is_wrong() {
         }
     }
     // a good configuration whose database is down: unhealthy (exit 1), the JSON says why
-    let port = free_port();
+    let [port] = common::standin::free_ports::<1>();
     let mut env = api(&[("STANDIN_PORT", port.to_string())]);
     env.push(("STANDIN_VERSION", s("2.15.2")));
     let mut child = Command::new(&exe)

@@ -144,7 +144,12 @@ pub fn health_until(
         }
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    panic!("port {port} never gave the awaited health answer; last: {last}");
+    let tasks = docker()
+        .args(["ps", "-a", "--format", "{{.Names}} {{.Status}} {{.Ports}}"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    panic!("port {port} never gave the awaited health answer; last: {last}\ncontainers:\n{tasks}");
 }
 
 /// Send `lines` to the `mysql` stand-in on `127.0.0.1:port`; the answer lines (a `SELECT`
@@ -193,12 +198,29 @@ pub fn rows(port: u16) -> Vec<String> {
     panic!("the stand-in database on port {port} never answered SELECT; last: {last}");
 }
 
-/// `n` different free TCP ports (each held until all are chosen, so none is handed out
-/// twice).
+/// `N` different free TCP ports below the kernel's ephemeral range (each held until all
+/// are chosen, so none is handed out twice). A published port is bound again by every task
+/// restart; one from the ephemeral range can meanwhile be taken by any outgoing connection
+/// on the machine (other tests open thousands), and the task then fails to start.
 pub fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("0.0.0.0:0").unwrap())
-        .collect();
+    use rand::Rng;
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    let mut rng = rand::thread_rng();
+    for _ in 0..10_000 {
+        if held.len() == N {
+            break;
+        }
+        let port = rng.gen_range(low..high);
+        if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), N, "no {N} free ports in {low}..{high}");
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
