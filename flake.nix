@@ -30,6 +30,11 @@
           pname = "ws-relay-server";
           cargoBuildFlags = [ "-p" "ws-relay-server" "--bin" "ws-relay-server" ];
         }));
+        # the Reemo services' stand-in (tests and demos of the Infra appliance)
+        reemo-standin = static (pkgs.rustPlatform.buildRustPackage (common // {
+          pname = "reemo-standin";
+          cargoBuildFlags = [ "-p" "reemo-standin" "--bin" "reemo-standin" ];
+        }));
         default = reemo-bundle;
       };
 
@@ -43,6 +48,7 @@
         '';
         reemo-bundle = self.packages.${system}.reemo-bundle;
         ws-relay-server = self.packages.${system}.ws-relay-server;
+        reemo-standin = self.packages.${system}.reemo-standin;
       };
     };
 }

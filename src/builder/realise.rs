@@ -394,6 +394,8 @@ fn descriptor(b: &BlobRef) -> Descriptor {
 /// A base image read from a `docker save` archive.
 struct Base {
     config: Value,
+    /// The config's bytes as the archive holds them (their sha256 is the image ID).
+    config_bytes: Vec<u8>,
     layers: Vec<(Descriptor, Vec<u8>)>,
 }
 
@@ -427,11 +429,12 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
         .get(0)
         .with_context(|| format!("{origin}: manifest.json lists no image"))?;
     let cfg_name = m["Config"].as_str().context("manifest.json: no Config")?;
-    let config: Value = serde_json::from_slice(
-        files
-            .get(cfg_name)
-            .with_context(|| format!("{origin}: missing {cfg_name} in archive"))?,
-    )?;
+    let config_bytes = files
+        .get(cfg_name)
+        .with_context(|| format!("{origin}: missing {cfg_name} in archive"))?
+        .clone();
+    let config: Value = serde_json::from_slice(&config_bytes)
+        .with_context(|| format!("{origin}: parsing {cfg_name}"))?;
     let mut layers = Vec::new();
     for l in m["Layers"].as_array().context("manifest.json: no Layers")? {
         let name = l.as_str().context("manifest.json: bad layer name")?;
@@ -445,7 +448,31 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
         };
         layers.push((Descriptor::of(&data, mt), data));
     }
-    Ok(Base { config, layers })
+    Ok(Base {
+        config,
+        config_bytes,
+        layers,
+    })
+}
+
+/// Whether an image recipe takes its base as it is: a base and nothing added (no layer,
+/// `[debian]`, `[config]` or `[annotations]`). Such an image keeps the vendor's config bytes,
+/// so its image ID (the config digest) is the one the vendor's `docker save` archive has.
+pub(crate) fn takes_base_as_is(img: &ImageRecipe) -> bool {
+    let c = &img.config;
+    img.base.is_some()
+        && img.layers.is_empty()
+        && img.debian.is_none()
+        && img.annotations.is_empty()
+        && c.entrypoint.is_none()
+        && c.cmd.is_none()
+        && c.env.is_empty()
+        && c.user.is_none()
+        && c.workdir.is_none()
+        && c.exposed_ports.is_empty()
+        && c.labels.is_empty()
+        && c.healthcheck.is_none()
+        && c.stop_signal.is_none()
 }
 
 fn healthcheck_json(h: &crate::recipe::HealthcheckSpec) -> Result<Value> {
@@ -482,6 +509,8 @@ fn build_image(
     let mut history = Vec::new();
     let mut blobs: Vec<(Descriptor, Arc<Vec<u8>>)> = Vec::new();
     let mut layer_descs = Vec::new();
+    // a vendor's image shipped unchanged: its own config, hence its own image ID
+    let mut vendor_config = None;
 
     if let Some(base_name) = &img.base {
         let base_recipe = &g.recipes[base_name.get_ref()];
@@ -502,6 +531,9 @@ fn build_image(
         }
         let path = store.object(&g.ids[base_name.get_ref()]).join("file");
         let base = read_docker_archive(&path, &r.path.display().to_string())?;
+        if takes_base_as_is(img) {
+            vendor_config = Some(base.config_bytes.clone());
+        }
         let c = &base.config["config"];
         fields.user = c["User"]
             .as_str()
@@ -695,7 +727,10 @@ fn build_image(
     for (k, v) in &annotations {
         fields.labels.insert(k.clone(), v.clone());
     }
-    let config_bytes = oci::config_json(&fields, &diff_ids, &history, &created);
+    let config_bytes = match vendor_config {
+        Some(bytes) => bytes,
+        None => oci::config_json(&fields, &diff_ids, &history, &created),
+    };
     let config = Descriptor::of(&config_bytes, oci::MT_CONFIG);
     let manifest_bytes = oci::manifest_json(&config, &layer_descs, &annotations);
     let manifest = Descriptor::of(&manifest_bytes, oci::MT_MANIFEST);
@@ -1208,6 +1243,25 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn only_a_base_with_nothing_added_is_taken_as_it_is() {
+        let head = "kind = \"image\"\nrepository = \"v/x\"\nversion = \"1\"\n";
+        for (rest, as_is) in [
+            ("base = \"vendor\"\n", true),
+            ("", false),
+            ("base = \"vendor\"\n[annotations]\ntitle = \"x\"\n", false),
+            ("base = \"vendor\"\n[config]\nenv = { A = \"1\" }\n", false),
+            ("base = \"vendor\"\n[config]\ncmd = [\"x\"]\n", false),
+            (
+                "base = \"vendor\"\n[[layer]]\nentries = [{ dest = \"/a\", text = \"a\" }]\n",
+                false,
+            ),
+        ] {
+            let img: ImageRecipe = toml::from_str(&format!("{head}{rest}")).unwrap();
+            assert_eq!(takes_base_as_is(&img), as_is, "{rest}");
+        }
+    }
 
     #[test]
     fn placeholders_with_lines() {

@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 
-use super::{BuildArgs, InspectArgs, KeygenArgs, SignArgs, VerifyArgs};
+use super::{BuildArgs, InspectArgs, KeygenArgs, SaveArgs, SignArgs, VerifyArgs};
 use crate::builder::{build as run_build, BuildOptions};
 use crate::bundle::reader::BundleFile;
 use crate::bundle::writer::write_with_signature;
@@ -72,6 +72,57 @@ pub fn build(args: BuildArgs) -> Result<i32> {
 
 fn open(path: &std::path::Path) -> Result<BundleFile> {
     BundleFile::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// `reemo-bundle save`: one image of a verified bundle as a docker-archive, written by the
+/// loader's archive writer (every layer checked against its diff-id while it is copied).
+pub fn save(args: SaveArgs) -> Result<i32> {
+    let b = open(&args.file)?;
+    let images = &b.manifest().images;
+    let image = images
+        .iter()
+        .find(|i| i.name == args.image || i.reference() == args.image)
+        .with_context(|| {
+            format!(
+                "{}: no image {:?} (images: {})",
+                args.file.display(),
+                args.image,
+                images
+                    .iter()
+                    .map(|i| format!("{} ({})", i.name, i.reference()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let mut tmp = crate::fsutil::temp_beside(&args.out, 0o644)?;
+    {
+        let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+        crate::loader::images::write_archive(&b, &[image], &mut w)
+            .with_context(|| format!("writing {}", args.out.display()))?;
+        std::io::Write::flush(&mut w)?;
+    }
+    crate::fsutil::persist(tmp, &args.out)?;
+    let sha = crate::hash::sha256_file(&args.out)?;
+    if args.json {
+        super::output::print_json(
+            "save",
+            &serde_json::json!({
+                "archive": args.out,
+                "sha256": sha,
+                "image": image.name,
+                "reference": image.reference(),
+                "id": image.config_digest,
+            }),
+        )?;
+    } else {
+        println!("{}", args.out.display());
+        println!(
+            "  sha256 {sha}  image {} id {}",
+            image.reference(),
+            image.config_digest
+        );
+    }
+    Ok(0)
 }
 
 /// `reemo-bundle inspect`.

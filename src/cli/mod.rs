@@ -50,6 +50,11 @@ pub enum Command {
     Fetch(debian::FetchArgs),
     /// Print the SPDX 2.3 documents of a bundle's images.
     Sbom(debian::SbomArgs),
+    /// Write one image of a bundle as a `docker save` archive (manifest.json, an OCI
+    /// layout, the config and layer blobs), e.g. a stand-in handed on as a vendor archive
+    /// (a `fixed` recipe with `format = "docker-archive"`). The same bundle gives the same
+    /// bytes; `docker load` accepts the file.
+    Save(SaveArgs),
     /// Host-side commands.
     #[command(flatten)]
     Loader(host::HostCommand),
@@ -118,6 +123,22 @@ pub struct SignArgs {
     pub out: Option<PathBuf>,
 }
 
+/// Arguments of `save`.
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// Bundle file (verified first).
+    pub file: PathBuf,
+    /// The image: its recipe name (as `inspect` lists it) or `repository:tag`.
+    #[arg(long)]
+    pub image: String,
+    /// Archive to write (replaced atomically).
+    #[arg(long, value_name = "PATH")]
+    pub out: PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Run a parsed command line; the process exit code.
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
@@ -129,6 +150,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Lock(a) => debian::lock(a),
         Command::Fetch(a) => debian::fetch(a),
         Command::Sbom(a) => debian::sbom(a),
+        Command::Save(a) => build::save(a),
         Command::Loader(c) => host::run(c),
     }
 }

@@ -8,6 +8,7 @@ pub mod debian;
 pub mod matrix;
 pub mod multinode;
 pub mod nodes;
+pub mod standin;
 
 use std::path::PathBuf;
 use std::process::Command;
