@@ -3,10 +3,10 @@
 //! (the commands and the connections, [`Side`]).
 
 use crate::budget::{Budget, Charge, Metered};
-use crate::spill::{self, Spill};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
+use crate::spill::{self, Spill};
 use crate::token::{KeySet, Role};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
