@@ -119,6 +119,10 @@ struct ProxyArgs {
     /// Control calls at once while making sessions.
     #[arg(long, default_value_t = 8)]
     control_parallel: usize,
+    /// Keep the idle pairs through the proxy open this many seconds after measuring them,
+    /// to look at the proxy and relay processes while they hold them.
+    #[arg(long, default_value_t = 0)]
+    hold_secs: u64,
 }
 
 const KEYS: &str = "bench=000102030405060708090a0b0c0d0e0f";
@@ -495,7 +499,7 @@ async fn make_sessions(t: &Arc<Target>, tag: &str, n: usize, parallel: usize) ->
 }
 
 /// Holds `n` idle paired sessions; returns the memory they added per pair, KiB.
-async fn idle(t: &Arc<Target>, n: usize) -> Result<f64> {
+async fn idle(t: &Arc<Target>, n: usize, hold: Duration) -> Result<f64> {
     let start = Instant::now();
     let ids: Vec<usize> = (0..n).collect();
     let per_pair = match &t.meter {
@@ -559,6 +563,10 @@ async fn idle(t: &Arc<Target>, n: usize) -> Result<f64> {
                     "haproxy show pools with {n} idle pairs:\n{}",
                     pools.trim_end()
                 );
+            }
+            if !hold.is_zero() {
+                eprintln!("holding the {n} idle pairs for {} s", hold.as_secs());
+                tokio::time::sleep(hold).await;
             }
             drop(pairs);
             per
@@ -1135,8 +1143,8 @@ async fn run(cli: Cli) -> Result<()> {
         cli.sources
     );
     if phases.contains(&"idle") {
-        idle(&ws, cli.idle_pairs).await?;
-        idle(&tcp, cli.idle_pairs).await?;
+        idle(&ws, cli.idle_pairs, Duration::ZERO).await?;
+        idle(&tcp, cli.idle_pairs, Duration::ZERO).await?;
     }
     if phases.contains(&"throughput") {
         let w = throughput(&ws, cli.stream_pairs, cli.secs).await?;
@@ -1247,8 +1255,8 @@ async fn run_proxy(cli: &Cli, p: &ProxyArgs) -> Result<()> {
     let phases: Vec<&str> = cli.phases.split(',').map(str::trim).collect();
     if phases.contains(&"idle") {
         make_sessions(&via, "idle", pairs, p.control_parallel).await?;
-        let d = idle(&direct, pairs).await?;
-        let v = idle(&via, pairs).await?;
+        let d = idle(&direct, pairs, Duration::ZERO).await?;
+        let v = idle(&via, pairs, Duration::from_secs(p.hold_secs)).await?;
         println!(
             "idle: {pairs} pairs: proxy + relays {v:.1} KiB per pair (goal <= 48), direct relay alone {d:.1} KiB"
         );

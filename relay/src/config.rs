@@ -40,7 +40,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest accepted message, bytes.
     pub max_message_bytes: usize,
-    /// Read buffer per WebSocket connection, bytes.
+    /// Bytes read from a WebSocket connection's socket at once, bytes (into a buffer per
+    /// thread: an idle connection holds none, see `spill`).
     pub read_buffer_bytes: usize,
     /// Budget for bytes read from senders and not yet written to their peers, all sessions
     /// together; beyond it reading pauses (backpressure), bytes.

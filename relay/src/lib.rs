@@ -11,6 +11,7 @@ pub mod log;
 pub mod metrics;
 pub mod relay;
 pub mod server;
+pub mod spill;
 pub mod state;
 pub mod tls;
 pub mod token;

@@ -6,6 +6,7 @@ use crate::budget::{Budget, Charge, Metered};
 use crate::config::Config;
 use crate::conn::Conn;
 use crate::metrics::Metrics;
+use crate::spill::{self, Spill};
 use crate::token::{KeySet, Role};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -87,7 +88,7 @@ impl State {
 }
 
 /// An upgraded client connection; its reads count against the in-flight budget.
-pub type Ws = WebSocketStream<Metered<Conn>>;
+pub type Ws = WebSocketStream<Spill<Metered<Conn>>>;
 
 /// One authenticated, upgraded connection (built and driven by the relay endpoint).
 pub struct Side {
@@ -166,7 +167,9 @@ impl Shared {
         tls: Option<tokio_rustls::TlsAcceptor>,
     ) -> Shared {
         let mut ws_config = WebSocketConfig::default();
-        ws_config.read_buffer_size = cfg.read_buffer_bytes;
+        // socket reads of read_buffer_bytes go through Spill: tungstenite's own buffer,
+        // kept for the connection's life, stays small
+        ws_config.read_buffer_size = spill::PARSE_BYTES;
         ws_config.write_buffer_size = 0;
         ws_config.max_write_buffer_size = cfg.max_message_bytes + (64 << 10);
         ws_config.max_frame_size = Some(cfg.max_frame_bytes);
