@@ -169,7 +169,7 @@ fn bad_configurations_exit_2_naming_what_is_wrong() {
         }
     }
     // a good configuration whose database is down: unhealthy (exit 1), the JSON says why
-    let [port] = common::standin::free_ports::<1>();
+    let [port] = common::free_ports::<1>();
     let mut env = api(&[("STANDIN_PORT", port.to_string())]);
     env.push(("STANDIN_VERSION", s("2.15.2")));
     let mut child = Command::new(&exe)
@@ -276,7 +276,7 @@ fn the_standin_stack_from_a_vendor_archive_on_the_swarm() {
     let v2 = build_vendor(&fx.path("v2"), STACK, &archive, "1.0.2", |s| {
         s.replace("\"8.0.40-standin\"", "\"8.0.41-standin\"")
     });
-    let [db_port, api_port, portal_port] = common::standin::free_ports::<3>();
+    let [db_port, api_port, portal_port] = common::free_ports::<3>();
     let ports = Ports {
         db: db_port,
         api: api_port,

@@ -198,32 +198,6 @@ pub fn rows(port: u16) -> Vec<String> {
     panic!("the stand-in database on port {port} never answered SELECT; last: {last}");
 }
 
-/// `N` different free TCP ports below the kernel's ephemeral range (each held until all
-/// are chosen, so none is handed out twice). A published port is bound again by every task
-/// restart; one from the ephemeral range can meanwhile be taken by any outgoing connection
-/// on the machine (other tests open thousands), and the task then fails to start.
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    use rand::Rng;
-    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|t| t.split_whitespace().next()?.parse().ok())
-        .unwrap_or(32768);
-    let (low, high) = (10_000u16, ephemeral_start.max(10_001));
-    let mut held: Vec<std::net::TcpListener> = Vec::new();
-    let mut rng = rand::thread_rng();
-    for _ in 0..10_000 {
-        if held.len() == N {
-            break;
-        }
-        let port = rng.gen_range(low..high);
-        if let Ok(l) = std::net::TcpListener::bind(("0.0.0.0", port)) {
-            held.push(l);
-        }
-    }
-    assert_eq!(held.len(), N, "no {N} free ports in {low}..{high}");
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
 /// Remove a named volume once no container uses it (a stack's tasks linger a moment
 /// after `docker stack rm`); false when it is still there after 30 s.
 pub fn remove_volume(name: &str) -> bool {
