@@ -11,6 +11,10 @@
 //!   IDs or addresses, usually site parameters; the loader labels them
 //!   `com.reemo-bundle.role.ROLE=true`, checking each against the swarm's nodes). A role
 //!   whose list is empty puts no constraint: every node has it.
+//! - `x-reemo-repeat: N` on service NAME (usually a site parameter): N services NAME1 …
+//!   NAMEN in its place, each a copy with `{n}` in its strings replaced by its number and
+//!   tagged NAME (seed 001's signal1, signal2, …). Plain `docker stack deploy` does not know
+//!   it: such a stack is deployed by the loader only.
 //! - `x-reemo-tags: [NAME, …]` on a service: more names for it in `activate --only` (a tag
 //!   several services carry, such as `signal` for signal1, signal2, …, names them all).
 //! - `deploy.mode: replicated-job` (or `global-job`) makes a one-shot job; `x-reemo-job: true`
@@ -28,7 +32,7 @@
 //!   It cannot be combined with `networks:` or with ingress-mode ports. Plain `docker stack
 //!   deploy` ignores it and attaches the service to `<stack>_default` as usual.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -874,8 +878,15 @@ pub(crate) fn relay_template(image: &str) -> String {
 /// Parse and validate a stack file. `origin` names it in errors (a path or recipe name).
 /// Unknown fields are rejected with the service and field named.
 pub fn parse(text: &str, origin: &str) -> Result<ComposeFile> {
-    let file: ComposeFile =
-        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let file: ComposeFile = if text.contains(REPEAT_KEY) {
+        // expanded as a YAML tree (serde's errors then carry no line)
+        let mut v: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        expand_repeats(&mut v).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        serde_yaml::from_value(v).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?
+    } else {
+        serde_yaml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?
+    };
     validate(&file).map_err(|(path, needle, e)| {
         let keys: Vec<&str> = path.iter().map(String::as_str).collect();
         match locate(text, &keys, needle.as_deref()) {
@@ -884,6 +895,75 @@ pub fn parse(text: &str, origin: &str) -> Result<ComposeFile> {
         }
     })?;
     Ok(file)
+}
+
+/// The service key that makes numbered copies of a service.
+const REPEAT_KEY: &str = "x-reemo-repeat";
+/// Most copies `x-reemo-repeat` makes.
+const MAX_REPEAT: u64 = 99;
+
+/// `x-reemo-repeat: N` on service NAME: N services NAME1 … NAMEN in its place, each a copy
+/// with `{n}` in every string (keys and values) replaced by its number, and tagged NAME (so
+/// that `--only NAME` names them all). Seed 001's signals: signal1, signal2, …
+fn expand_repeats(v: &mut serde_yaml::Value) -> Result<()> {
+    use serde_yaml::Value as Y;
+    fn number(v: &mut Y, n: u64) {
+        match v {
+            Y::String(s) => *s = s.replace("{n}", &n.to_string()),
+            Y::Sequence(items) => items.iter_mut().for_each(|i| number(i, n)),
+            Y::Mapping(m) => {
+                let old = std::mem::take(m);
+                for (mut k, mut val) in old {
+                    number(&mut k, n);
+                    number(&mut val, n);
+                    m.insert(k, val);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(services) = v.get_mut("services").and_then(Y::as_mapping_mut) else {
+        return Ok(());
+    };
+    let old = std::mem::take(services);
+    let names: BTreeSet<String> = old
+        .keys()
+        .filter_map(|k| k.as_str().map(String::from))
+        .collect();
+    for (key, mut svc) in old {
+        let Some(count) = svc.as_mapping_mut().and_then(|m| m.remove(REPEAT_KEY)) else {
+            services.insert(key, svc);
+            continue;
+        };
+        let name = key.as_str().unwrap_or_default().to_string();
+        let n = match &count {
+            Y::Number(x) => x.as_u64(),
+            Y::String(t) => t.trim().parse().ok(),
+            _ => None,
+        }
+        .filter(|n| (1..=MAX_REPEAT).contains(n))
+        .with_context(|| {
+            format!("service {name}: {REPEAT_KEY} {count:?}: expected a number of copies from 1 to {MAX_REPEAT}")
+        })?;
+        let m = svc.as_mapping_mut().expect("checked above");
+        let tags = m
+            .entry(Y::String("x-reemo-tags".into()))
+            .or_insert_with(|| Y::Sequence(vec![]));
+        let Some(tags) = tags.as_sequence_mut() else {
+            bail!("service {name}: x-reemo-tags must be a list");
+        };
+        tags.push(Y::String(name.clone()));
+        for i in 1..=n {
+            let copy = format!("{name}{i}");
+            if names.contains(&copy) {
+                bail!("service {name}: {REPEAT_KEY} makes {copy}, which the stack already has");
+            }
+            let mut c = svc.clone();
+            number(&mut c, i);
+            services.insert(Y::String(copy), c);
+        }
+    }
+    Ok(())
 }
 
 /// A reference from a service to a top-level object that does not exist.
@@ -1389,6 +1469,55 @@ services:
             assert!(e.contains(want), "{to}: {e}");
             assert!(e.starts_with("t.yml"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_repeated_service_becomes_numbered_copies() {
+        let text = "version: \"3.8\"\nservices:\n  signal:\n    image: x\n    x-reemo-repeat: 3\n    environment:\n      SIGNAL_ID: \"signal{n}\"\n      PEER_{n}: \"on\"\n    command: [\"--id\", \"{n}\"]\n  portal:\n    image: x\n";
+        let f = parse(text, "t.yml").unwrap();
+        let names: Vec<&str> = f.services.keys().map(String::as_str).collect();
+        assert_eq!(names, vec!["portal", "signal1", "signal2", "signal3"]);
+        let s2 = &f.services["signal2"];
+        assert_eq!(s2.tags, vec!["signal"]);
+        let env = serde_json::to_value(&s2.environment).unwrap().to_string();
+        assert!(
+            env.contains("\"SIGNAL_ID\":\"signal2\"") && env.contains("PEER_2"),
+            "{env}"
+        );
+        assert_eq!(
+            serde_json::to_value(&s2.command).unwrap(),
+            serde_json::json!(["--id", "2"])
+        );
+        for (to, want) in [
+            (
+                "x-reemo-repeat: 0",
+                "x-reemo-repeat Number(0): expected a number of copies from 1 to 99",
+            ),
+            ("x-reemo-repeat: many", "expected a number of copies"),
+            ("x-reemo-repeat: \"2\"", ""),
+        ] {
+            let r = parse(&text.replace("x-reemo-repeat: 3", to), "t.yml");
+            match want {
+                "" => assert_eq!(
+                    r.unwrap().services.len(),
+                    3,
+                    "a quoted number (a site value) is a number"
+                ),
+                w => {
+                    let e = format!("{:#}", r.unwrap_err());
+                    assert!(
+                        e.starts_with("t.yml: service signal: ") && e.contains(w),
+                        "{to}: {e}"
+                    );
+                }
+            }
+        }
+        let clash = text.replace("  portal:\n", "  signal2:\n");
+        let e = format!("{:#}", parse(&clash, "t.yml").unwrap_err());
+        assert!(
+            e.contains("makes signal2, which the stack already has"),
+            "{e}"
+        );
     }
 
     #[test]
