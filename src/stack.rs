@@ -24,6 +24,10 @@
 //!   `{hex32}` in the template becomes 32 random bytes in hex, and a newline is appended.
 //!   Such a secret is declared `external: true` so that plain `docker stack deploy` expects
 //!   the operator to create it (`docker secret create NAME FILE`).
+//! - `x-reemo-value: "${NAME}"` on an external secret: its content is that site value (a
+//!   secret parameter: masked in plans, status and logs, never in a service spec); when the
+//!   value is empty, the secret's `x-reemo-generate` makes it on the host, and without one
+//!   the activation is refused. Plain `docker stack deploy` expects the operator to create it.
 //! - `x-reemo-overlay: false` on a service: the service joins no overlay network (not even
 //!   `<stack>_default`); its tasks use the node's default bridge and are reached only through
 //!   `mode: host` published ports. Swarm stops such a task without the 2 s pause it takes for
@@ -678,6 +682,15 @@ pub struct SecretDef {
         skip_serializing_if = "Option::is_none"
     )]
     pub generate: Option<String>,
+    /// Content from a site value (extension, `external: true`): `x-reemo-value:
+    /// "${NAME}"`, NAME a secret parameter. Empty: generated from `x-reemo-generate` when
+    /// the secret has one, refused otherwise.
+    #[serde(
+        rename = "x-reemo-value",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub value: Option<String>,
     /// A part of a certificate of `x-reemo-certificates`: `NAME.cert`, `NAME.key`,
     /// `NAME.chain` or `NAME.pem` (extension; with `external: true`).
     #[serde(
@@ -1116,6 +1129,9 @@ fn check_secret(name: &str, def: &SecretDef) -> Result<()> {
             bail!("secret {name}: `x-reemo-certificate` needs `external: true` and neither `file:` nor `x-reemo-generate`");
         }
         return Ok(());
+    }
+    if def.value.is_some() && (def.file.is_some() || def.external != Some(true)) {
+        bail!("secret {name}: `x-reemo-value` needs `external: true` and no `file:`");
     }
     match (&def.file, &def.generate, def.external) {
         (Some(_), None, None | Some(false)) => {}

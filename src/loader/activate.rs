@@ -251,6 +251,45 @@ async fn run(
     Ok(o)
 }
 
+/// The secrets given as site values (`x-reemo-value`), by compose key: kept in the state
+/// directory by content hash (not on a dry run). A secret whose value is empty is generated
+/// when it has `x-reemo-generate`, and refused otherwise, naming the parameter to set.
+fn secret_values(
+    compose: &crate::stack::ComposeFile,
+    raw_stack: &str,
+    stack_file: &str,
+    state: &StateDir,
+    dry_run: bool,
+) -> Result<BTreeMap<String, Vec<u8>>> {
+    let refs = crate::site::yaml_references(raw_stack).unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (key, def) in &compose.secrets {
+        let Some(v) = &def.value else {
+            continue;
+        };
+        if v.is_empty() {
+            if def.generate.is_none() {
+                let path = format!("secrets.{key}.x-reemo-value");
+                let param = refs
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, n)| format!("site parameter {n}"))
+                    .unwrap_or_else(|| "its site value".to_string());
+                bail!(
+                    "{stack_file}: secret {key}: {param} is empty and the secret is not generated on the host: give it (--set or the site file); nothing was changed"
+                );
+            }
+            continue;
+        }
+        let data = v.as_bytes().to_vec();
+        if !dry_run {
+            state.put_secret_value(&crate::hash::sha256_hex(&data), &data)?;
+        }
+        out.insert(key.clone(), data);
+    }
+    Ok(out)
+}
+
 /// Which services `desired` restarts against the current generation, and a warning for
 /// each restart that interrupts its service.
 fn restart_notes(
@@ -396,11 +435,11 @@ fn desire(
         current.map(|g| &g.desired.site).unwrap_or(&BTreeMap::new()),
         &site,
     ));
-    let stack_text = String::from_utf8_lossy(&read(&manifest.stack_file)?).into_owned();
+    let raw_stack = String::from_utf8_lossy(&read(&manifest.stack_file)?).into_owned();
     let stack_text = if manifest.parameters.is_empty() {
-        stack_text
+        raw_stack.clone()
     } else {
-        crate::site::interpolate_yaml(&stack_text, &site)
+        crate::site::interpolate_yaml(&raw_stack, &site)
             .map_err(|e| anyhow::anyhow!("{}: {e}", manifest.stack_file))?
     };
     let compose = crate::stack::parse(&stack_text, &manifest.stack_file)?;
@@ -417,6 +456,9 @@ fn desire(
         let Some(template) = &def.generate else {
             continue;
         };
+        if def.value.as_deref().is_some_and(|v| !v.is_empty()) {
+            continue; // the site gives it
+        }
         match state.generated_secret(key)? {
             Some(d) => {
                 generated.insert(key.clone(), d);
@@ -429,6 +471,7 @@ fn desire(
             None => {}
         }
     }
+    let values = secret_values(&compose, &raw_stack, &manifest.stack_file, state, dry_run)?;
     let made = super::certs::certificates(&compose, state, current, imports, dry_run, notes)?;
     let mut new = desired::build(
         manifest,
@@ -436,6 +479,7 @@ fn desire(
         &Contents {
             files: &files,
             generated: &generated,
+            values: &values,
             pki: &made.contents,
         },
     )?;

@@ -30,6 +30,8 @@ pub struct Selection {
     pub secrets: BTreeSet<String>,
     /// Store entries (bundle identities) a kept generation still needs.
     pub used_store: BTreeSet<String>,
+    /// Secret site values (sha256) a kept generation still names.
+    pub used_values: BTreeSet<String>,
 }
 
 /// Select what `gc --keep keep` removes.
@@ -58,8 +60,14 @@ pub fn select(gens: &[Generation], current: Option<u64>, keep: usize) -> Selecti
         secrets.extend(d.secrets.iter().map(|c| c.name.clone()));
         sel.used_store.insert(d.bundle.identity.clone());
         for o in d.configs.iter().chain(&d.secrets) {
-            if let ObjectSource::Store { identity, .. } = &o.source {
-                sel.used_store.insert(identity.clone());
+            match &o.source {
+                ObjectSource::Store { identity, .. } => {
+                    sel.used_store.insert(identity.clone());
+                }
+                ObjectSource::Value { .. } => {
+                    sel.used_values.insert(o.sha256.clone());
+                }
+                _ => {}
             }
         }
     }
@@ -167,6 +175,11 @@ pub async fn gc(host: &Host, keep: usize, timing: Timing) -> Result<GcReport> {
         if !sel.used_store.contains(&id) {
             state.remove_store(&id)?;
             r.store.push(id);
+        }
+    }
+    for sha in state.secret_values()? {
+        if !sel.used_values.contains(&sha) {
+            state.remove_secret_value(&sha)?;
         }
     }
     for n in &sel.drop {

@@ -28,6 +28,9 @@ fn object_content(state: &StateDir, o: &DesiredObject) -> Result<Vec<u8>> {
         ObjectSource::Generated { key } => state
             .generated_secret(key)?
             .with_context(|| format!("generated secret {key} is missing from the state directory")),
+        ObjectSource::Value { key } => state.secret_value(&o.sha256)?.with_context(|| {
+            format!("the site value of secret {key} is missing from the state directory")
+        }),
         ObjectSource::Pki { objects } => {
             let mut data = Vec::new();
             for sha in objects {

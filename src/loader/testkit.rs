@@ -75,6 +75,7 @@ pub fn desired_files(
         &manifest(stack, version),
         &c,
         &Contents {
+            values: &BTreeMap::new(),
             files,
             generated: &BTreeMap::new(),
             pki: &BTreeMap::new(),

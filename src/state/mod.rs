@@ -347,6 +347,42 @@ impl StateDir {
             .with_context(|| format!("storing generated secret {key}"))
     }
 
+    /// A secret given as a site value, by the sha256 of its content.
+    pub fn secret_value(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.root.join("secrets/values").join(sha256);
+        match fs::read(&p) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
+    /// Keep a secret given as a site value (0600), by the sha256 of its content.
+    pub fn put_secret_value(&self, sha256: &str, data: &[u8]) -> Result<()> {
+        let dir = self.root.join("secrets/values");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        atomic_write(&dir.join(sha256), data, 0o600).context("storing a secret site value")
+    }
+
+    /// The sha256s of the secret site values kept.
+    pub fn secret_values(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("secrets/values");
+        match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<Vec<_>>>()
+                .with_context(|| format!("listing {}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(vec![]),
+            Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+        }
+    }
+
+    /// Forget a secret site value no generation names any more.
+    pub fn remove_secret_value(&self, sha256: &str) -> Result<()> {
+        let p = self.root.join("secrets/values").join(sha256);
+        fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))
+    }
+
     /// Path of a generated secret (for operators and tests).
     pub fn generated_secret_path(&self, key: &str) -> PathBuf {
         self.root.join("secrets").join(key)

@@ -20,6 +20,8 @@ pub struct Contents<'a> {
     pub files: &'a BTreeMap<String, Vec<u8>>,
     /// Generated secrets by compose key.
     pub generated: &'a BTreeMap<String, Vec<u8>>,
+    /// Secrets given as site values (`x-reemo-value`), by compose key.
+    pub values: &'a BTreeMap<String, Vec<u8>>,
     /// Objects made by the host's PKI (certificate parts, the CA certificate), by
     /// `config:<key>` or `secret:<key>`.
     pub pki: &'a BTreeMap<String, PkiContent>,
@@ -140,6 +142,8 @@ pub fn build(
                     objects: c.objects.clone(),
                 },
             )
+        } else if let Some(v) = contents.values.get(key) {
+            (sha256_hex(v), ObjectSource::Value { key: key.clone() })
         } else if def.generate.is_some() {
             let sha = match contents.generated.get(key) {
                 Some(d) => sha256_hex(d),
@@ -406,6 +410,7 @@ mod tests {
             &manifest(),
             &compose(),
             &Contents {
+                values: &BTreeMap::new(),
                 files: &files,
                 generated: &generated,
                 pki: &pki(),
@@ -457,6 +462,7 @@ mod tests {
             &manifest(),
             &compose(),
             &Contents {
+                values: &BTreeMap::new(),
                 files: &files2,
                 generated: &generated,
                 pki: &pki(),
@@ -476,6 +482,7 @@ mod tests {
             &m,
             &compose(),
             &Contents {
+                values: &BTreeMap::new(),
                 files: &BTreeMap::from([("configs/relay.toml".to_string(), vec![])]),
                 generated: &BTreeMap::new(),
                 pki: &pki(),

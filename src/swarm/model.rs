@@ -50,6 +50,12 @@ pub enum ObjectSource {
         /// Secret key (compose name).
         key: String,
     },
+    /// A secret given as a site value (`x-reemo-value`): `secrets/values/<sha256>` in the
+    /// state directory, kept for as long as a generation names it.
+    Value {
+        /// Secret key (compose name).
+        key: String,
+    },
     /// A certificate part or the CA certificate made by the host's PKI:
     /// `pki/objects/<sha256>` files concatenated in order.
     Pki {
