@@ -548,15 +548,19 @@ pub fn index_json_of(entries: &[IndexEntry]) -> Vec<u8> {
 /// # Panics
 /// When a manifest descriptor's digest is not a valid OCI digest.
 pub fn index_json(images: &[LayoutImage]) -> Vec<u8> {
-    let entries: Vec<IndexEntry> = images
-        .iter()
-        .map(|i| IndexEntry {
-            manifest: &i.manifest,
-            reference: &i.reference,
-            tag: &i.tag,
-        })
-        .collect();
+    let entries: Vec<IndexEntry> = images.iter().map(LayoutImage::index_entry).collect();
     index_json_of(&entries)
+}
+
+impl LayoutImage {
+    /// Its entry in the layout's index.
+    pub fn index_entry(&self) -> IndexEntry<'_> {
+        IndexEntry {
+            manifest: &self.manifest,
+            reference: &self.reference,
+            tag: &self.tag,
+        }
+    }
 }
 
 /// One image of Docker's `manifest.json` (docker-archive format, which OCI does not define).
@@ -832,14 +836,7 @@ mod tests {
         assert_eq!(Descriptor::from(m.config()), cd);
         let i = spec::ImageIndex::from_reader(GOLDEN_INDEX.as_bytes()).unwrap();
         let images = layout_images();
-        let entries: Vec<IndexEntry> = images
-            .iter()
-            .map(|i| IndexEntry {
-                manifest: &i.manifest,
-                reference: &i.reference,
-                tag: &i.tag,
-            })
-            .collect();
+        let entries: Vec<IndexEntry> = images.iter().map(LayoutImage::index_entry).collect();
         assert_eq!(i, image_index(&entries));
         let l = spec::OciLayout::from_reader(OCI_LAYOUT).unwrap();
         assert_eq!(l.image_layout_version(), "1.0.0");

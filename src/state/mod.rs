@@ -333,12 +333,7 @@ impl StateDir {
 
     /// A generated secret, if it exists.
     pub fn generated_secret(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.root.join("secrets").join(key);
-        match fs::read(&p) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        }
+        read_if_there(&self.root.join("secrets").join(key))
     }
 
     /// Store a generated secret (0600).
@@ -349,12 +344,7 @@ impl StateDir {
 
     /// A secret given as a site value, by the sha256 of its content.
     pub fn secret_value(&self, sha256: &str) -> Result<Option<Vec<u8>>> {
-        let p = self.root.join("secrets/values").join(sha256);
-        match fs::read(&p) {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        }
+        read_if_there(&self.root.join("secrets/values").join(sha256))
     }
 
     /// Keep a secret given as a site value (0600), by the sha256 of its content.
@@ -386,6 +376,15 @@ impl StateDir {
     /// Path of a generated secret (for operators and tests).
     pub fn generated_secret_path(&self, key: &str) -> PathBuf {
         self.root.join("secrets").join(key)
+    }
+}
+
+/// The bytes of file `p`; `None` when it does not exist.
+fn read_if_there(p: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(p) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
 }
 

@@ -67,10 +67,5 @@ pub fn probe_at(
         .args(["--wait-secs", "30", "--messages", "3"])
         .output()
         .expect("running ws-relay-server probe");
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    if o.status.success() && out.contains("\"ok\":true") {
-        Ok(out)
-    } else {
-        Err(format!("{out}{}", String::from_utf8_lossy(&o.stderr)))
-    }
+    super::probe_outcome(&o)
 }

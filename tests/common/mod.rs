@@ -451,6 +451,12 @@ pub fn relay_probe_at(
         .args(["--wait-secs", "20", "--messages", "3"])
         .output()
         .expect("running ws-relay-server probe");
+    probe_outcome(&o)
+}
+
+/// What a `ws-relay-server probe` run said: its JSON line when it succeeded, else its
+/// output.
+pub fn probe_outcome(o: &std::process::Output) -> Result<String, String> {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     if o.status.success() && out.contains("\"ok\":true") {
         Ok(out)
