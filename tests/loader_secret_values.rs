@@ -111,7 +111,7 @@ fn secrets_from_site_values_generated_when_absent_masked_and_rolled_back() {
 
     // the site's own HMAC secret and a new licence: a new generation, masked everywhere
     let plan = run_ok(
-        &mut activate(&["HMACSECRET=site-hmac-91c2", "API_LICENSE=lic-two-55d0"]).arg("--dry-run"),
+        activate(&["HMACSECRET=site-hmac-91c2", "API_LICENSE=lic-two-55d0"]).arg("--dry-run"),
     );
     let o = loader_json(&mut activate(&[
         "HMACSECRET=site-hmac-91c2",

@@ -327,6 +327,42 @@ pub fn build_relay_variant_with(
     build_def(&def, &dir.join("out"))
 }
 
+/// A shipped definition (`bundles/NAME.toml`, stack name `shipped_stack`) copied into
+/// `dir/bundles` with stack name `stack`, its recipes taken from the repository, `edit`
+/// applied to the text. Returns the copy's path.
+pub fn shipped_def(
+    dir: &std::path::Path,
+    name: &str,
+    shipped_stack: &str,
+    stack: &str,
+    edit: impl Fn(String) -> String,
+) -> PathBuf {
+    std::fs::create_dir_all(dir.join("bundles")).unwrap();
+    let shipped =
+        std::fs::read_to_string(repo_root().join(format!("bundles/{name}.toml"))).unwrap();
+    let text = edit(
+        shipped
+            .replace(
+                &format!("stack_name = \"{shipped_stack}\""),
+                &format!("stack_name = \"{stack}\""),
+            )
+            .replace(
+                "recipes = [\"../recipes\"]",
+                &format!(
+                    "recipes = [{:?}]",
+                    repo_root().join("recipes").display().to_string()
+                ),
+            ),
+    );
+    assert!(
+        text.contains(&format!("stack_name = \"{stack}\"")) && !text.contains("\"../recipes\""),
+        "{text}"
+    );
+    let def = dir.join(format!("bundles/{name}.toml"));
+    std::fs::write(&def, text).unwrap();
+    def
+}
+
 /// Loader tests: build a bundle definition into `out` with the shared store.
 pub fn build_def(def: &std::path::Path, out: &std::path::Path) -> PathBuf {
     let o = Command::new(bin())

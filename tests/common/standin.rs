@@ -13,23 +13,7 @@ use super::{bin, build_def, docker, repo_root, run_ok};
 /// The shipped stand-in appliance (`bundles/standin.toml`) with stack name `stack`, built
 /// with the shared store into `dir/out`. Returns the bundle path.
 pub fn build_source(dir: &Path, stack: &str) -> PathBuf {
-    std::fs::create_dir_all(dir.join("bundles")).unwrap();
-    let shipped = std::fs::read_to_string(repo_root().join("bundles/standin.toml")).unwrap();
-    let text = shipped
-        .replace(
-            "stack_name = \"standins\"",
-            &format!("stack_name = \"{stack}\""),
-        )
-        .replace(
-            "recipes = [\"../recipes\"]",
-            &format!(
-                "recipes = [{:?}]",
-                repo_root().join("recipes").display().to_string()
-            ),
-        );
-    assert!(text.contains(stack), "{text}");
-    let def = dir.join("bundles/standin.toml");
-    std::fs::write(&def, text).unwrap();
+    let def = super::shipped_def(dir, "standin", "standins", stack, |t| t);
     build_def(&def, &dir.join("out"))
 }
 
