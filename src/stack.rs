@@ -304,6 +304,14 @@ pub struct Service {
         skip_serializing_if = "Option::is_none"
     )]
     pub overlay: Option<bool>,
+    /// More DNS names for its tasks on every network it joins (extension): several
+    /// services with one alias are found together (seed 001's signals behind the entry).
+    #[serde(
+        rename = "x-reemo-aliases",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub aliases: Vec<String>,
 }
 
 /// A config or secret reference: short (`name`) or long form.
@@ -441,6 +449,34 @@ pub struct VolumeMountLong {
     /// Mount read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_only: Option<bool>,
+    /// A bind mount's host folder, created by the loader when missing (extension).
+    #[serde(
+        rename = "x-reemo-create",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub create: Option<HostDirSpec>,
+}
+
+/// `x-reemo-create: {uid: 999, gid: 999, mode: 488}` on a bind mount: the loader creates
+/// the host folder (and its parents) with that owner and mode when it does not exist, on
+/// the host it runs on, before deploying. An existing folder is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostDirSpec {
+    /// Owner user id.
+    #[serde(default)]
+    pub uid: u32,
+    /// Owner group id.
+    #[serde(default)]
+    pub gid: u32,
+    /// Permission bits (decimal in YAML: 488 is 0750).
+    #[serde(default = "default_dir_mode")]
+    pub mode: u32,
+}
+
+fn default_dir_mode() -> u32 {
+    0o755
 }
 
 impl VolumeMount {
@@ -466,6 +502,7 @@ impl VolumeMount {
                     source: source.map(str::to_string),
                     target: target.to_string(),
                     read_only: ro.then_some(true),
+                    create: None,
                 })
             }
         }
@@ -1310,6 +1347,28 @@ fn validate_service(file: &ComposeFile, s: &Service) -> Result<()> {
                 }
             }
         }
+        if let Some(c) = &v.create {
+            let bind = v.kind.as_deref() == Some("bind");
+            if !bind || !v.source.as_deref().is_some_and(|p| p.starts_with('/')) {
+                bail!(
+                    "volume {}: x-reemo-create needs `type: bind` with an absolute source folder",
+                    v.target
+                );
+            }
+            if c.mode > 0o7777 {
+                bail!(
+                    "volume {}: x-reemo-create: mode {} is not a permission (0 to 4095, 488 is 0750)",
+                    v.target,
+                    c.mode
+                );
+            }
+        }
+    }
+    for a in &s.aliases {
+        check_name("alias", a).context("x-reemo-aliases")?;
+        if file.services.contains_key(a) {
+            bail!("x-reemo-aliases: {a:?} is the name of a service");
+        }
     }
     Ok(())
 }
@@ -1636,5 +1695,42 @@ services:
             (p.published, p.target, p.protocol.as_deref()),
             (Some(8080), 80, Some("udp"))
         );
+    }
+
+    #[test]
+    fn aliases_and_host_folders_are_checked() {
+        let base = "version: \"3.8\"\nservices:\n  signal:\n    image: x\n    x-reemo-aliases: [signals]\n    volumes:\n      - { type: bind, source: /opt/reemo, target: /data, x-reemo-create: { uid: 999, gid: 999, mode: 488 } }\n";
+        let f = parse(base, "t.yml").unwrap();
+        assert_eq!(f.services["signal"].aliases, ["signals"]);
+        let v = f.services["signal"].volumes[0].long().unwrap();
+        assert_eq!(
+            v.create,
+            Some(HostDirSpec {
+                uid: 999,
+                gid: 999,
+                mode: 0o750
+            })
+        );
+        for (edit, want) in [
+            (
+                base.replace("type: bind, source: /opt/reemo", "type: bind, source: ./rel"),
+                "x-reemo-create needs `type: bind` with an absolute source folder",
+            ),
+            (
+                base.replace("mode: 488", "mode: 9999"),
+                "x-reemo-create: mode 9999 is not a permission",
+            ),
+            (
+                base.replace("[signals]", "[signal]"),
+                "x-reemo-aliases: \"signal\" is the name of a service",
+            ),
+            (
+                base.replace("[signals]", "[\"a b\"]"),
+                "alias name \"a b\"",
+            ),
+        ] {
+            let e = format!("{:#}", parse(&edit, "t.yml").unwrap_err());
+            assert!(e.contains(want) && e.contains("signal"), "{e}");
+        }
     }
 }

@@ -455,6 +455,41 @@ fn read_docker_archive(path: &Path, origin: &str) -> Result<Base> {
     })
 }
 
+/// A base image that is another image recipe's output (its store entry `obj`: `image.json`
+/// and `blobs/sha256/`): the same config and layer blobs, so an image made from it shares
+/// them in the bundle.
+fn read_built_image(obj: &Path, origin: &str) -> Result<Base> {
+    let meta_path = obj.join("image.json");
+    let meta: ImageMeta = serde_json::from_slice(
+        &std::fs::read(&meta_path)
+            .with_context(|| format!("{origin}: reading {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("{origin}: parsing {}", meta_path.display()))?;
+    let blob = |digest: &str| -> Result<Vec<u8>> {
+        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+        let p = obj.join("blobs").join("sha256").join(hex);
+        std::fs::read(&p).with_context(|| format!("{origin}: reading base blob {}", p.display()))
+    };
+    let config_bytes = blob(&meta.config.digest)?;
+    let config: Value = serde_json::from_slice(&config_bytes)
+        .with_context(|| format!("{origin}: parsing the base image's config"))?;
+    let mut layers = Vec::new();
+    for l in &meta.layers {
+        let data = blob(&l.digest)?;
+        let d = Descriptor {
+            digest: l.digest.clone(),
+            size: l.size,
+            media_type: l.media_type.clone(),
+        };
+        layers.push((d, data));
+    }
+    Ok(Base {
+        config,
+        config_bytes,
+        layers,
+    })
+}
+
 /// Whether an image recipe takes its base as it is: a base and nothing added (no layer,
 /// `[debian]`, `[config]` or `[annotations]`). Such an image keeps the vendor's config bytes,
 /// so its image ID (the config digest) is the one the vendor's `docker save` archive has.
@@ -514,23 +549,23 @@ fn build_image(
 
     if let Some(base_name) = &img.base {
         let base_recipe = &g.recipes[base_name.get_ref()];
-        match &base_recipe.kind {
+        let obj = store.object(&g.ids[base_name.get_ref()]);
+        let base = match &base_recipe.kind {
             RecipeKind::Fixed(FixedRecipe {
                 format: FixedFormat::DockerArchive,
                 ..
-            }) => {}
+            }) => read_docker_archive(&obj.join("file"), &r.path.display().to_string())?,
+            RecipeKind::Image(_) => read_built_image(&obj, &r.path.display().to_string())?,
             _ => {
                 return Err(r.err_at(
                     base_name,
                     format!(
-                        "base {:?} must be a fixed recipe with format = \"docker-archive\"",
+                        "base {:?} must be an image recipe or a fixed recipe with format = \"docker-archive\"",
                         base_name.get_ref()
                     ),
                 ))
             }
-        }
-        let path = store.object(&g.ids[base_name.get_ref()]).join("file");
-        let base = read_docker_archive(&path, &r.path.display().to_string())?;
+        };
         if takes_base_as_is(img) {
             vendor_config = Some(base.config_bytes.clone());
         }

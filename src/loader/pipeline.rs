@@ -56,6 +56,8 @@ pub struct HostView {
     pub stack: Observed,
     /// Whether the state directory's store already holds the bundle's entry.
     pub imported: bool,
+    /// The desired host folders (`x-reemo-create`) that do not exist on this host.
+    pub missing_dirs: BTreeSet<String>,
 }
 
 /// Images to load into one engine.
@@ -86,6 +88,8 @@ pub struct HostPlan {
     pub import: Option<String>,
     /// Generated secrets to store, by key.
     pub generate: Vec<String>,
+    /// Host folders of bind mounts to create (`x-reemo-create`).
+    pub dirs: Vec<crate::swarm::model::HostDir>,
     /// Images to load.
     pub load: Vec<EngineLoad>,
     /// Node labels to set.
@@ -111,6 +115,12 @@ impl HostPlan {
         }
         for k in &self.generate {
             v.push(format!("generate secret {k}"));
+        }
+        for d in &self.dirs {
+            v.push(format!(
+                "create host folder {} (owner {}:{}, mode {:04o}) for service {}",
+                d.path, d.uid, d.gid, d.mode, d.service
+            ));
         }
         for l in &self.load {
             v.push(format!("load {} image(s) into {}", l.images.len(), l.url));
@@ -138,6 +148,7 @@ impl HostPlan {
     pub fn is_empty(&self) -> bool {
         self.import.is_none()
             && self.generate.is_empty()
+            && self.dirs.is_empty()
             && self.load.is_empty()
             && self.labels.is_empty()
             && self.roles.is_empty()
@@ -195,6 +206,12 @@ pub async fn observe(
         present,
         stack: transaction::observe(manager, &desired.stack).await?,
         imported: state.store_entries()?.contains(&desired.bundle.identity),
+        missing_dirs: desired
+            .host_dirs
+            .iter()
+            .filter(|d| !std::path::Path::new(&d.path).exists())
+            .map(|d| d.path.clone())
+            .collect(),
     })
 }
 
@@ -258,12 +275,35 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
     Ok(HostPlan {
         import: (target.bundle.is_some() && !view.imported).then(|| d.bundle.identity.clone()),
         generate: target.new_secrets.keys().cloned().collect(),
+        dirs: d
+            .host_dirs
+            .iter()
+            .filter(|h| view.missing_dirs.contains(&h.path))
+            .cloned()
+            .collect(),
         load,
         labels,
         roles: roles::label_changes(&role_nodes, &view.labels),
         role_nodes,
         swarm: plan::plan(d, &view.stack, target.remove_others),
     })
+}
+
+/// Create a bind mount's host folder and its parents; the folder itself gets the owner and
+/// mode asked for. Names the folder and the service on failure.
+fn create_host_dir(d: &crate::swarm::model::HostDir) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = std::path::Path::new(&d.path);
+    let what = || {
+        format!(
+            "creating host folder {} for service {} (x-reemo-create)",
+            d.path, d.service
+        )
+    };
+    std::fs::create_dir_all(p).with_context(what)?;
+    std::os::unix::fs::chown(p, Some(d.uid), Some(d.gid)).with_context(what)?;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(d.mode)).with_context(what)?;
+    Ok(())
 }
 
 /// The swarm nodes that will hold each desired image once the plan is applied: the nodes
@@ -331,6 +371,13 @@ pub async fn apply(
     fault("import");
     for (k, data) in &target.new_secrets {
         state.put_generated_secret(k, data)?;
+    }
+    for d in &p.dirs {
+        create_host_dir(d)?;
+        host.emit(crate::events::Event::info(format!(
+            "created host folder {} for service {}",
+            d.path, d.service
+        )));
     }
     if !p.load.is_empty() {
         let bundle = target
@@ -466,6 +513,7 @@ mod tests {
             present,
             stack: Observed::default(),
             imported: false,
+            missing_dirs: BTreeSet::new(),
         }
     }
 
@@ -613,5 +661,72 @@ mod tests {
                 && e.ends_with("nothing was changed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn missing_host_folders_are_planned_and_existing_ones_left_alone() {
+        let yaml = "version: \"3.8\"\nservices:\n  mysql:\n    image: img\n    volumes:\n      - type: bind\n        source: /opt/reemo/./mysql\n        target: /var/lib/mysql\n        x-reemo-create: { uid: 999, gid: 999, mode: 488 }\n  backup:\n    image: img\n    volumes:\n      - { type: bind, source: /opt/reemo/mysql, target: /in, x-reemo-create: { uid: 999, gid: 999, mode: 488 } }\n";
+        let d = testkit::desired_yaml("infra", "1.0.0", yaml);
+        assert_eq!(d.host_dirs.len(), 1, "one folder, asked for twice");
+        assert_eq!(d.host_dirs[0].path, "/opt/reemo/mysql");
+        let img = d.images[0].id.clone();
+        let mut v = view_with(&["n1"], &[], vec![BTreeSet::from([img])]);
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        assert!(p.dirs.is_empty(), "the folder exists: nothing to create");
+        v.missing_dirs.insert("/opt/reemo/mysql".into());
+        let p = plan_host(&rollback_target(d), &v).unwrap();
+        assert!(!p.is_empty());
+        assert!(
+            p.lines().contains(
+                &"create host folder /opt/reemo/mysql (owner 999:999, mode 0750) for service backup"
+                    .to_string()
+            ) || p.lines().contains(
+                &"create host folder /opt/reemo/mysql (owner 999:999, mode 0750) for service mysql"
+                    .to_string()
+            ),
+            "{:?}",
+            p.lines()
+        );
+        // two owners for one folder: refused
+        let other = yaml.replacen("uid: 999", "uid: 0", 1);
+        let e = crate::stack::parse(&other, "t.yml")
+            .map_err(anyhow::Error::from)
+            .and_then(|c| crate::swarm::desired::host_dirs(&c))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("different owners or modes"), "{e}");
+    }
+
+    #[test]
+    fn a_host_folder_is_created_with_its_owner_and_mode() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("a/b");
+        let d = crate::swarm::model::HostDir {
+            path: path.display().to_string(),
+            uid: nix_uid(),
+            gid: 0,
+            mode: 0o750,
+            service: "mysql".into(),
+        };
+        create_host_dir(&d).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(m.is_dir());
+        assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+        assert_eq!(m.uid(), nix_uid());
+        // a file in the way: the error names the folder and the service
+        let f = t.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        let d = crate::swarm::model::HostDir {
+            path: f.join("sub").display().to_string(),
+            ..d
+        };
+        let e = format!("{:#}", create_host_dir(&d).unwrap_err());
+        assert!(e.contains("file/sub for service mysql"), "{e}");
+    }
+
+    fn nix_uid() -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self").unwrap().uid()
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 pub use super::model::{
     BundleInfo, DesiredImage, DesiredNetwork, DesiredObject, DesiredService, DesiredStack,
-    ObjectSource,
+    HostDir, ObjectSource,
 };
 use crate::bundle::manifest::BundleManifest;
 pub use crate::hash::sha256_hex;
@@ -291,9 +291,42 @@ pub fn build(
         certificates: vec![],
         site: BTreeMap::new(),
         node_roles: role_nodes,
+        host_dirs: host_dirs(compose)?,
     };
     d.prune();
     Ok(d)
+}
+
+/// The bind mounts' host folders to create when missing (`x-reemo-create`), one per path.
+pub(crate) fn host_dirs(compose: &ComposeFile) -> Result<Vec<HostDir>> {
+    let mut out: Vec<HostDir> = Vec::new();
+    for (name, s) in &compose.services {
+        for v in &s.volumes {
+            let v = v.long()?;
+            let (Some(c), Some(path)) = (&v.create, &v.source) else {
+                continue;
+            };
+            let d = HostDir {
+                path: crate::fsutil::normalize(std::path::Path::new(path))
+                    .display()
+                    .to_string(),
+                uid: c.uid,
+                gid: c.gid,
+                mode: c.mode,
+                service: name.clone(),
+            };
+            match out.iter().find(|o| o.path == d.path) {
+                Some(o) if (o.uid, o.gid, o.mode) != (d.uid, d.gid, d.mode) => bail!(
+                    "services {} and {name} ask x-reemo-create for {} with different owners or modes",
+                    o.service,
+                    d.path
+                ),
+                Some(_) => {}
+                None => out.push(d),
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `--only`: the named services from `new`, every other service as in `previous`.

@@ -166,6 +166,24 @@ pub struct DesiredStack {
     /// addresses, resolved against the swarm's nodes when the host is planned.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_roles: BTreeMap<String, Vec<String>>,
+    /// Host folders of bind mounts that the loader creates when missing (`x-reemo-create`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_dirs: Vec<HostDir>,
+}
+
+/// A bind mount's host folder to create when missing (`x-reemo-create`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDir {
+    /// Absolute path on the host.
+    pub path: String,
+    /// Owner user id.
+    pub uid: u32,
+    /// Owner group id.
+    pub gid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// The service that mounts it.
+    pub service: String,
 }
 
 impl DesiredStack {

@@ -226,6 +226,7 @@ pub fn revert(attempted: &[Step], previous: Option<&DesiredStack>, observed: &Ob
         certificates: vec![],
         site: BTreeMap::new(),
         node_roles: BTreeMap::new(),
+        host_dirs: vec![],
     });
     let touched: BTreeSet<&str> = attempted.iter().filter_map(Step::touched_service).collect();
     target
@@ -323,6 +324,7 @@ mod tests {
             certificates: vec![],
             site: BTreeMap::new(),
             node_roles: BTreeMap::new(),
+            host_dirs: vec![],
         }
     }
 

@@ -282,7 +282,10 @@ pub fn service_spec(i: &ServiceInput<'_>) -> Result<Value> {
                 .find(|n| &n.key == key)
                 .map(|n| n.name.clone())
                 .unwrap_or_else(|| format!("{stack}_{key}"));
-            json!({"Target": target, "Aliases": [i.name]})
+            let aliases: Vec<&str> = std::iter::once(i.name)
+                .chain(s.aliases.iter().map(String::as_str))
+                .collect();
+            json!({"Target": target, "Aliases": aliases})
         })
         .collect();
     task.insert("Networks".into(), Value::Array(nets));
