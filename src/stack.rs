@@ -28,6 +28,14 @@
 //!   secret parameter: masked in plans, status and logs, never in a service spec); when the
 //!   value is empty, the secret's `x-reemo-generate` makes it on the host, and without one
 //!   the activation is refused. Plain `docker stack deploy` expects the operator to create it.
+//!   With `x-reemo-split: ","` the content is the value's items, one per line (a list
+//!   parameter as a pattern file, such as haproxy's `acl … src -f FILE`).
+//! - `x-reemo-aliases: [NAME, …]` on a service: more DNS names for its tasks on its
+//!   networks; services sharing an alias are found together (the entry proxy reaches
+//!   signal1 … signalN as `signals`). Plain `docker stack deploy` does not know it (compose's
+//!   own `networks: {default: {aliases: […]}}` form is not parsed).
+//! - `x-reemo-create: {uid, gid, mode}` on a bind mount: the loader creates the host folder
+//!   when it is missing, on the host it runs on, before deploying (MariaDB's data folder).
 //! - `x-reemo-overlay: false` on a service: the service joins no overlay network (not even
 //!   `<stack>_default`); its tasks use the node's default bridge and are reached only through
 //!   `mode: host` published ports. Swarm stops such a task without the 2 s pause it takes for
@@ -728,6 +736,14 @@ pub struct SecretDef {
         skip_serializing_if = "Option::is_none"
     )]
     pub value: Option<String>,
+    /// With `x-reemo-value`: a separator; the secret's content is then the value's items,
+    /// one per line (a list parameter as a pattern file, e.g. haproxy's `src -f`).
+    #[serde(
+        rename = "x-reemo-split",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub split: Option<String>,
     /// A part of a certificate of `x-reemo-certificates`: `NAME.cert`, `NAME.key`,
     /// `NAME.chain` or `NAME.pem` (extension; with `external: true`).
     #[serde(
@@ -739,6 +755,21 @@ pub struct SecretDef {
 }
 
 impl SecretDef {
+    /// The content a site value gives this secret (`x-reemo-value`, split into lines by
+    /// `x-reemo-split` when it has one).
+    pub fn value_content(&self, value: &str) -> Vec<u8> {
+        match self.split.as_deref().filter(|s| !s.is_empty()) {
+            None => value.as_bytes().to_vec(),
+            Some(sep) => value
+                .split(sep)
+                .map(str::trim)
+                .filter(|i| !i.is_empty())
+                .flat_map(|i| [i, "\n"])
+                .collect::<String>()
+                .into_bytes(),
+        }
+    }
+
     /// The certificate name and part of `x-reemo-certificate`.
     pub fn certificate_part(&self) -> Option<(String, Option<crate::pki::Part>)> {
         let c = self.certificate.as_deref()?;
@@ -1166,6 +1197,9 @@ fn check_secret(name: &str, def: &SecretDef) -> Result<()> {
             bail!("secret {name}: `x-reemo-certificate` needs `external: true` and neither `file:` nor `x-reemo-generate`");
         }
         return Ok(());
+    }
+    if def.split.is_some() && def.value.is_none() {
+        bail!("secret {name}: `x-reemo-split` needs `x-reemo-value`");
     }
     if def.value.is_some() && (def.file.is_some() || def.external != Some(true)) {
         bail!("secret {name}: `x-reemo-value` needs `external: true` and no `file:`");
@@ -1732,5 +1766,30 @@ services:
             let e = format!("{:#}", parse(&edit, "t.yml").unwrap_err());
             assert!(e.contains(want) && e.contains("signal"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_split_value_becomes_one_item_per_line() {
+        let text = "version: \"3.8\"\nservices:\n  a:\n    image: x\n    secrets: [allow]\nsecrets:\n  allow:\n    external: true\n    x-reemo-value: \"10.1.1.1, 10.2.2.0/24,\"\n    x-reemo-split: \",\"\n";
+        let f = parse(text, "t.yml").unwrap();
+        let d = &f.secrets["allow"];
+        assert_eq!(
+            d.value_content(d.value.as_deref().unwrap()),
+            b"10.1.1.1\n10.2.2.0/24\n"
+        );
+        let plain = SecretDef {
+            split: None,
+            ..d.clone()
+        };
+        assert_eq!(plain.value_content("a,b"), b"a,b");
+        let e = parse(
+            &text.replace("    x-reemo-value: \"10.1.1.1, 10.2.2.0/24,\"\n", ""),
+            "t.yml",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("secret allow: `x-reemo-split` needs `x-reemo-value`"),
+            "{e:#}"
+        );
     }
 }

@@ -104,13 +104,24 @@ fn recipes_of(target: &Path) -> Result<Vec<Recipe>> {
         .collect();
     names.sort();
     names.dedup();
+    // and the image recipes they take as their base, transitively
     let mut out = Vec::new();
-    for n in names {
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(n) = names.pop() {
+        if !seen.insert(n.clone()) {
+            continue;
+        }
         let r = Recipe::load(&find(&n)?)?;
-        if matches!(&r.kind, RecipeKind::Image(i) if i.debian.is_some()) {
-            out.push(r);
+        if let RecipeKind::Image(i) = &r.kind {
+            if let Some(b) = &i.base {
+                names.push(b.get_ref().clone());
+            }
+            if i.debian.is_some() {
+                out.push(r);
+            }
         }
     }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 

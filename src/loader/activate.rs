@@ -281,7 +281,7 @@ fn secret_values(
             }
             continue;
         }
-        let data = v.as_bytes().to_vec();
+        let data = def.value_content(v);
         if !dry_run {
             state.put_secret_value(&crate::hash::sha256_hex(&data), &data)?;
         }
