@@ -36,7 +36,9 @@ impl ParamType {
             ParamType::String => "a single line of text",
             ParamType::Hostname => "a host name (letters, digits, '-', dots) or an IP address",
             ParamType::Ip => "an IPv4 or IPv6 address",
-            ParamType::CidrList => "comma-separated CIDR ranges such as 10.0.0.0/8,192.168.1.0/24",
+            ParamType::CidrList => {
+                "comma-separated addresses or CIDR ranges such as 10.1.1.1,192.168.1.0/24"
+            }
             ParamType::Port => "a port number from 1 to 65535",
             ParamType::Integer => "an integer",
             ParamType::Boolean => "true or false",
@@ -73,7 +75,7 @@ impl ParamType {
                         Some(c) => out.push(c),
                         None => {
                             return Err(format!(
-                                "{part:?} is not a CIDR range; expected {}",
+                                "{part:?} is not an address or a CIDR range; expected {}",
                                 self.expected()
                             ))
                         }
@@ -110,11 +112,16 @@ fn is_hostname(s: &str) -> bool {
         })
 }
 
-/// Canonical `addr/len` of a CIDR range (the address masked), or None.
+/// Canonical `addr/len` of a CIDR range (the address masked), or None. A bare address is
+/// the range of that address alone (seed 001 writes `10.1.1.1,10.2.2.0/24`).
 fn cidr(s: &str) -> Option<String> {
-    let (addr, len) = s.split_once('/')?;
-    let addr: IpAddr = addr.parse().ok()?;
-    let len: u8 = len.parse().ok()?;
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+        None => {
+            let a: IpAddr = s.parse().ok()?;
+            (a, if a.is_ipv4() { 32 } else { 128 })
+        }
+    };
     match addr {
         IpAddr::V4(a) if len <= 32 => {
             let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
@@ -628,6 +635,8 @@ mod tests {
                 "10.1.2.3/8, 192.168.1.0/24",
                 "10.0.0.0/8,192.168.1.0/24",
             ),
+            (CidrList, "10.1.1.1,10.2.2.0/24", "10.1.1.1/32,10.2.2.0/24"),
+            (CidrList, "fd00::1", "fd00::1/128"),
             (Port, "8443", "8443"),
             (Integer, "-3", "-3"),
             (Boolean, "true", "true"),
@@ -642,7 +651,7 @@ mod tests {
             (Hostname, "a b"),
             (Ip, "300.1.1.1"),
             (CidrList, "10.0.0.0/33"),
-            (CidrList, "10.0.0.0"),
+            (CidrList, "10.0.0.300"),
             (Port, "0"),
             (Port, "70000"),
             (Integer, "1.5"),
@@ -659,7 +668,7 @@ mod tests {
         );
         assert_eq!(
             CidrList.check("10.0.0.0/8,nope").unwrap_err(),
-            "\"nope\" is not a CIDR range; expected comma-separated CIDR ranges such as 10.0.0.0/8,192.168.1.0/24"
+            "\"nope\" is not an address or a CIDR range; expected comma-separated addresses or CIDR ranges such as 10.1.1.1,192.168.1.0/24"
         );
     }
 

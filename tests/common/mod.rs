@@ -656,10 +656,16 @@ pub fn openssl_self_signed(
 
 /// Fetch the .debs the shipped haproxy recipe's lock names into the shared test store.
 pub fn fetch_haproxy() {
+    fetch_debian(&repo_root().join("recipes/haproxy.toml"));
+}
+
+/// `reemo-bundle fetch TARGET` into the shared store: the `.deb`s of a Debian image recipe,
+/// or of every Debian image a definition uses.
+pub fn fetch_debian(target: &std::path::Path) {
     run_ok(
         Command::new(bin())
             .arg("fetch")
-            .arg(repo_root().join("recipes/haproxy.toml"))
+            .arg(target)
             .arg("--store")
             .arg(shared_store()),
     );
