@@ -1747,7 +1747,10 @@ services:
         );
         for (edit, want) in [
             (
-                base.replace("type: bind, source: /opt/reemo", "type: bind, source: ./rel"),
+                base.replace(
+                    "type: bind, source: /opt/reemo",
+                    "type: bind, source: ./rel",
+                ),
                 "x-reemo-create needs `type: bind` with an absolute source folder",
             ),
             (
@@ -1758,10 +1761,7 @@ services:
                 base.replace("[signals]", "[signal]"),
                 "x-reemo-aliases: \"signal\" is the name of a service",
             ),
-            (
-                base.replace("[signals]", "[\"a b\"]"),
-                "alias name \"a b\"",
-            ),
+            (base.replace("[signals]", "[\"a b\"]"), "alias name \"a b\""),
         ] {
             let e = format!("{:#}", parse(&edit, "t.yml").unwrap_err());
             assert!(e.contains(want) && e.contains("signal"), "{e}");

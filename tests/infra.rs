@@ -15,6 +15,7 @@
 //! - a new db image runs the migration job again;
 //! - `PORTAL_URL_RESTRICT_IP` is enforced for clients in network namespaces (403 outside
 //!   the list, the signals' port untouched); `--dry-run` warns when mysql would restart.
+//!
 //! Needs Docker, a swarm manager, curl, iproute2 and the Debian archive (MariaDB, haproxy).
 
 mod common;
@@ -106,7 +107,8 @@ impl Infra {
             }
             None => Command::new("curl"),
         };
-        c.args(["-sS", "--max-time", "10", "--cacert"]).arg(self.ca());
+        c.args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(self.ca());
         if let Some((_, via)) = ns {
             c.arg("--resolve").arg(format!("localhost:{port}:{via}"));
         }
@@ -304,15 +306,24 @@ fn the_infra_appliance_on_one_node() {
     assert_nothing_deployed("no licence");
     for (bad, named) in [
         ("--set=SIGNALS=two", "SIGNALS"),
-        ("--set=PORTAL_URL_RESTRICT_IP=10.1.1.1,10.2.2.300/24", "PORTAL_URL_RESTRICT_IP"),
+        (
+            "--set=PORTAL_URL_RESTRICT_IP=10.1.1.1,10.2.2.300/24",
+            "PORTAL_URL_RESTRICT_IP",
+        ),
         ("--set=HTTPS_PORT=70000", "HTTPS_PORT"),
         ("--set=NO_SUCH_VALUE=1", "NO_SUCH_VALUE"),
     ] {
         let e = infra.activate_fails(&v1, &[license, bad]);
-        assert!(e.contains(named) && e.contains("nothing was changed"), "{bad}: {e}");
+        assert!(
+            e.contains(named) && e.contains("nothing was changed"),
+            "{bad}: {e}"
+        );
     }
     assert_nothing_deployed("bad values");
-    assert!(!infra.data_dir().exists(), "a refused activation created the data folder");
+    assert!(
+        !infra.data_dir().exists(),
+        "a refused activation created the data folder"
+    );
 
     // --- the plan of a first install: the data folder, then the seed's order
     let plan = infra.activate_ok(&v1, &[license, "--dry-run"]);
@@ -329,8 +340,10 @@ fn the_infra_appliance_on_one_node() {
             .unwrap_or_else(|| panic!("{what:?} not in the plan:\n{plan}"))
     };
     assert!(
-        pos("phase 0: create service infra-e2e_mysql") < pos("phase 1: create service infra-e2e_db")
-            && pos("phase 1: create service infra-e2e_db") < pos("phase 2: create service infra-e2e_api")
+        pos("phase 0: create service infra-e2e_mysql")
+            < pos("phase 1: create service infra-e2e_db")
+            && pos("phase 1: create service infra-e2e_db")
+                < pos("phase 2: create service infra-e2e_api")
             && pos("phase 2: create service infra-e2e_api")
                 < pos("phase 3: create service infra-e2e_signal2")
             && pos("phase 3: create service infra-e2e_signal2")
@@ -375,7 +388,10 @@ fn the_infra_appliance_on_one_node() {
     assert_eq!(h["status"], "OK", "{h}");
     assert_eq!(h["version"], "2.14.4-standin", "{h}");
     assert_eq!(h["services"]["api"]["version"], "2.15.2-standin", "{h}");
-    assert_eq!(h["services"]["api"]["services"]["db"]["status"], "OK", "{h}");
+    assert_eq!(
+        h["services"]["api"]["services"]["db"]["status"], "OK",
+        "{h}"
+    );
     let (code, body) = infra.get(infra.signal, None);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("2.6.0-standin"), "{body}");
@@ -398,7 +414,10 @@ fn the_infra_appliance_on_one_node() {
         .arg(format!("https://localhost:{https}/api/healthcheck"))
         .output()
         .unwrap();
-    assert!(!o.status.success(), "curl trusted the entry without the site CA");
+    assert!(
+        !o.status.success(),
+        "curl trusted the entry without the site CA"
+    );
 
     // rows written before the updates
     sql("CREATE DATABASE IF NOT EXISTS reemo; CREATE TABLE IF NOT EXISTS reemo.t (v VARCHAR(64)); INSERT INTO reemo.t VALUES ('written-before-the-updates')");
@@ -444,7 +463,10 @@ fn the_infra_appliance_on_one_node() {
     );
     // the seed's order: the portal alone may not go first while the api changes too
     let e = infra.activate_fails(&v3, &["--only", "portal", "--dry-run"]);
-    assert!(e.contains("api") && e.contains("nothing was changed"), "{e}");
+    assert!(
+        e.contains("api") && e.contains("nothing was changed"),
+        "{e}"
+    );
     let e = infra.activate_fails(&v3, &[]);
     assert!(e.contains("portal"), "{e}");
     let h = infra.portal_health();
@@ -466,7 +488,10 @@ fn the_infra_appliance_on_one_node() {
     );
     let out = infra.activate_ok(&v4, &[]);
     assert!(out.contains("restarts: db\n"), "{out}");
-    assert!(tasks("db", true).len() > db_tasks.len(), "the db job did not run");
+    assert!(
+        tasks("db", true).len() > db_tasks.len(),
+        "the db job did not run"
+    );
     assert_eq!(rows().trim(), "written-before-the-updates");
 
     // --- PORTAL_URL_RESTRICT_IP, from two client hosts
@@ -474,7 +499,10 @@ fn the_infra_appliance_on_one_node() {
     let (ns_b, via_b) = infra.client(62);
     let (code, _) = infra.get(https, Some((&ns_b, &via_b)));
     assert_eq!(code, 200, "every address may reach the portal by default");
-    let out = infra.activate_ok(&v4, &["--set", "PORTAL_URL_RESTRICT_IP=10.231.61.0/24,10.9.9.9"]);
+    let out = infra.activate_ok(
+        &v4,
+        &["--set", "PORTAL_URL_RESTRICT_IP=10.231.61.0/24,10.9.9.9"],
+    );
     assert!(out.contains("restarts: entry\n"), "{out}");
     let mut allowed = (0, String::new());
     for _ in 0..40 {

@@ -690,7 +690,6 @@ mod tests {
         // two owners for one folder: refused
         let other = yaml.replacen("uid: 999", "uid: 0", 1);
         let e = crate::stack::parse(&other, "t.yml")
-            .map_err(anyhow::Error::from)
             .and_then(|c| crate::swarm::desired::host_dirs(&c))
             .unwrap_err()
             .to_string();

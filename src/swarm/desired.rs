@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 pub use super::model::{
-    BundleInfo, DesiredImage, DesiredNetwork, DesiredObject, DesiredService, DesiredStack,
-    HostDir, ObjectSource,
+    BundleInfo, DesiredImage, DesiredNetwork, DesiredObject, DesiredService, DesiredStack, HostDir,
+    ObjectSource,
 };
 use crate::bundle::manifest::BundleManifest;
 pub use crate::hash::sha256_hex;
