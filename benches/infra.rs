@@ -7,7 +7,8 @@
 //!    `docker stack deploy`, until the same checks pass — with what the loader does by
 //!    itself done by hand beforehand and not timed (certificates made with openssl, secrets
 //!    and the CA config created, the data folder made, the signals written out as
-//!    signal1…N with their alias, the loader's `x-reemo-*` keys taken out);
+//!    signal1…N with their alias, the db job as a task that is not restarted — Docker
+//!    20.10's `stack deploy` knows no jobs —, the loader's `x-reemo-*` keys taken out);
 //! 3. re-activating the current bundle (nothing to do), wall time.
 //!
 //! Three rounds each; prints the medians and the ratio. Run on an otherwise idle machine.
@@ -19,6 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::nodes::openssl;
 use common::*;
 
 const STACK: &str = "ibench";
@@ -54,18 +56,19 @@ fn health(port: u16, ca: &Path) -> Option<u16> {
     String::from_utf8_lossy(&o.stdout).trim().parse().ok()
 }
 
-/// Whether every service of `stack` has its replicas (a job: completed).
+/// Whether every service of `stack` has its replicas (a job: completed; the baseline's db
+/// service, which Docker 20.10's `stack deploy` cannot make a job, has a completed task).
 fn converged(stack: &str) -> bool {
     let o = docker()
         .args(["service", "ls", "--filter"])
         .arg(format!("label=com.docker.stack.namespace={stack}"))
-        .args(["--format", "{{.Replicas}}"])
+        .args(["--format", "{{.Name}} {{.Replicas}}"])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     !out.trim().is_empty()
-        && out.lines().all(|r| {
-            let r = r.trim();
+        && out.lines().all(|l| {
+            let (name, r) = l.trim().split_once(' ').unwrap_or((l, ""));
             if let Some(done) = r.split_once('(').map(|(_, d)| d) {
                 if done.contains("completed") {
                     let d = done.trim_end_matches(" completed)");
@@ -73,7 +76,19 @@ fn converged(stack: &str) -> bool {
                 }
             }
             let n = r.split_whitespace().next().unwrap_or("");
-            n.split_once('/').is_some_and(|(a, b)| a == b && a != "0")
+            match n.split_once('/') {
+                Some((a, b)) if a == b && a != "0" => true,
+                Some(("0", _)) => {
+                    let o = docker()
+                        .args(["service", "ps", name, "--format", "{{.CurrentState}}"])
+                        .output()
+                        .unwrap();
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .any(|s| s.starts_with("Complete"))
+                }
+                _ => false,
+            }
         })
 }
 
@@ -93,19 +108,6 @@ fn wait_serving(stack: &str, https: u16, signal: u16, ca: &Path, since: Instant)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let o = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
 }
 
 /// The baseline's PKI, made by hand as an operator without the loader would: a CA, and per
@@ -201,21 +203,6 @@ fn plain_compose(
     Vec<(String, Vec<String>)>,
 ) {
     use serde_yaml::{Mapping, Value as Y};
-    fn number(v: &mut Y, n: u64) {
-        match v {
-            Y::String(s) => *s = s.replace("{n}", &n.to_string()),
-            Y::Sequence(items) => items.iter_mut().for_each(|i| number(i, n)),
-            Y::Mapping(m) => {
-                let old = std::mem::take(m);
-                for (mut k, mut val) in old {
-                    number(&mut k, n);
-                    number(&mut val, n);
-                    m.insert(k, val);
-                }
-            }
-            _ => {}
-        }
-    }
     fn strip(v: &mut Y) {
         match v {
             Y::Mapping(m) => {
@@ -268,11 +255,20 @@ fn plain_compose(
                 .unwrap(),
             );
         }
+        // Docker 20.10's `stack deploy` knows no jobs: a task that is not restarted
+        if svc["deploy"]["mode"].as_str() == Some("replicated-job") {
+            let d = svc["deploy"].as_mapping_mut().unwrap();
+            d.insert("mode".into(), "replicated".into());
+            d.insert(
+                "restart_policy".into(),
+                serde_yaml::from_str::<Y>("{condition: none}").unwrap(),
+            );
+        }
         match svc.get("x-reemo-repeat").and_then(Y::as_u64) {
             Some(count) => {
                 for n in 1..=count {
                     let mut copy = svc.clone();
-                    number(&mut copy, n);
+                    reemo_bundle::stack::number_copy(&mut copy, n);
                     out.insert(format!("{}{n}", name.as_str().unwrap()).into(), copy);
                 }
             }
@@ -311,15 +307,7 @@ fn main() {
         ("API_LICENSE", license.to_string()),
     ];
 
-    let unpacked = work.join("unpacked");
-    std::fs::create_dir_all(&unpacked).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&bundle)
-            .arg("-C")
-            .arg(&unpacked),
-    );
+    let (unpacked, archive) = unpack_for_docker_load(&bundle, work);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(unpacked.join("bundle.json")).unwrap()).unwrap();
     let ids: Vec<String> = manifest["images"]
@@ -333,16 +321,6 @@ fn main() {
             let _ = docker().args(["image", "rm", "-f", id]).output();
         }
     };
-    // the baseline loads one archive of the same images (what `docker save` would give)
-    let archive = work.join("images.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(unpacked.join("oci"))
-            .arg("."),
-    );
 
     // 1 + 3: ours, cold, then the no-op
     let mut ours = Vec::new();
@@ -383,7 +361,7 @@ fn main() {
     // 2: the baseline
     let stack_text =
         std::fs::read_to_string(unpacked.join(manifest["stack_file"].as_str().unwrap())).unwrap();
-    let mut env: Vec<(String, String)> = manifest["parameters"]
+    let mut env: std::collections::BTreeMap<String, String> = manifest["parameters"]
         .as_array()
         .unwrap()
         .iter()
@@ -398,7 +376,7 @@ fn main() {
     let mut rendered = stack_text.clone();
     // DB_DATA_DIR stays for `docker stack deploy` to fill from the environment (a folder
     // per round)
-    for (k, v) in env.iter().filter(|(k, _)| k != "DB_DATA_DIR") {
+    for (k, v) in env.iter().filter(|(k, _)| *k != "DB_DATA_DIR") {
         rendered = rendered.replace(&format!("${{{k}}}"), v);
     }
     let (plain, secrets, certs) = plain_compose(&rendered);

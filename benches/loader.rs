@@ -154,25 +154,7 @@ fn main() {
         .unwrap()
         .to_string();
     let default_stack = manifest["stack"].as_str().unwrap().to_string();
-    let unpacked = work.join("unpacked");
-    std::fs::create_dir_all(&unpacked).unwrap();
-    run_ok(
-        Command::new("tar")
-            .arg("-xf")
-            .arg(&bundle)
-            .arg("-C")
-            .arg(&unpacked),
-    );
-    // the baseline loads a docker-archive of the same image (what `docker save` would give)
-    let archive = work.join("image.tar");
-    run_ok(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(&archive)
-            .arg("-C")
-            .arg(unpacked.join("oci"))
-            .arg("."),
-    );
+    let (unpacked, archive) = unpack_for_docker_load(&bundle, work);
     // the same bundle with the relay on the stack's overlay network, as `docker stack deploy`
     // runs it (it ignores `x-reemo-overlay`)
     let overlay = build_relay_variant_with(

@@ -986,23 +986,27 @@ const MAX_REPEAT: u64 = 99;
 /// `x-reemo-repeat: N` on service NAME: N services NAME1 … NAMEN in its place, each a copy
 /// with `{n}` in every string (keys and values) replaced by its number, and tagged NAME (so
 /// that `--only NAME` names them all). Seed 001's signals: signal1, signal2, …
+/// Replace `{n}` with `n` in every string of `v`, keys and values (one copy of an
+/// `x-reemo-repeat` service).
+pub fn number_copy(v: &mut serde_yaml::Value, n: u64) {
+    use serde_yaml::Value as Y;
+    match v {
+        Y::String(s) => *s = s.replace("{n}", &n.to_string()),
+        Y::Sequence(items) => items.iter_mut().for_each(|i| number_copy(i, n)),
+        Y::Mapping(m) => {
+            let old = std::mem::take(m);
+            for (mut k, mut val) in old {
+                number_copy(&mut k, n);
+                number_copy(&mut val, n);
+                m.insert(k, val);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn expand_repeats(v: &mut serde_yaml::Value) -> Result<()> {
     use serde_yaml::Value as Y;
-    fn number(v: &mut Y, n: u64) {
-        match v {
-            Y::String(s) => *s = s.replace("{n}", &n.to_string()),
-            Y::Sequence(items) => items.iter_mut().for_each(|i| number(i, n)),
-            Y::Mapping(m) => {
-                let old = std::mem::take(m);
-                for (mut k, mut val) in old {
-                    number(&mut k, n);
-                    number(&mut val, n);
-                    m.insert(k, val);
-                }
-            }
-            _ => {}
-        }
-    }
     let Some(services) = v.get_mut("services").and_then(Y::as_mapping_mut) else {
         return Ok(());
     };
@@ -1040,7 +1044,7 @@ fn expand_repeats(v: &mut serde_yaml::Value) -> Result<()> {
                 bail!("service {name}: {REPEAT_KEY} makes {copy}, which the stack already has");
             }
             let mut c = svc.clone();
-            number(&mut c, i);
+            number_copy(&mut c, i);
             services.insert(Y::String(copy), c);
         }
     }

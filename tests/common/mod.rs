@@ -670,3 +670,30 @@ pub fn fetch_debian(target: &std::path::Path) {
             .arg(shared_store()),
     );
 }
+
+/// Benchmarks' baselines: `bundle` unpacked into `work/unpacked`, and its images as one
+/// archive `docker load` takes (what `docker save` would give): (unpacked folder, archive).
+pub fn unpack_for_docker_load(
+    bundle: &std::path::Path,
+    work: &std::path::Path,
+) -> (PathBuf, PathBuf) {
+    let unpacked = work.join("unpacked");
+    std::fs::create_dir_all(&unpacked).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(&unpacked),
+    );
+    let archive = work.join("images.tar");
+    run_ok(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(unpacked.join("oci"))
+            .arg("."),
+    );
+    (unpacked, archive)
+}

@@ -581,7 +581,8 @@ fn free_subnet(seed: u32) -> u32 {
         .expect("no free /24 for the test bridge")
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Run `openssl ARGS` in `dir`; panics with its stderr when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let o = Command::new("openssl")
         .current_dir(dir)
         .args(args)
