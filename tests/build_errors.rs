@@ -1,6 +1,7 @@
 //! Bad recipes are rejected with the file and line at fault, and nothing is written:
 //! malformed TOML, unknown field, missing input file, fixed-output hash mismatch, dependency
-//! cycle, layer destination escaping the image root. No Docker needed.
+//! cycle, layer destination escaping the image root, a base that is not an image. And an
+//! image recipe on another image recipe. No Docker needed.
 
 mod common;
 
@@ -177,4 +178,118 @@ fn private_key_in_a_config_is_refused_unless_allowed() {
     });
     let (ok, err) = build(&def, &d.path().join("store"), &d.path().join("out"));
     assert!(ok, "{err}");
+}
+
+/// An image recipe may take another image recipe as its base: its layers are the base's
+/// (the same blobs), its config the base's with the recipe's additions; a base and nothing
+/// added is the base image itself (same config digest). Another kind of base (a plain fixed
+/// file) is refused, naming it.
+#[test]
+fn an_image_recipe_as_the_base_of_another() {
+    let d = tempfile::tempdir().unwrap();
+    let def = common::write_tiny_appliance(d.path(), "1.0.0", "hello");
+    let recipes = d.path().join("recipes");
+    std::fs::write(
+        recipes.join("tiny-derived.toml"),
+        "kind = \"image\"\nrepository = \"reemo-test/derived\"\nversion = \"2.0.0\"\nbase = \"tiny-image\"\n\n[config]\nenv = { ROLE = \"api\" }\n",
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("tiny-same.toml"),
+        "kind = \"image\"\nrepository = \"reemo-test/same\"\nversion = \"1.0.0\"\nbase = \"tiny-image\"\n",
+    )
+    .unwrap();
+    edit_file(d.path(), "recipes/tiny-stack.yml", |t| {
+        t.replace(
+            "services:\n",
+            "services:\n  derived:\n    image: ${image:tiny-derived}\n  same:\n    image: ${image:tiny-same}\n",
+        )
+    });
+    let out = d.path().join("out");
+    let (ok, err) = build(&def, &d.path().join("store"), &out);
+    assert!(ok, "{err}");
+    let bundle = std::fs::read_dir(&out)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let o = Command::new(common::bin())
+        .args(["inspect", "--json"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let image = |repo: &str| {
+        m["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["repository"] == repo)
+            .unwrap_or_else(|| panic!("no image {repo}: {m}"))
+            .clone()
+    };
+    let (base, derived, same) = (
+        image("reemo-test/tiny"),
+        image("reemo-test/derived"),
+        image("reemo-test/same"),
+    );
+    let digests = |i: &serde_json::Value| -> Vec<String> {
+        i["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        digests(&derived),
+        digests(&base),
+        "the base's layers, as they are"
+    );
+    assert_ne!(derived["config_digest"], base["config_digest"]);
+    assert_eq!(
+        same["config_digest"], base["config_digest"],
+        "nothing added: the base itself"
+    );
+    // the derived config keeps the base's settings and adds its own
+    let blob = |digest: &str| -> serde_json::Value {
+        let name = format!("oci/blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+        let o = Command::new("tar")
+            .arg("-xOf")
+            .arg(&bundle)
+            .arg(&name)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let cfg = blob(derived["config_digest"].as_str().unwrap());
+    let env: Vec<&str> = cfg["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        env.contains(&"TINY=1") && env.contains(&"ROLE=api"),
+        "{env:?}"
+    );
+    assert_eq!(cfg["config"]["Entrypoint"][0], "/bin/busybox", "{cfg}");
+    // a plain file is no base
+    expect_error(
+        |d| {
+            std::fs::write(
+                d.join("recipes/tiny-bad.toml"),
+                "kind = \"image\"\nrepository = \"reemo-test/bad\"\nversion = \"1.0.0\"\nbase = \"busybox\"\n",
+            )
+            .unwrap();
+            edit_file(d, "recipes/tiny-stack.yml", |t| {
+                t.replace("services:\n", "services:\n  bad:\n    image: ${image:tiny-bad}\n")
+            });
+        },
+        &[
+            "tiny-bad.toml:4:",
+            "base \"busybox\" must be an image recipe or a fixed recipe with format = \"docker-archive\"",
+        ],
+    );
 }
