@@ -20,7 +20,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::nodes::openssl;
+use common::nodes::{make_ca, make_cert};
 use common::*;
 
 const STACK: &str = "ibench";
@@ -110,41 +110,14 @@ fn wait_serving(stack: &str, https: u16, signal: u16, ca: &Path, since: Instant)
     }
 }
 
-/// The baseline's PKI, made by hand as an operator without the loader would: a CA, and per
-/// certificate of the stack a key, a certificate, its chain and a PEM bundle.
+/// The baseline's PKI, made by hand as an operator without the loader would: a CA
+/// (`bench-ca.pem`), and per certificate of the stack a key, a certificate, its chain and
+/// a PEM bundle (`NAME.key`, `NAME.cert`, `NAME.chain`, `NAME.pem`).
 fn make_pki(dir: &Path, certs: &[(String, Vec<String>)]) {
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(
-        dir.join("min.cnf"),
-        "[req]\ndistinguished_name=dn\nprompt=no\n[dn]\nCN=x\n",
-    )
-    .unwrap();
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    let mut args = vec!["req", "-config", "min.cnf", "-x509"];
-    args.extend(ec);
-    args.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=bench-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &args);
-    let ca = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
-    for (name, sans) in certs {
+    make_ca(dir, "bench");
+    let ca = std::fs::read_to_string(dir.join("bench-ca.pem")).unwrap();
+    for (serial, (name, sans)) in (1..).zip(certs) {
         let san = sans
             .iter()
             .map(|s| {
@@ -156,34 +129,14 @@ fn make_pki(dir: &Path, certs: &[(String, Vec<String>)]) {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let (key, cert) = (format!("{name}.key"), format!("{name}.cert"));
-        let subj = format!("/CN={name}");
-        let san = format!("subjectAltName={san}");
-        let mut args = vec!["req", "-config", "min.cnf", "-x509"];
-        args.extend(ec);
-        args.extend([
-            "-keyout",
-            &key,
-            "-out",
-            &cert,
-            "-days",
-            "2",
-            "-subj",
-            &subj,
-            "-addext",
-            &san,
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-addext",
-            "extendedKeyUsage=serverAuth,clientAuth",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-        ]);
-        openssl(dir, &args);
-        let c = std::fs::read_to_string(dir.join(&cert)).unwrap();
-        let k = std::fs::read_to_string(dir.join(&key)).unwrap();
+        let ext = format!(
+            "subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n"
+        );
+        make_cert(dir, "bench", name, name, &ext, serial);
+        let c = std::fs::read_to_string(dir.join(format!("{name}-cert.pem"))).unwrap();
+        let k = std::fs::read_to_string(dir.join(format!("{name}-key.pem"))).unwrap();
+        std::fs::write(dir.join(format!("{name}.key")), &k).unwrap();
+        std::fs::write(dir.join(format!("{name}.cert")), &c).unwrap();
         std::fs::write(dir.join(format!("{name}.chain")), format!("{c}{ca}")).unwrap();
         std::fs::write(dir.join(format!("{name}.pem")), format!("{c}{ca}{k}")).unwrap();
     }
@@ -413,7 +366,7 @@ fn main() {
         run_ok(
             docker()
                 .args(["config", "create", "site_ca"])
-                .arg(pki.join("ca.pem")),
+                .arg(pki.join("bench-ca.pem")),
         );
         let t = Instant::now();
         run_ok(docker().arg("load").arg("-i").arg(&archive));
@@ -424,7 +377,7 @@ fn main() {
                 .arg(STACK)
                 .env("DB_DATA_DIR", data.display().to_string()),
         );
-        let served = wait_serving(STACK, https, signal, &pki.join("ca.pem"), t);
+        let served = wait_serving(STACK, https, signal, &pki.join("bench-ca.pem"), t);
         base.push(served - t);
         assert!(try_remove_stack(STACK));
         for (key, _) in &secrets {

@@ -214,56 +214,29 @@ fn an_image_recipe_as_the_base_of_another() {
         .unwrap()
         .unwrap()
         .path();
-    let o = Command::new(common::bin())
-        .args(["inspect", "--json"])
-        .arg(&bundle)
-        .output()
-        .unwrap();
-    let m: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let image = |repo: &str| {
-        m["images"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["repository"] == repo)
-            .unwrap_or_else(|| panic!("no image {repo}: {m}"))
-            .clone()
-    };
+    let b = reemo_bundle::bundle::reader::BundleFile::open(&bundle).unwrap();
+    let image = |recipe: &str| b.manifest().image(recipe).unwrap().clone();
     let (base, derived, same) = (
-        image("reemo-test/tiny"),
-        image("reemo-test/derived"),
-        image("reemo-test/same"),
+        image("tiny-image"),
+        image("tiny-derived"),
+        image("tiny-same"),
     );
-    let digests = |i: &serde_json::Value| -> Vec<String> {
-        i["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap().to_string())
-            .collect()
+    let digests = |i: &reemo_bundle::bundle::manifest::ImageEntry| -> Vec<String> {
+        i.layers.iter().map(|l| l.digest.clone()).collect()
     };
     assert_eq!(
         digests(&derived),
         digests(&base),
         "the base's layers, as they are"
     );
-    assert_ne!(derived["config_digest"], base["config_digest"]);
+    assert_ne!(derived.config_digest, base.config_digest);
     assert_eq!(
-        same["config_digest"], base["config_digest"],
+        same.config_digest, base.config_digest,
         "nothing added: the base itself"
     );
     // the derived config keeps the base's settings and adds its own
-    let blob = |digest: &str| -> serde_json::Value {
-        let name = format!("oci/blobs/sha256/{}", digest.trim_start_matches("sha256:"));
-        let o = Command::new("tar")
-            .arg("-xOf")
-            .arg(&bundle)
-            .arg(&name)
-            .output()
-            .unwrap();
-        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
-    let cfg = blob(derived["config_digest"].as_str().unwrap());
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&b.read_entry(&derived.config.path()).unwrap()).unwrap();
     let env: Vec<&str> = cfg["config"]["Env"]
         .as_array()
         .unwrap()

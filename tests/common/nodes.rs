@@ -581,8 +581,7 @@ fn free_subnet(seed: u32) -> u32 {
         .expect("no free /24 for the test bridge")
 }
 
-/// Run `openssl ARGS` in `dir`; panics with its stderr when it fails.
-pub fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[&str]) {
     let o = Command::new("openssl")
         .current_dir(dir)
         .args(args)
@@ -597,7 +596,7 @@ pub fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA (`<name>-ca.pem`, `<name>-ca-key.pem`) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
+pub fn make_ca(dir: &Path, name: &str) {
     new_key_req(
         dir,
         &["-x509", "-days", "2"],
@@ -629,7 +628,7 @@ fn new_key_req(dir: &Path, extra: &[&str], subject: &str, key: &str, out: &str) 
 }
 
 /// A certificate `<out>-cert.pem` / `<out>-key.pem` signed by CA `ca`, with extensions.
-fn make_cert(dir: &Path, ca: &str, out: &str, cn: &str, ext: &str, serial: u32) {
+pub fn make_cert(dir: &Path, ca: &str, out: &str, cn: &str, ext: &str, serial: u32) {
     std::fs::write(dir.join(format!("{out}.ext")), ext).unwrap();
     new_key_req(
         dir,
