@@ -7,7 +7,7 @@
 //!    `docker stack deploy`, until the same checks pass — with what the loader does by
 //!    itself done by hand beforehand and not timed (certificates made with openssl, secrets
 //!    and the CA config created, the data folder made, the signals written out as
-//!    signal1…N with their alias, the db job as a task that is not restarted — Docker
+//!    signal1…N with their alias, the db job as a task restarted only on failure — Docker
 //!    20.10's `stack deploy` knows no jobs —, the loader's `x-reemo-*` keys taken out);
 //! 3. re-activating the current bundle (nothing to do), wall time.
 //!
@@ -208,13 +208,14 @@ fn plain_compose(
                 .unwrap(),
             );
         }
-        // Docker 20.10's `stack deploy` knows no jobs: a task that is not restarted
+        // Docker 20.10's `stack deploy` knows no jobs: a task restarted only when it fails
+        // (a start the engine fails, "network sandbox does not exist", is tried again)
         if svc["deploy"]["mode"].as_str() == Some("replicated-job") {
             let d = svc["deploy"].as_mapping_mut().unwrap();
             d.insert("mode".into(), "replicated".into());
             d.insert(
                 "restart_policy".into(),
-                serde_yaml::from_str::<Y>("{condition: none}").unwrap(),
+                serde_yaml::from_str::<Y>("{condition: on-failure}").unwrap(),
             );
         }
         match svc.get("x-reemo-repeat").and_then(Y::as_u64) {
