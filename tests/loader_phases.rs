@@ -69,7 +69,7 @@ fn phases_jobs_and_only() {
             "phase 0: create service lphases_migrate",
             "phase 0: wait for lphases_migrate",
             "phase 1: create service lphases_app",
-            "phase 1: wait for lphases_app",
+            "phase 1: wait for lphases_migrate, lphases_app, stable for the monitor window",
         ]
     );
     let o = loader_json(loader(&state).arg("activate").arg(&v1));

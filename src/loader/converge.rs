@@ -4,11 +4,10 @@
 //! last log lines.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 
-use super::Timing;
 use crate::engine::{Engine, TaskInfo};
 use crate::swarm::desired::DesiredService;
 use crate::swarm::health::{assess, Assessment, Wanted};
@@ -101,14 +100,15 @@ pub async fn look(engine: &dyn Engine, stack: &str, services: &[&DesiredService]
     Ok(out)
 }
 
-/// Wait until every service is ready and its tasks stayed converged for `timing.monitor`.
-/// Fails fast on a failed or rejected task; gives up at `deadline`.
+/// Wait until every service is ready and its tasks stayed converged for `window`, looking
+/// every `poll`. Fails fast on a failed or rejected task; gives up at `deadline`.
 pub async fn converge(
     engine: &dyn Engine,
     stack: &str,
     services: &[&DesiredService],
     deadline: Instant,
-    timing: Timing,
+    poll: Duration,
+    window: Duration,
 ) -> Result<()> {
     let mut stable_since: Option<Instant> = None;
     let mut last_wait = String::new();
@@ -118,7 +118,7 @@ pub async fn converge(
         if l.tasks_converged {
             let since = *stable_since.get_or_insert(now);
             // Swarm's own update monitor runs in parallel with our window.
-            if now.duration_since(since) >= timing.monitor && l.ready {
+            if now.duration_since(since) >= window && l.ready {
                 return Ok(());
             }
         } else {
@@ -130,6 +130,6 @@ pub async fn converge(
         if now >= deadline {
             bail!("timed out waiting for convergence; {last_wait}");
         }
-        tokio::time::sleep(timing.poll).await;
+        tokio::time::sleep(poll).await;
     }
 }

@@ -230,10 +230,27 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
                 .collect()
         })
         .unwrap_or_default();
+    let role_nodes = roles::resolve(&d.node_roles, &view.names)
+        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
+    // Each engine gets the images of the services that may run on its node (their role
+    // names it, or they have none): a portal image stays off the nodes of the API part.
     let mut load = Vec::new();
+    let mut labels = Vec::new();
     for (i, url) in view.engines.iter().enumerate() {
+        let node = view.nodes.get(i).map(String::as_str).unwrap_or_default();
         let mut missing = Vec::new();
-        for img in &d.images {
+        for img in d.images.iter().filter(|img| may_hold(d, &role_nodes, &img.id, node)) {
+            let has_label = view
+                .labels
+                .get(node)
+                .and_then(|l| l.get(&image_label(&img.id)))
+                .is_some_and(|v| v == "present");
+            if !has_label && !node.is_empty() {
+                labels.push(NodeLabel {
+                    node: node.to_string(),
+                    image: img.id.clone(),
+                });
+            }
             if view.present[i].contains(&img.id) {
                 continue;
             }
@@ -254,24 +271,6 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
             });
         }
     }
-    let mut labels = Vec::new();
-    for node in &view.nodes {
-        for img in &d.images {
-            let has = view
-                .labels
-                .get(node)
-                .and_then(|l| l.get(&image_label(&img.id)))
-                .is_some_and(|v| v == "present");
-            if !has {
-                labels.push(NodeLabel {
-                    node: node.clone(),
-                    image: img.id.clone(),
-                });
-            }
-        }
-    }
-    let role_nodes = roles::resolve(&d.node_roles, &view.names)
-        .map_err(|e| anyhow::anyhow!("{e}; nothing was changed"))?;
     Ok(HostPlan {
         import: (target.bundle.is_some() && !view.imported).then(|| d.bundle.identity.clone()),
         generate: target.new_secrets.keys().cloned().collect(),
@@ -307,14 +306,24 @@ fn create_host_dir(d: &crate::swarm::model::HostDir) -> Result<()> {
 }
 
 /// The swarm nodes that will hold each desired image once the plan is applied: the nodes
-/// of the engines given (they get every image) and nodes already labelled as holding it.
-pub fn holders(desired: &DesiredStack, view: &HostView) -> BTreeMap<String, BTreeSet<String>> {
+/// of the engines given that may run a task of it (they get it, see [`plan_host`]) and
+/// nodes already labelled as holding it.
+pub fn holders(
+    desired: &DesiredStack,
+    view: &HostView,
+    role_nodes: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeMap<String, BTreeSet<String>> {
     desired
         .images
         .iter()
         .map(|img| {
             let label = image_label(&img.id);
-            let mut nodes: BTreeSet<String> = view.nodes.iter().cloned().collect();
+            let mut nodes: BTreeSet<String> = view
+                .nodes
+                .iter()
+                .filter(|n| may_hold(desired, role_nodes, &img.id, n))
+                .cloned()
+                .collect();
             nodes.extend(
                 view.labels
                     .iter()
@@ -326,10 +335,27 @@ pub fn holders(desired: &DesiredStack, view: &HostView) -> BTreeMap<String, BTre
         .collect()
 }
 
+/// Whether `node` may run a task of a service with image `image`: some service of that
+/// image has no role naming nodes, or its role names `node` (an image no service uses is
+/// held everywhere).
+fn may_hold(
+    desired: &DesiredStack,
+    role_nodes: &BTreeMap<String, BTreeSet<String>>,
+    image: &str,
+    node: &str,
+) -> bool {
+    let mut users = desired.services.iter().filter(|s| s.image_id == image).peekable();
+    users.peek().is_none()
+        || users.any(|s| match s.role.as_ref().and_then(|r| role_nodes.get(r)) {
+            Some(role) => role.contains(node),
+            None => true,
+        })
+}
+
 /// Refuse a plan whose services could never converge on the nodes that will hold their
 /// images and have their role (see [`crate::swarm::feasible`]); activate and rollback alike.
 pub fn check_feasible(desired: &DesiredStack, view: &HostView, p: &HostPlan) -> Result<()> {
-    let h = holders(desired, view);
+    let h = holders(desired, view, &p.role_nodes);
     crate::swarm::feasible::check(desired, &p.swarm, |s| {
         let Some(holding) = h.get(&s.image_id) else {
             return 0;
@@ -384,15 +410,22 @@ pub async fn apply(
             .bundle
             .clone()
             .context("images to load but no bundle to load them from")?;
-        for l in &p.load {
-            let ids: BTreeSet<String> = l.images.iter().cloned().collect();
+        // every engine at once: each reads the bundle and streams its own archive
+        let ids: Vec<BTreeSet<String>> = p
+            .load
+            .iter()
+            .map(|l| l.images.iter().cloned().collect())
+            .collect();
+        let loads = p.load.iter().zip(&ids).map(|(l, ids)| {
             images::load_into(
                 bundle.clone(),
                 host.engines[l.engine].clone(),
-                Some(&ids),
+                Some(ids),
                 host.events.clone(),
             )
-            .await?;
+        });
+        for r in futures_util::future::join_all(loads).await {
+            r?;
         }
     }
     for l in &p.labels {
@@ -559,7 +592,7 @@ mod tests {
         let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
         assert!(p.labels.is_empty(), "{:?}", p.labels);
         assert_eq!(
-            holders(&d, &v)[&img].len(),
+            holders(&d, &v, &p.role_nodes)[&img].len(),
             2,
             "n1 (given) and n2 (labelled)"
         );
@@ -661,6 +694,51 @@ mod tests {
                 && e.ends_with("nothing was changed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn images_go_only_to_the_nodes_that_may_run_them() {
+        // portal (role portal: n2) on image A, api (no role) on image B
+        let yaml = "version: \"3.8\"\nx-reemo-node-roles:\n  portal: host-n2\nservices:\n  portal:\n    image: img\n    x-reemo-role: portal\n  api:\n    image: img\n";
+        let mut d = testkit::desired_yaml("infra", "1.0.0", yaml);
+        let b = d.images[0].id.clone();
+        let a = format!("sha256:{}", "a".repeat(64));
+        let mut img_a = d.images[0].clone();
+        img_a.id = a.clone();
+        d.images.push(img_a);
+        d.services
+            .iter_mut()
+            .find(|s| s.name == "portal")
+            .unwrap()
+            .image_id = a.clone();
+        // n1 holds only B: no refusal, it may not run the portal
+        let v = view_with(
+            &["n1", "n2"],
+            &[],
+            vec![BTreeSet::from([b.clone()]), BTreeSet::from([a.clone(), b.clone()])],
+        );
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        let mut labelled: Vec<(&str, &str)> = p
+            .labels
+            .iter()
+            .map(|l| (l.node.as_str(), l.image.as_str()))
+            .collect();
+        labelled.sort();
+        let mut want = vec![("n1", b.as_str()), ("n2", a.as_str()), ("n2", b.as_str())];
+        want.sort();
+        assert_eq!(labelled, want, "n1 is not labelled as holding the portal's image");
+        let h = holders(&d, &v, &p.role_nodes);
+        assert_eq!(h[&a], BTreeSet::from(["n2".to_string()]));
+        assert_eq!(h[&b].len(), 2);
+        check_feasible(&d, &v, &p).unwrap();
+        // n2 lost A: a rollback cannot bring it back, and says where it is missing
+        let v = view_with(
+            &["n1", "n2"],
+            &[],
+            vec![BTreeSet::from([b.clone()]), BTreeSet::from([b.clone()])],
+        );
+        let e = plan_host(&rollback_target(d), &v).unwrap_err().to_string();
+        assert!(e.contains("is no longer on fake://n2"), "{e}");
     }
 
     #[test]

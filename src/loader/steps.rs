@@ -106,12 +106,16 @@ pub async fn apply_step(
             put_service(engine, desired, desired_service(desired, name)?, deadline).await?;
         }
         Step::RemoveService { service } => engine.remove_service(service).await?,
-        Step::Converge { services, .. } => {
+        Step::Converge { services, .. } | Step::Settle { services, .. } => {
             let svcs: Vec<&DesiredService> = services
                 .iter()
                 .map(|n| desired_service(desired, n))
                 .collect::<Result<_>>()?;
-            converge(engine, stack, &svcs, deadline, timing).await?;
+            let window = match step {
+                Step::Settle { .. } => timing.monitor,
+                _ => std::time::Duration::ZERO,
+            };
+            converge(engine, stack, &svcs, deadline, timing.poll, window).await?;
         }
         Step::RemoveConfig { name } => engine.remove_config(name).await?,
         Step::RemoveSecret { name } => engine.remove_secret(name).await?,

@@ -51,9 +51,19 @@ pub enum Step {
         /// Full service name.
         service: String,
     },
-    /// Wait until the services have converged (jobs completed) and stay stable.
+    /// Wait until the services of a phase have converged (tasks healthy, jobs completed,
+    /// Swarm's update monitors done): the next phase may start.
     Converge {
         /// Phase.
+        phase: u32,
+        /// Full service names.
+        services: Vec<String>,
+    },
+    /// The last wait of a change, in place of its last phase's `Converge`: every service
+    /// it created or updated, of every phase, is ready and stays converged for the monitor
+    /// window.
+    Settle {
+        /// The last phase.
         phase: u32,
         /// Full service names.
         services: Vec<String>,
@@ -98,6 +108,11 @@ impl fmt::Display for Step {
             Step::Converge { phase, services } => {
                 write!(f, "phase {phase}: wait for {}", services.join(", "))
             }
+            Step::Settle { phase, services } => write!(
+                f,
+                "phase {phase}: wait for {}, stable for the monitor window",
+                services.join(", ")
+            ),
             Step::RemoveConfig { name } => write!(f, "remove config {name}"),
             Step::RemoveSecret { name } => write!(f, "remove secret {name}"),
             Step::RemoveNetwork { name } => write!(f, "remove network {name}"),
@@ -186,13 +201,26 @@ pub fn plan(desired: &DesiredStack, observed: &Observed, remove_others: bool) ->
             });
         }
     }
+    // Each phase waits only until its services are ready; the stability window is taken
+    // once, over everything the change touched, so that a later phase's start does not
+    // wait for an earlier phase's window.
+    let mut changed = Vec::new();
     for (phase, phase_steps) in by_phase {
-        let services = phase_steps
+        let services: Vec<String> = phase_steps
             .iter()
             .filter_map(|s| s.touched_service().map(str::to_string))
             .collect();
+        changed.extend(services.iter().cloned());
         steps.extend(phase_steps);
         steps.push(Step::Converge { phase, services });
+    }
+    if let Some(Step::Converge { phase, .. }) = steps.last() {
+        let phase = *phase;
+        steps.pop();
+        steps.push(Step::Settle {
+            phase,
+            services: changed,
+        });
     }
     if remove_others {
         for name in observed.services.keys() {
@@ -349,7 +377,7 @@ mod tests {
                 "phase 1: create service s_api",
                 "phase 1: wait for s_api",
                 "phase 3: create service s_portal",
-                "phase 3: wait for s_portal",
+                "phase 3: wait for s_db, s_api, s_portal, stable for the monitor window",
             ]
         );
     }
@@ -388,7 +416,7 @@ mod tests {
             vec![
                 "create config s_api_cfg_b2",
                 "phase 1: update service s_api (spec b -> b2)",
-                "phase 1: wait for s_api",
+                "phase 1: wait for s_api, stable for the monitor window",
                 "remove service s_old",
             ]
         );
@@ -430,7 +458,7 @@ mod tests {
             text,
             vec![
                 "phase 1: update service s_api (spec b2 -> b)",
-                "phase 1: wait for s_api",
+                "phase 1: wait for s_api, stable for the monitor window",
                 "remove service s_web",
                 "remove config s_api_cfg_b2",
                 "remove config s_web_cfg_w",
