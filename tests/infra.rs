@@ -23,9 +23,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::infra::vendor_image;
 use common::{
-    build_def, docker, free_ports, loader, repo_root, require_swarm_manager, run_ok, shipped_def,
-    try_remove_stack,
+    docker, free_ports, loader, repo_root, require_swarm_manager, run_ok, try_remove_stack,
 };
 
 const STACK: &str = "infra-e2e";
@@ -236,38 +236,9 @@ fn sql(query: &str) -> String {
     panic!("SQL {query:?} failed: {last}");
 }
 
-/// A variant of the shipped definition in `dir`: its vendor folder holds `vendor` (file
-/// name → recipe text), as a vendor delivery does.
+/// A variant of the shipped definition as this test's stack.
 fn build_variant(dir: &Path, version: &str, vendor: &[(&str, String)]) -> PathBuf {
-    let vendor_dir = dir.join("vendor");
-    std::fs::create_dir_all(&vendor_dir).unwrap();
-    for (name, text) in vendor {
-        std::fs::write(vendor_dir.join(name), text).unwrap();
-    }
-    let def = shipped_def(dir, "infra", "reemo", STACK, |t| {
-        t.replace(
-            "recipes = [\"../vendor\", \"../recipes\"]",
-            &format!(
-                "recipes = [{:?}, {:?}]",
-                vendor_dir.display().to_string(),
-                repo_root().join("recipes").display().to_string()
-            ),
-        )
-        .replace("version = \"1.0.0\"", &format!("version = \"{version}\""))
-    });
-    build_def(&def, &dir.join("out"))
-}
-
-/// A vendor's stand-in image for `role` at `version` (what `vendor/infra-ROLE.toml` holds),
-/// with more environment `env` (TOML inline-table entries).
-fn vendor_image(role: &str, version: &str, env: &str) -> (&'static str, String) {
-    let name: &'static str = Box::leak(format!("infra-{role}.toml").into_boxed_str());
-    (
-        name,
-        format!(
-            "kind = \"image\"\nrepository = \"reemo/infra-{role}\"\nversion = \"{version}\"\nbase = \"standin-image\"\n\n[config]\nenv = {{ STANDIN_ROLE = \"{role}\", STANDIN_VERSION = \"{version}\"{env} }}\n"
-        ),
-    )
+    common::infra::build_variant(dir, STACK, version, vendor)
 }
 
 fn assert_nothing_deployed(why: &str) {

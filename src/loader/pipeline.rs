@@ -239,7 +239,11 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
     for (i, url) in view.engines.iter().enumerate() {
         let node = view.nodes.get(i).map(String::as_str).unwrap_or_default();
         let mut missing = Vec::new();
-        for img in d.images.iter().filter(|img| may_hold(d, &role_nodes, &img.id, node)) {
+        for img in d
+            .images
+            .iter()
+            .filter(|img| may_hold(d, &role_nodes, &img.id, node))
+        {
             let has_label = view
                 .labels
                 .get(node)
@@ -344,7 +348,11 @@ fn may_hold(
     image: &str,
     node: &str,
 ) -> bool {
-    let mut users = desired.services.iter().filter(|s| s.image_id == image).peekable();
+    let mut users = desired
+        .services
+        .iter()
+        .filter(|s| s.image_id == image)
+        .peekable();
     users.peek().is_none()
         || users.any(|s| match s.role.as_ref().and_then(|r| role_nodes.get(r)) {
             Some(role) => role.contains(node),
@@ -715,7 +723,10 @@ mod tests {
         let v = view_with(
             &["n1", "n2"],
             &[],
-            vec![BTreeSet::from([b.clone()]), BTreeSet::from([a.clone(), b.clone()])],
+            vec![
+                BTreeSet::from([b.clone()]),
+                BTreeSet::from([a.clone(), b.clone()]),
+            ],
         );
         let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
         let mut labelled: Vec<(&str, &str)> = p
@@ -726,7 +737,10 @@ mod tests {
         labelled.sort();
         let mut want = vec![("n1", b.as_str()), ("n2", a.as_str()), ("n2", b.as_str())];
         want.sort();
-        assert_eq!(labelled, want, "n1 is not labelled as holding the portal's image");
+        assert_eq!(
+            labelled, want,
+            "n1 is not labelled as holding the portal's image"
+        );
         let h = holders(&d, &v, &p.role_nodes);
         assert_eq!(h[&a], BTreeSet::from(["n2".to_string()]));
         assert_eq!(h[&b].len(), 2);

@@ -5,6 +5,7 @@
 pub mod appliance;
 pub mod browser;
 pub mod debian;
+pub mod infra;
 pub mod matrix;
 pub mod multinode;
 pub mod nodes;
