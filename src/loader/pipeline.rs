@@ -292,6 +292,79 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
     })
 }
 
+/// The images of the services of the first phase a plan creates or updates, and that
+/// phase; `None` when the plan changes services of one phase only (everything loads first).
+fn split_load(d: &DesiredStack, steps: &[Step]) -> Option<(BTreeSet<String>, u32)> {
+    let changed: Vec<(&str, u32)> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::CreateService { service, phase } | Step::UpdateService { service, phase, .. } => {
+                Some((service.as_str(), *phase))
+            }
+            _ => None,
+        })
+        .collect();
+    let first = changed.iter().map(|(_, p)| *p).min()?;
+    if changed.iter().all(|(_, p)| *p == first) {
+        return None;
+    }
+    let images = changed
+        .iter()
+        .filter(|(_, p)| *p == first)
+        .filter_map(|(name, _)| d.services.iter().find(|s| s.full_name == *name))
+        .map(|s| s.image_id.clone())
+        .collect();
+    Some((images, first))
+}
+
+/// Split each engine's images into those `now` takes and the rest.
+fn partition_load(
+    load: &[EngineLoad],
+    now: &dyn Fn(&str) -> bool,
+) -> (Vec<EngineLoad>, Vec<EngineLoad>) {
+    let part = |keep: bool| {
+        load.iter()
+            .map(|l| EngineLoad {
+                images: l
+                    .images
+                    .iter()
+                    .filter(|i| now(i) == keep)
+                    .cloned()
+                    .collect(),
+                ..l.clone()
+            })
+            .filter(|l| !l.images.is_empty())
+            .collect::<Vec<_>>()
+    };
+    (part(true), part(false))
+}
+
+/// Load each engine's images, every engine at once (each reads the bundle and streams its
+/// own archive).
+async fn load_engines(
+    bundle: Arc<BundleFile>,
+    engines: &[Arc<dyn crate::engine::Engine>],
+    load: &[EngineLoad],
+    events: Arc<dyn crate::events::Events>,
+) -> Result<()> {
+    let ids: Vec<BTreeSet<String>> = load
+        .iter()
+        .map(|l| l.images.iter().cloned().collect())
+        .collect();
+    let loads = load.iter().zip(&ids).map(|(l, ids)| {
+        images::load_into(
+            bundle.clone(),
+            engines[l.engine].clone(),
+            Some(ids),
+            events.clone(),
+        )
+    });
+    for r in futures_util::future::join_all(loads).await {
+        r?;
+    }
+    Ok(())
+}
+
 /// Create a bind mount's host folder and its parents; the folder itself gets the owner and
 /// mode asked for. Names the folder and the service on failure.
 fn create_host_dir(d: &crate::swarm::model::HostDir) -> Result<()> {
@@ -413,34 +486,47 @@ pub async fn apply(
             d.path, d.service
         )));
     }
-    if !p.load.is_empty() {
-        let bundle = target
+    // The images of the first phase the plan changes load first; the rest load while that
+    // phase starts and becomes healthy (the transaction waits for them before the next
+    // phase), see [`split_load`].
+    let early = split_load(d, &p.swarm.steps);
+    let is_early = |img: &str| early.as_ref().is_none_or(|(e, _)| e.contains(img));
+    let (first, rest) = partition_load(&p.load, &is_early);
+    if !first.is_empty() || !rest.is_empty() {
+        target
             .bundle
-            .clone()
+            .as_ref()
             .context("images to load but no bundle to load them from")?;
-        // every engine at once: each reads the bundle and streams its own archive
-        let ids: Vec<BTreeSet<String>> = p
-            .load
-            .iter()
-            .map(|l| l.images.iter().cloned().collect())
-            .collect();
-        let loads = p.load.iter().zip(&ids).map(|(l, ids)| {
-            images::load_into(
-                bundle.clone(),
-                host.engines[l.engine].clone(),
-                Some(ids),
-                host.events.clone(),
-            )
-        });
-        for r in futures_util::future::join_all(loads).await {
-            r?;
-        }
     }
-    for l in &p.labels {
+    if let Some(bundle) = &target.bundle {
+        load_engines(bundle.clone(), &host.engines, &first, host.events.clone()).await?;
+    }
+    let (labels_now, labels_later): (Vec<NodeLabel>, Vec<NodeLabel>) =
+        p.labels.iter().cloned().partition(|l| is_early(&l.image));
+    for l in &labels_now {
         host.manager()
             .set_node_label(&l.node, &image_label(&l.image), Some("present"))
             .await?;
     }
+    let gate = match (&target.bundle, &early) {
+        (Some(bundle), Some((_, phase))) if !rest.is_empty() || !labels_later.is_empty() => {
+            let (bundle, engines, events) =
+                (bundle.clone(), host.engines.clone(), host.events.clone());
+            Some(transaction::Gate {
+                after_phase: *phase,
+                handle: tokio::spawn(async move {
+                    load_engines(bundle, &engines, &rest, events).await?;
+                    for l in &labels_later {
+                        engines[0]
+                            .set_node_label(&l.node, &image_label(&l.image), Some("present"))
+                            .await?;
+                    }
+                    Ok(())
+                }),
+            })
+        }
+        _ => None,
+    };
     for r in &p.roles {
         host.manager()
             .set_node_label(&r.node, &role_label(&r.role), r.set.then_some("true"))
@@ -496,6 +582,7 @@ pub async fn apply(
         steps: p.swarm.steps.clone(),
         timing,
         events: host.events.as_ref(),
+        gate,
     }
     .run()
     .await;
@@ -702,6 +789,49 @@ mod tests {
                 && e.ends_with("nothing was changed"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_first_changed_phase_loads_first_and_the_rest_meanwhile() {
+        let yaml = "version: \"3.8\"\nservices:\n  mysql:\n    image: img\n    x-reemo-phase: 0\n  api:\n    image: img\n    x-reemo-phase: 2\n";
+        let mut d = testkit::desired_yaml("infra", "1.0.0", yaml);
+        let db = d.images[0].id.clone();
+        let api = format!("sha256:{}", "b".repeat(64));
+        d.services
+            .iter_mut()
+            .find(|s| s.name == "api")
+            .unwrap()
+            .image_id = api.clone();
+        // from nothing: mysql's image first, the api's while phase 0 runs
+        let steps = plan::plan(&d, &Observed::default(), true).steps;
+        assert_eq!(
+            split_load(&d, &steps),
+            Some((BTreeSet::from([db.clone()]), 0))
+        );
+        let load = vec![EngineLoad {
+            engine: 0,
+            url: "fake://n1".into(),
+            images: vec![db.clone(), api.clone()],
+        }];
+        let (now, later) = partition_load(&load, &|i| i == db);
+        assert_eq!(
+            (now[0].images.clone(), later[0].images.clone()),
+            (vec![db.clone()], vec![api.clone()])
+        );
+        let (now, later) = partition_load(&load, &|_| true);
+        assert_eq!(
+            (now.len(), later.len()),
+            (1, 0),
+            "an engine with nothing later is left out"
+        );
+        // one phase changes (the api only): everything loads first
+        let mut observed = Observed::default();
+        let mysql = d.service("mysql").unwrap();
+        observed
+            .services
+            .insert(mysql.full_name.clone(), Some(mysql.spec_hash.clone()));
+        let steps = plan::plan(&d, &observed, true).steps;
+        assert_eq!(split_load(&d, &steps), None);
     }
 
     #[test]

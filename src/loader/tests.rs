@@ -760,3 +760,85 @@ async fn a_failed_activation_puts_the_previous_node_roles_back() {
     assert_eq!(roles(&fx), vec!["node-m"], "the previous roles are back");
     drop(w);
 }
+
+/// A two-phase stack recorded as generation 1, its plan from nothing, and the transaction
+/// that activates it with `gate`.
+async fn two_phases_with_gate(fx: &Fx, gate: super::transaction::Gate) -> Result<()> {
+    let d = testkit::desired_yaml(
+        STACK,
+        "1.0.0",
+        "version: \"3.8\"\nservices:\n  db:\n    image: img\n    x-reemo-phase: 0\n  web:\n    image: img\n    x-reemo-phase: 1\n",
+    );
+    let state = fx.state();
+    let observed = super::transaction::observe(&fx.engine, STACK).await?;
+    let steps = crate::swarm::plan::plan(&d, &observed, true).steps;
+    state.put_generation(&Generation {
+        number: 1,
+        created: now(),
+        result: GenResult::Pending,
+        error: None,
+        desired: d.clone(),
+    })?;
+    super::transaction::Transaction {
+        state: &state,
+        engine: &fx.engine,
+        kind: Kind::Activate,
+        target: 1,
+        new_generation: true,
+        desired: &d,
+        previous: None,
+        steps,
+        timing: timing(),
+        events: fx.events.as_ref(),
+        gate: Some(gate),
+    }
+    .run()
+    .await
+}
+
+#[tokio::test]
+async fn later_phases_wait_for_the_images_still_loading_and_a_failed_load_reverts() {
+    use crate::events::{Event, Events};
+    let fx = Fx::new();
+    let events = fx.events.clone();
+    let gate = super::transaction::Gate {
+        after_phase: 0,
+        handle: tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            events.emit(Event::info("later images loaded"));
+            Ok(())
+        }),
+    };
+    two_phases_with_gate(&fx, gate).await.unwrap();
+    let lines = fx.events.lines();
+    let pos = |what: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("{what:?} not in {lines:#?}"))
+    };
+    assert!(
+        pos("create service app_db") < pos("later images loaded")
+            && pos("later images loaded") < pos("create service app_web"),
+        "{lines:#?}"
+    );
+    assert_eq!(fx.specs().len(), 2);
+
+    // the images of the later phase fail to load: nothing of the attempt stays
+    let fx = Fx::new();
+    let gate = super::transaction::Gate {
+        after_phase: 0,
+        handle: tokio::spawn(async { Err(anyhow::anyhow!("engine n2: no space left on device")) }),
+    };
+    let e = format!("{:#}", two_phases_with_gate(&fx, gate).await.unwrap_err());
+    assert!(
+        e.contains("no space left on device") && e.contains("the services it created were removed"),
+        "{e}"
+    );
+    assert!(fx.specs().is_empty(), "{:?}", fx.specs().keys());
+    assert!(!fx
+        .events
+        .lines()
+        .iter()
+        .any(|l| l.contains("create service app_web")));
+}

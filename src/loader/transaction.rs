@@ -54,12 +54,32 @@ pub struct Transaction<'a> {
     pub timing: Timing,
     /// Progress.
     pub events: &'a dyn Events,
+    /// Images still loading (see [`Gate`]).
+    pub gate: Option<Gate>,
+}
+
+/// Images of later phases that load while the first phase the plan changes starts: the
+/// transaction waits for them before it creates or updates a service of a later phase.
+pub struct Gate {
+    /// The phase that does not need them.
+    pub after_phase: u32,
+    /// The loads (and the node labels that say the nodes hold the images).
+    pub handle: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Gate {
+    async fn wait(self) -> Result<()> {
+        self.handle
+            .await
+            .map_err(|e| anyhow!("loading the images of the later phases: {e}"))?
+    }
 }
 
 impl Transaction<'_> {
     /// Apply, wait, commit; on failure revert the whole stack and return the error.
-    pub async fn run(self) -> Result<()> {
+    pub async fn run(mut self) -> Result<()> {
         let deadline = Instant::now() + self.timing.timeout;
+        let mut gate = self.gate.take();
         let mut journal = Journal {
             kind: self.kind,
             pid: std::process::id(),
@@ -74,6 +94,18 @@ impl Transaction<'_> {
         fault("journal");
         let mut failure = None;
         for (i, step) in self.steps.iter().enumerate() {
+            let later = match step {
+                Step::CreateService { phase, .. } | Step::UpdateService { phase, .. } => {
+                    gate.as_ref().is_some_and(|g| *phase > g.after_phase)
+                }
+                _ => false,
+            };
+            if later {
+                if let Err(e) = gate.take().expect("a gate").wait().await {
+                    failure = Some(e);
+                    break;
+                }
+            }
             self.events.emit(Event::Step {
                 index: i + 1,
                 total: self.steps.len(),
@@ -94,6 +126,13 @@ impl Transaction<'_> {
                 break;
             }
             fault(&format!("step-{}", i + 1));
+        }
+        if let Some(g) = gate.take() {
+            if failure.is_some() {
+                g.handle.abort();
+            } else if let Err(e) = g.wait().await {
+                failure = Some(e);
+            }
         }
         if let Some(e) = failure {
             return Err(self.fail(e, &journal).await);

@@ -513,8 +513,18 @@ pub fn remove_stack(stack: &str) {
 
 /// [`remove_stack`]; false when the stack is still there after 60 s.
 pub fn try_remove_stack(stack: &str) -> bool {
+    try_remove_stack_on(&docker, &[&docker], stack)
+}
+
+/// [`try_remove_stack`] on a swarm of several engines: `manager` makes the docker CLI of a
+/// manager, `engines` that of every node (whose task containers must be gone too).
+pub fn try_remove_stack_on(
+    manager: &dyn Fn() -> Command,
+    engines: &[&dyn Fn() -> Command],
+    stack: &str,
+) -> bool {
     // `<kind> ls -q` of the objects carrying the stack's namespace label
-    let ls = |kind: &[&str]| {
+    let ls = |docker: &dyn Fn() -> Command, kind: &[&str]| {
         docker()
             .args(kind)
             .args(["-q", "--filter"])
@@ -523,15 +533,19 @@ pub fn try_remove_stack(stack: &str) -> bool {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     };
-    let _ = docker().args(["stack", "rm", stack]).output();
+    let _ = manager().args(["stack", "rm", stack]).output();
     for _ in 0..120 {
         // a running task container outlives its service for a moment (and holds its host
         // port); exited job containers may stay (Swarm leaves them), they hold nothing
-        let left = [ls(&["network", "ls"]), ls(&["service", "ls"]), ls(&["ps"])];
+        let mut left = vec![
+            ls(manager, &["network", "ls"]),
+            ls(manager, &["service", "ls"]),
+        ];
+        left.extend(engines.iter().map(|e| ls(*e, &["ps"])));
         if left.iter().all(String::is_empty) {
             return true;
         }
-        let _ = docker().args(["stack", "rm", stack]).output();
+        let _ = manager().args(["stack", "rm", stack]).output();
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     false
