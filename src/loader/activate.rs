@@ -232,6 +232,8 @@ async fn run(
         signed_by: None,
         notes: restart_notes(d, s.state.current_generation()?.as_ref()),
     };
+    o.notes
+        .extend(pipeline::remote_folder_warnings(d, &view, &p));
     if dry_run {
         return Ok(o);
     }

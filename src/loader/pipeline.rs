@@ -58,6 +58,8 @@ pub struct HostView {
     pub imported: bool,
     /// The desired host folders (`x-reemo-create`) that do not exist on this host.
     pub missing_dirs: BTreeSet<String>,
+    /// Each engine's image store (same order as `engines`; see [`STORE_LABEL`]).
+    pub stores: Vec<&'static str>,
 }
 
 /// Images to load into one engine.
@@ -96,6 +98,9 @@ pub struct HostPlan {
     pub labels: Vec<NodeLabel>,
     /// Node role labels to set or remove (`x-reemo-node-roles`).
     pub roles: Vec<RoleLabel>,
+    /// Store labels to set, (node, store): the nodes whose label does not say their
+    /// engine's store (a new node, or an engine that changed store since).
+    pub store_labels: Vec<(String, String)>,
     /// Each role's nodes, once the plan is applied.
     #[serde(skip)]
     pub role_nodes: BTreeMap<String, BTreeSet<String>>,
@@ -140,6 +145,12 @@ impl HostPlan {
                 format!("take role {} off node {node}", r.role)
             });
         }
+        for (node, store) in &self.store_labels {
+            v.push(format!(
+                "label node {} as having the {store} image store",
+                crate::swarm::observed::short(node)
+            ));
+        }
         v.extend(self.swarm.steps.iter().map(Step::to_string));
         v
     }
@@ -152,6 +163,7 @@ impl HostPlan {
             && self.load.is_empty()
             && self.labels.is_empty()
             && self.roles.is_empty()
+            && self.store_labels.is_empty()
             && self.swarm.is_empty()
     }
 }
@@ -189,7 +201,9 @@ pub async fn observe(
         .collect();
     let labels = all.into_iter().map(|n| (n.id, n.labels)).collect();
     let mut present = Vec::new();
+    let mut stores = Vec::new();
     for e in &host.engines {
+        stores.push(e.facts().await?.store.as_str());
         let mut have = BTreeSet::new();
         for img in &desired.images {
             if e.has_image(&img.into()).await? {
@@ -212,6 +226,7 @@ pub async fn observe(
             .filter(|d| !std::path::Path::new(&d.path).exists())
             .map(|d| d.path.clone())
             .collect(),
+        stores,
     })
 }
 
@@ -287,6 +302,21 @@ pub fn plan_host(target: &Target, view: &HostView) -> Result<HostPlan> {
         load,
         labels,
         roles: roles::label_changes(&role_nodes, &view.labels),
+        store_labels: view
+            .nodes
+            .iter()
+            .zip(&view.stores)
+            .filter(|(node, store)| {
+                !node.is_empty()
+                    && view
+                        .labels
+                        .get(*node)
+                        .and_then(|l| l.get(STORE_LABEL))
+                        .map(String::as_str)
+                        != Some(**store)
+            })
+            .map(|(node, store)| (node.clone(), store.to_string()))
+            .collect(),
         role_nodes,
         swarm: plan::plan(d, &view.stack, target.remove_others),
     })
@@ -363,6 +393,42 @@ async fn load_engines(
         r?;
     }
     Ok(())
+}
+
+/// Warnings for host folders (`x-reemo-create`) that a service may need on a node whose
+/// engine is reached over the network: the loader creates them on the host it runs on only
+/// (engines on local unix sockets share its file system).
+pub fn remote_folder_warnings(
+    desired: &DesiredStack,
+    view: &HostView,
+    p: &HostPlan,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for dir in &desired.host_dirs {
+        let Some(s) = desired.service(&dir.service) else {
+            continue;
+        };
+        let role = s.role.as_ref().and_then(|r| p.role_nodes.get(r));
+        let remote: Vec<&str> = view
+            .engines
+            .iter()
+            .zip(&view.nodes)
+            .filter(|(url, node)| {
+                !url.starts_with("unix://") && role.is_none_or(|r| r.contains(*node))
+            })
+            .map(|(url, _)| url.as_str())
+            .collect();
+        if !remote.is_empty() {
+            out.push(format!(
+                "warning: host folder {} (service {}) is created on this host only; it must exist on the nodes of {} before a task of {} runs there (shared or replicated storage, or the service's role limited to this host)",
+                dir.path,
+                s.full_name,
+                remote.join(", "),
+                dir.service
+            ));
+        }
+    }
+    out
 }
 
 /// Create a bind mount's host folder and its parents; the folder itself gets the owner and
@@ -534,14 +600,10 @@ pub async fn apply(
     }
     // The store of every engine's node decides how services are pinned to images (see
     // `spec::image_pin`); a node whose engine changed store since is relabelled here.
-    for e in &host.engines {
-        let node = e.swarm_facts().await?.node_id;
-        if !node.is_empty() {
-            let store = e.facts().await?.store;
-            host.manager()
-                .set_node_label(&node, STORE_LABEL, Some(store.as_str()))
-                .await?;
-        }
+    for (node, store) in &p.store_labels {
+        host.manager()
+            .set_node_label(node, STORE_LABEL, Some(store))
+            .await?;
     }
     fault("load");
 
@@ -642,6 +704,7 @@ mod tests {
             stack: Observed::default(),
             imported: false,
             missing_dirs: BTreeSet::new(),
+            stores: vec![],
         }
     }
 
@@ -832,6 +895,61 @@ mod tests {
             .insert(mysql.full_name.clone(), Some(mysql.spec_hash.clone()));
         let steps = plan::plan(&d, &observed, true).steps;
         assert_eq!(split_load(&d, &steps), None);
+    }
+
+    #[test]
+    fn a_host_folder_needed_on_a_remote_engine_is_warned_about() {
+        let yaml = |nodes: &str| {
+            format!("version: \"3.8\"\nx-reemo-node-roles:\n  api: \"{nodes}\"\nservices:\n  mysql:\n    image: img\n    x-reemo-role: api\n    volumes:\n      - {{ type: bind, source: /opt/reemo/mysql, target: /var/lib/mysql, x-reemo-create: {{ uid: 999, gid: 999, mode: 488 }} }}\n")
+        };
+        let d = testkit::desired_yaml("infra", "1.0.0", &yaml(""));
+        let img = d.images[0].id.clone();
+        let mut v = view_with(
+            &["n1", "n2"],
+            &[],
+            vec![BTreeSet::from([img.clone()]), BTreeSet::from([img])],
+        );
+        v.engines = vec![
+            "unix:///var/run/docker.sock".into(),
+            "tcp://10.0.0.2:2376".into(),
+        ];
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        let w = remote_folder_warnings(&d, &v, &p);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains(
+                "host folder /opt/reemo/mysql (service infra_mysql) is created on this host only"
+            ) && w[0].contains("tcp://10.0.0.2:2376"),
+            "{w:?}"
+        );
+        // mysql limited to this host (n1, 10.0.0.1): nothing to warn about
+        let d = testkit::desired_yaml("infra", "1.0.0", &yaml("10.0.0.1"));
+        let p = plan_host(&rollback_target(d.clone()), &v).unwrap();
+        assert!(remote_folder_warnings(&d, &v, &p).is_empty());
+    }
+
+    #[test]
+    fn store_labels_are_planned_only_where_they_differ() {
+        let d = testkit::desired("app", &[("web", 1)]);
+        let img = d.images[0].id.clone();
+        let mut v = view_with(
+            &["n1", "n2"],
+            &[],
+            vec![BTreeSet::from([img.clone()]), BTreeSet::from([img])],
+        );
+        v.stores = vec!["classic", "containerd"];
+        v.labels
+            .get_mut("n1")
+            .unwrap()
+            .insert(STORE_LABEL.into(), "classic".into());
+        let p = plan_host(&rollback_target(d), &v).unwrap();
+        assert_eq!(
+            p.store_labels,
+            vec![("n2".to_string(), "containerd".to_string())]
+        );
+        assert!(p
+            .lines()
+            .contains(&"label node n2 as having the containerd image store".to_string()));
     }
 
     #[test]

@@ -401,12 +401,17 @@ fn pem_text(text: &str) -> String {
     format!("{}\n", &text[start..end])
 }
 
-/// Store a PEM under `<state>/pki/objects/<sha256>` (0600).
+/// Store a PEM under `<state>/pki/objects/<sha256>` (0600). An object already stored
+/// with these bytes is left as it is (no write, no fsync: a re-activation writes nothing).
 pub fn put_object(state_root: &Path, data: &[u8]) -> Result<String> {
     let sha = sha256_hex(data);
     let d = dir(state_root).join("objects");
+    let p = d.join(&sha);
+    if std::fs::read(&p).is_ok_and(|have| have == data) {
+        return Ok(sha);
+    }
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-    write_atomic_mode(&d.join(&sha), data, 0o600)?;
+    write_atomic_mode(&p, data, 0o600)?;
     Ok(sha)
 }
 
@@ -483,9 +488,19 @@ mod tests {
             !key.contains(&ca.key.serialize_pem()),
             "the leaf has its own key"
         );
-        put_object(d.path(), cert.as_bytes()).unwrap();
+        let cert_sha = put_object(d.path(), cert.as_bytes()).unwrap();
         put_object(d.path(), key.as_bytes()).unwrap();
         put_object(d.path(), ca.cert_pem.as_bytes()).unwrap();
+        // stored again: the same file is left in place (written once, by rename)
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+        let stored = dir(d.path()).join("objects").join(&cert_sha);
+        let before = inode(&stored);
+        put_object(d.path(), cert.as_bytes()).unwrap();
+        assert_eq!(
+            inode(&stored),
+            before,
+            "an object stored again was rewritten"
+        );
         let combined = part(d.path(), &issued, Part::Combined).unwrap();
         assert_eq!(
             String::from_utf8(combined).unwrap(),
