@@ -17,7 +17,7 @@
 //! (every engine at once); the baseline loads the whole archive into each engine (at once
 //! too) after node labels set by hand, and its services carry those labels as placement
 //! constraints. Three rounds each; prints the medians and the ratios. Run on an otherwise
-//! idle machine.
+//! idle machine. `INFRA_BENCH=one` or `INFRA_BENCH=three` runs one place only.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -289,6 +289,8 @@ fn main() {
         )
     });
     let bundle = build_def(&def, &work.join("out"));
+    let only = std::env::var("INFRA_BENCH").unwrap_or_default();
+    let mut figures = Vec::new();
 
     let one = Place {
         name: "one node",
@@ -299,9 +301,15 @@ fn main() {
         roles: vec![],
         hand_labels: vec![],
     };
-    std::fs::create_dir_all(work.join("one")).unwrap();
-    let f1 = bench(&one, &bundle, &work.join("one"));
-    report(one.name, &f1);
+    if only != "three" {
+        std::fs::create_dir_all(work.join("one")).unwrap();
+        let f = bench(&one, &bundle, &work.join("one"));
+        report(one.name, &f);
+        figures.push((one.name, f));
+    }
+    if only == "one" {
+        return;
+    }
 
     // three managers, joined with the loader
     let cluster = Cluster::start(3, false);
@@ -356,8 +364,10 @@ fn main() {
         ],
     };
     std::fs::create_dir_all(work.join("three")).unwrap();
-    let f3 = bench(&three, &bundle, &work.join("three"));
+    let f = bench(&three, &bundle, &work.join("three"));
     drop(cluster);
-    report(one.name, &f1);
-    report(three.name, &f3);
+    figures.push((three.name, f));
+    for (name, f) in &figures {
+        report(name, f);
+    }
 }
