@@ -27,7 +27,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::infra::{make_pki, plain_compose, wait_serving};
-use common::multinode::engine_args;
+use common::multinode::{engine_args, join_managers};
 use common::nodes::Cluster;
 use common::*;
 
@@ -314,28 +314,11 @@ fn main() {
     // three managers, joined with the loader
     let cluster = Cluster::start(3, false);
     let nodes = [cluster.node(1), cluster.node(2), cluster.node(3)];
-    let state = work.join("cluster-state");
-    run_ok(
-        loader(&state)
-            .args(["swarm", "init", "--engine", &nodes[0].url()])
-            .args(["--advertise-addr", &nodes[0].ip, "--data-path-port", "4790"]),
+    join_managers(
+        &work.join("cluster-state"),
+        &nodes,
+        &work.join("manager.token"),
     );
-    let token = work.join("manager.token");
-    run_ok(
-        loader(&state)
-            .args(["swarm", "join-token", "--engine", &nodes[0].url(), "--out"])
-            .arg(&token),
-    );
-    for n in &nodes[1..] {
-        run_ok(
-            loader(&state)
-                .args(["swarm", "join", "--engine", &n.url()])
-                .arg("--token-file")
-                .arg(&token)
-                .args(["--remote", &format!("{}:2377", nodes[0].ip)])
-                .args(["--advertise-addr", &n.ip]),
-        );
-    }
     let cli = |i: usize| -> Box<dyn Fn() -> Command> {
         let url = nodes[i].url();
         Box::new(move || {

@@ -212,28 +212,9 @@ fn tasks(service: &str, all: bool) -> Vec<String> {
     v
 }
 
-/// Run SQL in the MariaDB task (socket authentication as the image's `mysql` user).
+/// Run SQL in the MariaDB task.
 fn sql(query: &str) -> String {
-    let id = run_ok(docker().args([
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={STACK}_mysql"),
-    ]));
-    let id = id.lines().next().expect("a running mysql task").to_string();
-    let mut last = String::new();
-    for _ in 0..60 {
-        let o = docker()
-            .args(["exec", &id, "mariadb", "-umysql", "-N", "-B", "-e", query])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            return String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&o.stderr).into_owned();
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    panic!("SQL {query:?} failed: {last}");
+    common::infra::sql(&docker, STACK, query)
 }
 
 /// A variant of the shipped definition as this test's stack.

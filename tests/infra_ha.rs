@@ -24,13 +24,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::infra::{build_variant, vendor_image};
-use common::multinode::{bundle_images, engine_args, running_tasks};
+use common::multinode::{
+    bundle_images, engine_args, join_managers, running_tasks, KilledActivation,
+};
 use common::nodes::{poll, Cluster, Node};
 use common::*;
 
@@ -122,30 +123,9 @@ fn task_nodes(manager: &Node, nodes: &[&Node], service: &str) -> Vec<usize> {
     v
 }
 
-/// Run SQL in the MariaDB task on node `n` (socket authentication as the image's `mysql`
-/// user).
+/// Run SQL in the MariaDB task on node `n`.
 fn sql(n: &Node, query: &str) -> String {
-    let id = n.docker_ok(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=com.docker.swarm.service.name={STACK}_mysql"),
-    ]);
-    let id = id.lines().next().expect("a running mysql task").to_string();
-    let mut last = String::new();
-    for _ in 0..60 {
-        let o = n
-            .docker()
-            .args(["exec", &id, "mariadb", "-umysql", "-N", "-B", "-e", query])
-            .output()
-            .unwrap();
-        if o.status.success() {
-            return String::from_utf8_lossy(&o.stdout).into_owned();
-        }
-        last = String::from_utf8_lossy(&o.stderr).into_owned();
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    panic!("SQL {query:?} failed: {last}");
+    common::infra::sql(&|| n.docker(), STACK, query)
 }
 
 #[test]
@@ -173,27 +153,7 @@ fn the_infra_appliance_on_three_managers() {
     lap("engines started", &mut t);
 
     // --- three managers, set up with the loader alone
-    run_ok(
-        loader(&state)
-            .args(["swarm", "init", "--engine", &n1.url()])
-            .args(["--advertise-addr", &n1.ip, "--data-path-port", "4790"]),
-    );
-    let token = tmp.path().join("manager.token");
-    run_ok(
-        loader(&state)
-            .args(["swarm", "join-token", "--engine", &n1.url(), "--out"])
-            .arg(&token),
-    );
-    for n in [n2, n3] {
-        run_ok(
-            loader(&state)
-                .args(["swarm", "join", "--engine", &n.url()])
-                .arg("--token-file")
-                .arg(&token)
-                .args(["--remote", &format!("{}:2377", n1.ip)])
-                .args(["--advertise-addr", &n.ip]),
-        );
-    }
+    join_managers(&state, &all, &tmp.path().join("manager.token"));
     lap("three managers", &mut t);
 
     let site = Site {
@@ -312,39 +272,7 @@ fn the_infra_appliance_on_three_managers() {
     for v in &site.values {
         c.arg("--set").arg(v);
     }
-    let mut child = c
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut killed = false;
-    while !killed && Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => {
-                killed = line.contains(r#""event":"step""#);
-                events.push(line);
-                if killed {
-                    victim.kill_engine();
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    assert!(
-        killed,
-        "the activation never reached a Swarm step:\n{}",
-        events.join("\n")
-    );
+    let run = KilledActivation::start(&mut c, victim);
     lap(&format!("node {}'s engine killed", victim.index), &mut t);
     // the platform keeps answering through the entry while the activation goes on
     let during = site.portal_ok(n1, Duration::from_secs(90));
@@ -352,14 +280,7 @@ fn the_infra_appliance_on_three_managers() {
         during.is_ok(),
         "the portal stopped answering after the loss: {during:?}"
     );
-    let exit = poll(Duration::from_secs(240), || child.try_wait().unwrap());
-    let Some(exit) = exit else {
-        let _ = child.kill();
-        panic!("the activation did not end within its timeout");
-    };
-    reader.join().unwrap();
-    events.extend(rx.try_iter());
-    let log = events.join("\n");
+    let (exit, log, _) = run.finish(Duration::from_secs(240));
     eprintln!("[infra-ha] activation under loss: {exit}\n{log}");
     assert!(
         !site.state.join("journal.json").exists(),

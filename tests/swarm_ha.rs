@@ -11,13 +11,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::multinode::{build_global_tiny, build_global_tiny_on, engine_args, running_tasks};
+use common::multinode::{
+    build_global_tiny, build_global_tiny_on, engine_args, running_tasks, KilledActivation,
+};
 use common::nodes::{http_get, poll, Cluster, Node};
 use common::*;
 
@@ -314,42 +315,13 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
 
     // --- v2, and node 3's dockerd killed as soon as the Swarm steps start ---
     let n3_id_before_kill = n3.node_id();
-    let mut child = loader(&state)
-        .arg("activate")
-        .arg(&b2)
-        .args(engine_args(&all))
-        .args(["--timeout", "60s", "--monitor", "1s", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut events = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut killed = None;
-    while killed.is_none() && Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(line) => {
-                let step = line.contains(r#""event":"step""#);
-                events.push(line);
-                if step {
-                    killed = Some(n3.kill_engine());
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
-    assert!(
-        killed.is_some(),
-        "the activation never reached a Swarm step:\n{}",
-        events.join("\n")
+    let mut run = KilledActivation::start(
+        loader(&state)
+            .arg("activate")
+            .arg(&b2)
+            .args(engine_args(&all))
+            .args(["--timeout", "60s", "--monitor", "1s", "--json"]),
+        n3,
     );
     lap("node 3's dockerd killed at the first Swarm step", &mut t);
     // the cluster keeps serving on the surviving nodes while the activation goes on
@@ -365,7 +337,7 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
     let n3_id = n3_id_before_kill;
     let killed_at = Instant::now();
     let mut down_after = None;
-    let exit = poll(Duration::from_secs(150), || {
+    poll(Duration::from_secs(150), || {
         if down_after.is_none()
             && n1
                 .docker()
@@ -375,21 +347,10 @@ fn three_managers_joined_by_token_file_survive_losing_one_during_an_activation()
         {
             down_after = Some(killed_at.elapsed());
         }
-        child.try_wait().unwrap()
+        run.try_wait()
     });
     eprintln!("[swarm-ha] node 3 marked down {down_after:?} after the kill");
-    let exit = match exit {
-        Some(e) => e,
-        None => {
-            let _ = child.kill();
-            panic!("the activation did not end within its timeout");
-        }
-    };
-    reader.join().unwrap();
-    events.extend(rx.try_iter());
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    let log = events.join("\n");
+    let (exit, log, stdout) = run.finish(Duration::from_secs(1));
     eprintln!("[swarm-ha] activation under loss: {exit}\n{log}\n{stdout}");
     assert!(
         !state.join("journal.json").exists(),

@@ -33,6 +33,31 @@ pub fn build_variant(dir: &Path, stack: &str, version: &str, vendor: &[(&str, St
     build_def(&def, &dir.join("out"))
 }
 
+/// Run SQL in the MariaDB task of `stack` on the engine of `docker` (socket
+/// authentication as the image's `mysql` user), retried for 30 s while it fails.
+pub fn sql(docker: &dyn Fn() -> Command, stack: &str, query: &str) -> String {
+    let id = super::run_ok(docker().args([
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={stack}_mysql"),
+    ]));
+    let id = id.lines().next().expect("a running mysql task").to_string();
+    let mut last = String::new();
+    for _ in 0..60 {
+        let o = docker()
+            .args(["exec", &id, "mariadb", "-umysql", "-N", "-B", "-e", query])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            return String::from_utf8_lossy(&o.stdout).into_owned();
+        }
+        last = String::from_utf8_lossy(&o.stderr).into_owned();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!("SQL {query:?} failed: {last}");
+}
+
 /// A vendor's stand-in image for `role` at `version` (what `vendor/infra-ROLE.toml` holds),
 /// with more environment `env` (TOML inline-table entries).
 pub fn vendor_image(role: &str, version: &str, env: &str) -> (&'static str, String) {

@@ -119,3 +119,112 @@ pub fn running_tasks(manager: &Node, service: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Three managers (or more) made with the loader alone, as on air-gapped hosts: `swarm
+/// init` on `nodes[0]` (data path port 4790), `swarm join-token --out` into `token`, then
+/// `swarm join --token-file` on the others. `state` is the loader's state directory.
+pub fn join_managers(state: &Path, nodes: &[&Node], token: &Path) {
+    let first = nodes[0];
+    run_ok(
+        super::loader(state)
+            .args(["swarm", "init", "--engine", &first.url()])
+            .args(["--advertise-addr", &first.ip, "--data-path-port", "4790"]),
+    );
+    run_ok(
+        super::loader(state)
+            .args(["swarm", "join-token", "--engine", &first.url(), "--out"])
+            .arg(token),
+    );
+    for n in &nodes[1..] {
+        run_ok(
+            super::loader(state)
+                .args(["swarm", "join", "--engine", &n.url()])
+                .arg("--token-file")
+                .arg(token)
+                .args(["--remote", &format!("{}:2377", first.ip)])
+                .args(["--advertise-addr", &n.ip]),
+        );
+    }
+}
+
+/// An `activate` run with `--json` whose `victim` engine is SIGKILLed as soon as the
+/// first Swarm step starts (its event on stderr).
+pub struct KilledActivation {
+    child: std::process::Child,
+    reader: std::thread::JoinHandle<()>,
+    rx: std::sync::mpsc::Receiver<String>,
+    events: Vec<String>,
+}
+
+impl KilledActivation {
+    /// Start `cmd` (an `activate … --json`) and kill `victim`'s engine at its first Swarm
+    /// step; panics when no step starts within two minutes.
+    pub fn start(cmd: &mut Command, victim: &Node) -> KilledActivation {
+        use std::io::{BufRead, BufReader};
+        use std::sync::mpsc::RecvTimeoutError;
+        use std::time::{Duration, Instant};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut killed = false;
+        while !killed && Instant::now() < deadline {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(line) => {
+                    killed = line.contains(r#""event":"step""#);
+                    events.push(line);
+                    if killed {
+                        victim.kill_engine();
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        if !killed {
+            let _ = child.kill();
+            panic!(
+                "the activation never reached a Swarm step:\n{}",
+                events.join("\n")
+            );
+        }
+        KilledActivation {
+            child,
+            reader,
+            rx,
+            events,
+        }
+    }
+
+    /// Its exit status once it has ended.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Wait (bounded by `limit`) for the end: (exit status, stderr events, stdout); kills
+    /// it and panics when it does not end in time.
+    pub fn finish(
+        mut self,
+        limit: std::time::Duration,
+    ) -> (std::process::ExitStatus, String, String) {
+        let Some(exit) = super::nodes::poll(limit, || self.try_wait()) else {
+            let _ = self.child.kill();
+            panic!("the activation did not end within its timeout");
+        };
+        self.reader.join().unwrap();
+        self.events.extend(self.rx.try_iter());
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(&mut self.child.stdout.take().unwrap(), &mut stdout).unwrap();
+        (exit, self.events.join("\n"), stdout)
+    }
+}
