@@ -46,6 +46,22 @@ pub fn now() -> u64 {
 impl Relay {
     /// Starts the relay with extra `RELAY_*` variables.
     pub fn start(env: &[(&str, &str)]) -> Relay {
+        // A port from `free_port` can be taken again before the relay binds it (tests run
+        // in parallel): a relay that exits at start is tried again on another port.
+        for attempt in 1.. {
+            let mut relay = Self::spawn(env);
+            match relay.wait_ready() {
+                Ok(()) => return relay,
+                Err(e) if attempt < 5 => {
+                    eprintln!("relay on {} {e}; trying another port", relay.addr)
+                }
+                Err(e) => panic!("relay on {} {e}", relay.addr),
+            }
+        }
+        unreachable!()
+    }
+
+    fn spawn(env: &[(&str, &str)]) -> Relay {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys_file = dir.path().join("keys");
         let secret_file = dir.path().join("secret");
@@ -65,26 +81,36 @@ impl Relay {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawning ws-relay-server");
-        let relay = Relay {
+        Relay {
             child,
             addr,
             dir,
             keys: KeySet::parse(KEYS).unwrap(),
             tls: env.iter().any(|(k, _)| *k == "RELAY_TLS_CERT_FILE"),
-        };
-        relay.wait_ready();
-        relay
+        }
     }
 
-    fn wait_ready(&self) {
+    /// Wait until this relay answers on its address; an error when it exited first (its
+    /// port was taken), a panic when it does not answer within 20 s.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(20) {
-            // the listener is bound only after the certificate has been loaded
-            if self.tls && TcpStream::connect(self.addr).is_ok() {
-                return;
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err(format!("exited at start ({status})"));
             }
-            if let Ok((200, _)) = self.http("GET", "/healthz", None, "") {
-                return;
+            // the listener is bound only after the certificate has been loaded; what
+            // answers is this relay only if it is still running a moment later
+            let up = if self.tls {
+                TcpStream::connect(self.addr).is_ok()
+            } else {
+                matches!(self.http("GET", "/healthz", None, ""), Ok((200, _)))
+            };
+            if up {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    return Err(format!("exited at start ({status})"));
+                }
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
