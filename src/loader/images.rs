@@ -424,6 +424,31 @@ pub async fn load_all(
     results.into_iter().collect()
 }
 
+/// Load each engine of a plan its own images (`load`), every engine at once.
+pub async fn load_each(
+    bundle: Arc<BundleFile>,
+    engines: &[Arc<dyn Engine>],
+    load: &[crate::loader::pipeline::EngineLoad],
+    events: Arc<dyn Events>,
+) -> Result<()> {
+    let ids: Vec<BTreeSet<String>> = load
+        .iter()
+        .map(|l| l.images.iter().cloned().collect())
+        .collect();
+    let futs = load.iter().zip(&ids).map(|(l, ids)| {
+        load_into(
+            bundle.clone(),
+            engines[l.engine].clone(),
+            Some(ids),
+            events.clone(),
+        )
+    });
+    for r in futures_util::future::join_all(futs).await {
+        r?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,52 +347,58 @@ fn split_load(d: &DesiredStack, steps: &[Step]) -> Option<(BTreeSet<String>, u32
     Some((images, first))
 }
 
-/// Split each engine's images into those `now` takes and the rest.
-fn partition_load(
-    load: &[EngineLoad],
-    now: &dyn Fn(&str) -> bool,
-) -> (Vec<EngineLoad>, Vec<EngineLoad>) {
-    let part = |keep: bool| {
-        load.iter()
+/// A plan's loads and image labels in two stages: what is applied before the Swarm steps,
+/// and what loads (then is labelled) while the first changed phase starts.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Staged {
+    now: Vec<EngineLoad>,
+    labels_now: Vec<NodeLabel>,
+    /// The phase that does not need `later` (None: nothing is left for later).
+    after_phase: Option<u32>,
+    later: Vec<EngineLoad>,
+    /// Labels of the images in `later`: set once they are loaded.
+    labels_later: Vec<NodeLabel>,
+}
+
+/// Stage `p` with `early` from [`split_load`]: the images of its first phase now, the
+/// others later; a label waits only for an image that still has to load.
+fn stage(p: &HostPlan, early: Option<(BTreeSet<String>, u32)>) -> Staged {
+    let Some((early, phase)) = early else {
+        return Staged {
+            now: p.load.clone(),
+            labels_now: p.labels.clone(),
+            ..Staged::default()
+        };
+    };
+    let part = |keep: bool| -> Vec<EngineLoad> {
+        p.load
+            .iter()
             .map(|l| EngineLoad {
                 images: l
                     .images
                     .iter()
-                    .filter(|i| now(i) == keep)
+                    .filter(|i| early.contains(*i) == keep)
                     .cloned()
                     .collect(),
                 ..l.clone()
             })
             .filter(|l| !l.images.is_empty())
-            .collect::<Vec<_>>()
+            .collect()
     };
-    (part(true), part(false))
-}
-
-/// Load each engine's images, every engine at once (each reads the bundle and streams its
-/// own archive).
-async fn load_engines(
-    bundle: Arc<BundleFile>,
-    engines: &[Arc<dyn crate::engine::Engine>],
-    load: &[EngineLoad],
-    events: Arc<dyn crate::events::Events>,
-) -> Result<()> {
-    let ids: Vec<BTreeSet<String>> = load
+    let (now, later) = (part(true), part(false));
+    let loading_later: BTreeSet<&String> = later.iter().flat_map(|l| &l.images).collect();
+    let (labels_later, labels_now) = p
+        .labels
         .iter()
-        .map(|l| l.images.iter().cloned().collect())
-        .collect();
-    let loads = load.iter().zip(&ids).map(|(l, ids)| {
-        images::load_into(
-            bundle.clone(),
-            engines[l.engine].clone(),
-            Some(ids),
-            events.clone(),
-        )
-    });
-    for r in futures_util::future::join_all(loads).await {
-        r?;
+        .cloned()
+        .partition(|l| loading_later.contains(&l.image));
+    Staged {
+        now,
+        labels_now,
+        after_phase: (!later.is_empty()).then_some(phase),
+        later,
+        labels_later,
     }
-    Ok(())
 }
 
 /// Warnings for host folders (`x-reemo-create`) that a service may need on a node whose
@@ -555,33 +561,38 @@ pub async fn apply(
     // The images of the first phase the plan changes load first; the rest load while that
     // phase starts and becomes healthy (the transaction waits for them before the next
     // phase), see [`split_load`].
-    let early = split_load(d, &p.swarm.steps);
-    let is_early = |img: &str| early.as_ref().is_none_or(|(e, _)| e.contains(img));
-    let (first, rest) = partition_load(&p.load, &is_early);
-    if !first.is_empty() || !rest.is_empty() {
-        target
-            .bundle
-            .as_ref()
-            .context("images to load but no bundle to load them from")?;
+    let staged = stage(p, split_load(d, &p.swarm.steps));
+    let bundle = match (&target.bundle, p.load.is_empty()) {
+        (_, true) => None,
+        (Some(b), false) => Some(b.clone()),
+        (None, false) => bail!("images to load but no bundle to load them from"),
+    };
+    if let Some(bundle) = &bundle {
+        images::load_each(
+            bundle.clone(),
+            &host.engines,
+            &staged.now,
+            host.events.clone(),
+        )
+        .await?;
     }
-    if let Some(bundle) = &target.bundle {
-        load_engines(bundle.clone(), &host.engines, &first, host.events.clone()).await?;
-    }
-    let (labels_now, labels_later): (Vec<NodeLabel>, Vec<NodeLabel>) =
-        p.labels.iter().cloned().partition(|l| is_early(&l.image));
-    for l in &labels_now {
+    for l in &staged.labels_now {
         host.manager()
             .set_node_label(&l.node, &image_label(&l.image), Some("present"))
             .await?;
     }
-    let gate = match (&target.bundle, &early) {
-        (Some(bundle), Some((_, phase))) if !rest.is_empty() || !labels_later.is_empty() => {
-            let (bundle, engines, events) =
-                (bundle.clone(), host.engines.clone(), host.events.clone());
+    let gate = match (bundle, staged.after_phase) {
+        (Some(bundle), Some(after_phase)) => {
+            let (engines, events) = (host.engines.clone(), host.events.clone());
+            let Staged {
+                later,
+                labels_later,
+                ..
+            } = staged;
             Some(transaction::Gate {
-                after_phase: *phase,
+                after_phase,
                 handle: tokio::spawn(async move {
-                    load_engines(bundle, &engines, &rest, events).await?;
+                    images::load_each(bundle, &engines, &later, events).await?;
                     for l in &labels_later {
                         engines[0]
                             .set_node_label(&l.node, &image_label(&l.image), Some("present"))
@@ -876,17 +887,48 @@ mod tests {
             url: "fake://n1".into(),
             images: vec![db.clone(), api.clone()],
         }];
-        let (now, later) = partition_load(&load, &|i| i == db);
+        let label = |image: &str| NodeLabel {
+            node: "n1".into(),
+            image: image.into(),
+        };
+        let p = HostPlan {
+            import: None,
+            generate: vec![],
+            dirs: vec![],
+            load: load.clone(),
+            labels: vec![label(&db), label(&api)],
+            roles: vec![],
+            store_labels: vec![],
+            role_nodes: BTreeMap::new(),
+            swarm: Plan::default(),
+        };
+        let s = stage(&p, split_load(&d, &steps));
         assert_eq!(
-            (now[0].images.clone(), later[0].images.clone()),
-            (vec![db.clone()], vec![api.clone()])
+            (
+                s.now[0].images.clone(),
+                s.later[0].images.clone(),
+                s.after_phase
+            ),
+            (vec![db.clone()], vec![api.clone()], Some(0))
         );
-        let (now, later) = partition_load(&load, &|_| true);
         assert_eq!(
-            (now.len(), later.len()),
-            (1, 0),
-            "an engine with nothing later is left out"
+            (s.labels_now, s.labels_later),
+            (vec![label(&db)], vec![label(&api)])
         );
+        // the api's image already on the engine (a rollback, say): its label is set at
+        // once, nothing waits
+        let p = HostPlan {
+            load: vec![EngineLoad {
+                images: vec![db.clone()],
+                ..load[0].clone()
+            }],
+            ..p
+        };
+        let s = stage(&p, split_load(&d, &steps));
+        assert_eq!(s.labels_now.len(), 2, "{s:?}");
+        assert!(s.later.is_empty() && s.labels_later.is_empty() && s.after_phase.is_none());
+        // no split: everything now
+        assert_eq!(stage(&p, None).labels_now.len(), 2);
         // one phase changes (the api only): everything loads first
         let mut observed = Observed::default();
         let mysql = d.service("mysql").unwrap();

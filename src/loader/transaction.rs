@@ -94,14 +94,14 @@ impl Transaction<'_> {
         fault("journal");
         let mut failure = None;
         for (i, step) in self.steps.iter().enumerate() {
-            let later = match step {
+            let phase = match step {
                 Step::CreateService { phase, .. } | Step::UpdateService { phase, .. } => {
-                    gate.as_ref().is_some_and(|g| *phase > g.after_phase)
+                    Some(*phase)
                 }
-                _ => false,
+                _ => None,
             };
-            if later {
-                if let Err(e) = gate.take().expect("a gate").wait().await {
+            if let Some(g) = gate.take_if(|g| phase.is_some_and(|p| p > g.after_phase)) {
+                if let Err(e) = g.wait().await {
                     failure = Some(e);
                     break;
                 }

@@ -204,6 +204,7 @@ pub fn plan(desired: &DesiredStack, observed: &Observed, remove_others: bool) ->
     // Each phase waits only until its services are ready; the stability window is taken
     // once, over everything the change touched, so that a later phase's start does not
     // wait for an earlier phase's window.
+    let last = by_phase.keys().next_back().copied();
     let mut changed = Vec::new();
     for (phase, phase_steps) in by_phase {
         let services: Vec<String> = phase_steps
@@ -212,14 +213,13 @@ pub fn plan(desired: &DesiredStack, observed: &Observed, remove_others: bool) ->
             .collect();
         changed.extend(services.iter().cloned());
         steps.extend(phase_steps);
-        steps.push(Step::Converge { phase, services });
-    }
-    if let Some(Step::Converge { phase, .. }) = steps.last() {
-        let phase = *phase;
-        steps.pop();
-        steps.push(Step::Settle {
-            phase,
-            services: changed,
+        steps.push(if Some(phase) == last {
+            Step::Settle {
+                phase,
+                services: std::mem::take(&mut changed),
+            }
+        } else {
+            Step::Converge { phase, services }
         });
     }
     if remove_others {
