@@ -46,10 +46,10 @@ fn ms(d: Duration) -> String {
 /// Where a run happens: the docker CLI of the manager and of every node, the loader's
 /// `--engine` arguments, the address the entry publishes on, the site values of the node
 /// roles, and the labels an operator sets by hand for the baseline (node ID, label).
-struct Place {
+struct Place<'a> {
     name: &'static str,
-    manager: Box<dyn Fn() -> Command>,
-    engines: Vec<Box<dyn Fn() -> Command>>,
+    manager: Box<dyn Fn() -> Command + 'a>,
+    engines: Vec<Box<dyn Fn() -> Command + 'a>>,
     engine_args: Vec<String>,
     addr: String,
     roles: Vec<(String, String)>,
@@ -319,13 +319,9 @@ fn main() {
         &nodes,
         &work.join("manager.token"),
     );
-    let cli = |i: usize| -> Box<dyn Fn() -> Command> {
-        let url = nodes[i].url();
-        Box::new(move || {
-            let mut c = docker();
-            c.arg("-H").arg(&url).env_remove("DOCKER_HOST");
-            c
-        })
+    let cli = |i: usize| -> Box<dyn Fn() -> Command + '_> {
+        let n = nodes[i];
+        Box::new(move || n.docker())
     };
     let three = Place {
         name: "three managers",
@@ -348,8 +344,9 @@ fn main() {
     };
     std::fs::create_dir_all(work.join("three")).unwrap();
     let f = bench(&three, &bundle, &work.join("three"));
-    drop(cluster);
     figures.push((three.name, f));
+    drop(three);
+    drop(cluster);
     for (name, f) in &figures {
         report(name, f);
     }

@@ -25,7 +25,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::infra::{build_variant, vendor_image};
@@ -50,27 +50,21 @@ struct Site {
 }
 
 impl Site {
-    fn activate(&self, bundle: &Path, nodes: &[&Node], args: &[&str]) -> Output {
+    /// `activate BUNDLE` through the engines of `nodes` with the site's values.
+    fn activate(&self, bundle: &Path, nodes: &[&Node], timeout: &str) -> Command {
         let mut c = loader(&self.state);
         c.arg("activate")
             .arg(bundle)
             .args(engine_args(nodes))
-            .args(["--timeout", "300s"]);
+            .args(["--timeout", timeout]);
         for v in &self.values {
             c.arg("--set").arg(v);
         }
-        c.args(args).output().unwrap()
+        c
     }
 
-    fn activate_ok(&self, bundle: &Path, nodes: &[&Node], args: &[&str]) -> String {
-        let o = self.activate(bundle, nodes, args);
-        let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(
-            o.status.success(),
-            "activate {args:?} failed:\n{out}\n{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        out
+    fn activate_ok(&self, bundle: &Path, nodes: &[&Node]) -> String {
+        run_ok(&mut self.activate(bundle, nodes, "300s"))
     }
 
     /// `GET PATH` on the entry of node `n` at `port`, as `localhost` verified with the site
@@ -170,7 +164,7 @@ fn the_infra_appliance_on_three_managers() {
 
     // --- first install on the three managers
     let cold = Instant::now();
-    site.activate_ok(&v1, &all, &[]);
+    site.activate_ok(&v1, &all);
     eprintln!(
         "[infra-ha] cold activation on three managers: {:.1}s",
         cold.elapsed().as_secs_f64()
@@ -249,7 +243,7 @@ fn the_infra_appliance_on_three_managers() {
     let db = all[db_node - 1];
     sql(db, "CREATE DATABASE IF NOT EXISTS reemo; CREATE TABLE IF NOT EXISTS reemo.t (v VARCHAR(64)); INSERT INTO reemo.t VALUES ('written-before-the-loss')");
     let noop = Instant::now();
-    let out = site.activate_ok(&v1, &all, &[]);
+    let out = site.activate_ok(&v1, &all);
     assert!(out.contains("nothing to do"), "{out}");
     eprintln!(
         "[infra-ha] re-activation with nothing to do: {} ms",
@@ -264,15 +258,7 @@ fn the_infra_appliance_on_three_managers() {
         .copied()
         .filter(|n| n.index != victim.index)
         .collect();
-    let mut c = loader(&site.state);
-    c.arg("activate")
-        .arg(&v2)
-        .args(engine_args(&all))
-        .args(["--timeout", "60s", "--json"]);
-    for v in &site.values {
-        c.arg("--set").arg(v);
-    }
-    let run = KilledActivation::start(&mut c, victim);
+    let run = KilledActivation::start(site.activate(&v2, &all, "60s").arg("--json"), victim);
     lap(&format!("node {}'s engine killed", victim.index), &mut t);
     // the platform keeps answering through the entry while the activation goes on
     let during = site.portal_ok(n1, Duration::from_secs(90));
@@ -305,7 +291,7 @@ fn the_infra_appliance_on_three_managers() {
     lap("activation under loss ended, consistent", &mut t);
 
     // --- the next command, on the two survivors, finishes the job
-    let out = site.activate_ok(&v2, &survivors, &[]);
+    let out = site.activate_ok(&v2, &survivors);
     eprintln!("[infra-ha] next activate: {out}");
     let h = site
         .portal_ok(n1, Duration::from_secs(90))
